@@ -1,0 +1,97 @@
+# lifeline: one non-recursive GNU Makefile.
+#   make                 build build/lifeline
+#   make run             install build dependencies, build, start with the
+#                        built-in 'whatsapp' preset
+#   make check           install test dependencies, run every test, plain
+#                        and under ASan+UBSan
+#   make SANITIZE=address,undefined   sanitized build in build-san/
+#   make install PREFIX=/usr DESTDIR=...
+
+VERSION := 0.1.0
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+DESTDIR ?=
+CC ?= cc
+PKG_CONFIG ?= pkg-config
+CFLAGS ?= -O2 -g
+SANITIZE ?=
+BUILD ?= $(if $(SANITIZE),build-san,build)
+
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wmissing-prototypes -Wvla
+ifneq ($(WERROR),)
+WARN += -Werror
+endif
+SAN_FLAGS := $(if $(SANITIZE),-fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all,)
+
+# Deferred (=): evaluated when used, after scripts/deps.sh has run.
+INIH_CFLAGS = $(shell $(PKG_CONFIG) --cflags inih 2>/dev/null)
+INIH_LIBS = $(shell $(PKG_CONFIG) --libs inih 2>/dev/null || echo -linih)
+
+ALL_CPPFLAGS = -D_GNU_SOURCE -DLIFELINE_VERSION='"$(VERSION)"' $(INIH_CFLAGS) $(CPPFLAGS)
+ALL_CFLAGS = -std=c11 $(WARN) $(SAN_FLAGS) $(CFLAGS)
+ALL_LDFLAGS = $(SAN_FLAGS) $(LDFLAGS)
+
+SRCS := $(wildcard src/*.c)
+OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+BIN := $(BUILD)/lifeline
+
+UNIT_TESTS := config addr proxyproto loop
+UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
+
+.PHONY: all run check check-unit check-integration deps test-deps install \
+	clean format format-check
+
+all: $(BIN)
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(BIN): $(OBJS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(INIH_LIBS) -lpthread
+
+# Unit tests: each links only the module(s) it tests.
+$(BUILD)/unit/test_config: tests/unit/test_config.c $(BUILD)/obj/config.o $(BUILD)/obj/addr.o $(BUILD)/obj/log.o
+$(BUILD)/unit/test_addr: tests/unit/test_addr.c $(BUILD)/obj/addr.o
+$(BUILD)/unit/test_proxyproto: tests/unit/test_proxyproto.c $(BUILD)/obj/proxyproto.o
+$(BUILD)/unit/test_loop: tests/unit/test_loop.c $(BUILD)/obj/loop.o
+$(UNIT_BINS): tests/unit/harness.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) -Isrc $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ \
+		$(filter %.c %.o,$^) $(INIH_LIBS)
+
+deps:
+	@scripts/deps.sh build
+
+test-deps:
+	@scripts/deps.sh test
+
+run: deps
+	$(MAKE) all
+	./$(BIN) $(ARGS)
+
+check-unit: $(UNIT_BINS)
+	@scripts/run-unit.sh $(UNIT_BINS)
+
+check-integration: $(BIN)
+	LIFELINE_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		--junitxml=$(BUILD)/junit.xml tests/integration
+
+# The whole suite, plain then sanitized.  This is what CI runs.
+check: test-deps
+	@scripts/check.sh
+
+install: $(BIN)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/lifeline
+	install -m 0644 docs/lifeline.8 $(DESTDIR)$(MANDIR)/man8/lifeline.8
+
+clean:
+	rm -rf build build-san
+
+format:
+	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h
+
+format-check:
+	clang-format --dry-run -Werror src/*.c src/*.h tests/unit/*.c tests/unit/*.h

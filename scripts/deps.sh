@@ -1,0 +1,31 @@
+#!/bin/sh
+# Installs the Debian packages lifeline needs, only those missing.
+#   deps.sh build   compiler, make, pkg-config, libinih
+#   deps.sh test    the above plus what the test suite drives
+set -eu
+
+build_pkgs="gcc make pkg-config libinih-dev"
+test_pkgs="python3 python3-pytest clang-format"
+
+case "${1:-build}" in
+build) pkgs=$build_pkgs ;;
+test) pkgs="$build_pkgs $test_pkgs" ;;
+*) echo "usage: $0 build|test" >&2; exit 2 ;;
+esac
+
+missing=""
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+		missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "missing Debian packages:$missing (run as root, or install them)" >&2
+	exit 1
+fi
+echo "installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,1141 @@
+/*
+ * config: the INI configuration (libinih), presets, validation, printing.
+ *
+ * libinih parses "key = value" lines; our reader callback feeds it one line
+ * at a time, which lets us count lines for "FILE:LINE:" messages (Debian
+ * builds inih without INI_HANDLER_LINENO), see every section header (inih
+ * reports none for an empty section), strip "#" comments after values and
+ * refuse over-long lines instead of letting inih split them.
+ */
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "config.h"
+
+#define CFG_MAX_FILE (1024 * 1024)
+/* inih's line buffer (INI_MAX_LINE in Debian's build). */
+#define CFG_MAX_LINE 200
+
+static const char preset_whatsapp[] =
+    "# Built-in preset 'whatsapp': the official WhatsApp proxy's port map.\n"
+    "[global]\n"
+    "maxconn = 27500\n"
+    "[timeouts]\n"
+    "connect = 5s\n"
+    "client = 200s\n"
+    "server = 200s\n"
+    "client-fin = 1s\n"
+    "server-fin = 1s\n"
+    "handshake = 10s\n"
+    "[stats]\n"
+    "listen = 127.0.0.1:8199\n"
+    "[upstream chat]\n"
+    "server = g.whatsapp.net:5222\n"
+    "server = g-fallback.whatsapp.net:5222\n"
+    "server = g.whatsapp.net:443\n"
+    "server = g-fallback.whatsapp.net:443\n"
+    "server = g.whatsapp.net:80\n"
+    "server = g-fallback.whatsapp.net:80\n"
+    "send-proxy = v2\n"
+    "check-interval = 60s\n"
+    "[upstream media]\n"
+    "server = whatsapp.net:443\n"
+    "send-proxy = none\n"
+    "check-interval = 60s\n"
+    "[listen http]\n"
+    "bind = 0.0.0.0:80\nbind = [::]:80\nupstream = chat\nmaxconn = 27495\n"
+    "[listen http-lb]\n"
+    "bind = 0.0.0.0:8080\nbind = [::]:8080\nupstream = chat\n"
+    "accept-proxy = on\nmaxconn = 27495\n"
+    "[listen https]\n"
+    "bind = 0.0.0.0:443\nbind = [::]:443\nupstream = chat\ntls = on\n"
+    "maxconn = 27495\n"
+    "[listen https-lb]\n"
+    "bind = 0.0.0.0:8443\nbind = [::]:8443\nupstream = chat\ntls = on\n"
+    "accept-proxy = on\nmaxconn = 27495\n"
+    "[listen jabber]\n"
+    "bind = 0.0.0.0:5222\nbind = [::]:5222\nupstream = chat\n"
+    "maxconn = 27495\n"
+    "[listen jabber-lb]\n"
+    "bind = 0.0.0.0:8222\nbind = [::]:8222\nupstream = chat\n"
+    "accept-proxy = on\nmaxconn = 27495\n"
+    "[listen media]\n"
+    "bind = 0.0.0.0:587\nbind = [::]:587\nupstream = media\n"
+    "maxconn = 27495\n"
+    "[listen media-lb]\n"
+    "bind = 0.0.0.0:7777\nbind = [::]:7777\nupstream = media\n"
+    "accept-proxy = on\nmaxconn = 27495\n";
+
+static const char preset_minimal[] =
+    "# Built-in preset 'minimal': the two-port public profile.\n"
+    "[global]\n"
+    "maxconn = 27500\n"
+    "[timeouts]\n"
+    "connect = 5s\n"
+    "client = 200s\n"
+    "server = 200s\n"
+    "client-fin = 1s\n"
+    "server-fin = 1s\n"
+    "handshake = 10s\n"
+    "[stats]\n"
+    "listen = 127.0.0.1:8199\n"
+    "[upstream chat]\n"
+    "server = g.whatsapp.net:5222\n"
+    "server = g-fallback.whatsapp.net:5222\n"
+    "server = g.whatsapp.net:443\n"
+    "server = g-fallback.whatsapp.net:443\n"
+    "server = g.whatsapp.net:80\n"
+    "server = g-fallback.whatsapp.net:80\n"
+    "send-proxy = v2\n"
+    "check-interval = 60s\n"
+    "[upstream media]\n"
+    "server = whatsapp.net:443\n"
+    "send-proxy = none\n"
+    "check-interval = 60s\n"
+    "[listen chat-tls]\n"
+    "bind = 0.0.0.0:443\nbind = [::]:443\nupstream = chat\ntls = on\n"
+    "maxconn = 27495\n"
+    "[listen media]\n"
+    "bind = 0.0.0.0:587\nbind = [::]:587\nupstream = media\n"
+    "maxconn = 27495\n";
+
+enum sec_kind {
+	SEC_NONE = 0,
+	SEC_GLOBAL,
+	SEC_TIMEOUTS,
+	SEC_STATS,
+	SEC_UPSTREAM,
+	SEC_LISTEN,
+};
+
+struct parse_state {
+	struct cfg *cfg;
+	const char *text; /* borrowed */
+	size_t pos, len;
+	int line;
+	enum sec_kind kind;
+	const char *secname; /* borrowed: for messages */
+	struct cfg_upstream *up; /* borrowed: current [upstream] */
+	struct cfg_listen *ls;	 /* borrowed: current [listen] */
+	uint64_t seen_keys;	 /* non-repeatable keys seen in this section */
+	bool seen_global, seen_timeouts, seen_stats;
+	bool failed;
+	char *err;
+	size_t errlen;
+};
+
+static void
+perr(struct parse_state *st, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+perr(struct parse_state *st, int line, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (st->failed)
+		return;
+	st->failed = true;
+	if (line > 0)
+		n = snprintf(st->err, st->errlen, "%s:%d: ", st->cfg->source,
+		    line);
+	else
+		n = snprintf(st->err, st->errlen, "%s: ", st->cfg->source);
+	if (n < 0 || (size_t)n >= st->errlen)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(st->err + n, st->errlen - (size_t)n, fmt, ap);
+	va_end(ap);
+}
+
+static void *
+xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n, size);
+
+	if (p == NULL)
+		fatal(1, "out of memory");
+	return p;
+}
+
+static char *
+xstrdup(const char *s)
+{
+	char *p = strdup(s);
+
+	if (p == NULL)
+		fatal(1, "out of memory");
+	return p;
+}
+
+/* Grows *arr (of *n elements of size) by one zeroed element; returns it. */
+static void *
+array_push(void *arrp, size_t *n, size_t size)
+{
+	void **arr = arrp;
+	char *p = reallocarray(*arr, *n + 1, size);
+
+	if (p == NULL)
+		fatal(1, "out of memory");
+	memset(p + *n * size, 0, size);
+	*arr = p;
+	return p + (*n)++ * size;
+}
+
+static void
+strlist_add(struct cfg_strlist *l, const char *s)
+{
+	char **slot = array_push(&l->v, &l->n, sizeof(char *));
+
+	*slot = xstrdup(s);
+}
+
+static void
+strlist_free(struct cfg_strlist *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	l->v = NULL;
+	l->n = 0;
+}
+
+const char *
+cfg_parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
+{
+	unsigned long long v = 0;
+
+	if (*s == '\0')
+		return "missing number";
+	for (const char *p = s; *p != '\0'; p++) {
+		if (*p < '0' || *p > '9')
+			return "not a non-negative whole number";
+		v = v * 10 + (unsigned)(*p - '0');
+		if (v > max)
+			return "number too large";
+	}
+	if (v < min)
+		return "number too small";
+	*out = (unsigned)v;
+	return NULL;
+}
+
+const char *
+cfg_parse_duration(const char *s, uint64_t *ms)
+{
+	uint64_t v = 0, mult;
+	const char *p = s;
+	/* One week is more than any timeout should ever be. */
+	const uint64_t max = 7ULL * 24 * 3600 * 1000;
+
+	if (*p < '0' || *p > '9')
+		return "not a duration (use a number and ms, s, m or h)";
+	for (; *p >= '0' && *p <= '9'; p++) {
+		v = v * 10 + (uint64_t)(*p - '0');
+		if (v > max)
+			return "duration too long";
+	}
+	if (strcmp(p, "ms") == 0)
+		mult = 1;
+	else if (strcmp(p, "s") == 0)
+		mult = 1000;
+	else if (strcmp(p, "m") == 0)
+		mult = 60 * 1000;
+	else if (strcmp(p, "h") == 0)
+		mult = 3600 * 1000;
+	else if (*p == '\0' && v == 0)
+		mult = 1;
+	else if (*p == '\0')
+		return "duration needs a unit (ms, s, m or h)";
+	else
+		return "unknown duration unit (use ms, s, m or h)";
+	if (v * mult > max)
+		return "duration too long";
+	*ms = v * mult;
+	return NULL;
+}
+
+const char *
+cfg_parse_bool(const char *s, bool *out)
+{
+	if (strcmp(s, "on") == 0 || strcmp(s, "yes") == 0 ||
+	    strcmp(s, "true") == 0 || strcmp(s, "1") == 0) {
+		*out = true;
+		return NULL;
+	}
+	if (strcmp(s, "off") == 0 || strcmp(s, "no") == 0 ||
+	    strcmp(s, "false") == 0 || strcmp(s, "0") == 0) {
+		*out = false;
+		return NULL;
+	}
+	return "not a boolean (use on or off)";
+}
+
+const char *
+cfg_send_proxy_str(enum cfg_send_proxy v)
+{
+	switch (v) {
+	case CFG_SEND_PROXY_NONE:
+		return "none";
+	case CFG_SEND_PROXY_V1:
+		return "v1";
+	case CFG_SEND_PROXY_V2:
+		return "v2";
+	}
+	return "?";
+}
+
+const char *
+cfg_key_type_str(enum cfg_key_type v)
+{
+	switch (v) {
+	case CFG_KEY_EC256:
+		return "ec256";
+	case CFG_KEY_RSA2048:
+		return "rsa2048";
+	case CFG_KEY_RSA4096:
+		return "rsa4096";
+	}
+	return "?";
+}
+
+static bool
+valid_name(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > CFG_MAX_NAME)
+		return false;
+	for (; *s != '\0'; s++) {
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+			(*s >= '0' && *s <= '9') || *s == '-' || *s == '_' ||
+			*s == '.'))
+			return false;
+	}
+	return true;
+}
+
+/* Called by the reader for each "[...]" line, before inih sees it. */
+static void
+section_begin(struct parse_state *st, const char *hdr)
+{
+	char kind[32], name[CFG_MAX_NAME + 2], extra[2];
+	int n;
+
+	st->seen_keys = 0;
+	st->up = NULL;
+	st->ls = NULL;
+	n = sscanf(hdr, " %31s %33s %1s", kind, name, extra);
+	if (n <= 0) {
+		perr(st, st->line, "empty section name");
+		return;
+	}
+	if (n == 3) {
+		perr(st, st->line, "section header has too many words");
+		return;
+	}
+	if (strcmp(kind, "global") == 0 || strcmp(kind, "timeouts") == 0 ||
+	    strcmp(kind, "stats") == 0) {
+		bool *seen;
+
+		if (n != 1) {
+			perr(st, st->line, "[%s] takes no name", kind);
+			return;
+		}
+		if (kind[0] == 'g') {
+			st->kind = SEC_GLOBAL;
+			seen = &st->seen_global;
+		} else if (kind[0] == 't') {
+			st->kind = SEC_TIMEOUTS;
+			seen = &st->seen_timeouts;
+		} else {
+			st->kind = SEC_STATS;
+			seen = &st->seen_stats;
+		}
+		if (*seen)
+			perr(st, st->line, "duplicate section [%s]", kind);
+		*seen = true;
+		st->secname = kind[0] == 'g' ? "global"
+		    : kind[0] == 't'	     ? "timeouts"
+					     : "stats";
+		return;
+	}
+	if (strcmp(kind, "upstream") != 0 && strcmp(kind, "listen") != 0) {
+		perr(st, st->line,
+		    "unknown section kind '%s' (expected global, timeouts, "
+		    "stats, upstream NAME or listen NAME)",
+		    kind);
+		return;
+	}
+	if (n != 2) {
+		perr(st, st->line, "[%s] needs a name: [%s NAME]", kind, kind);
+		return;
+	}
+	if (!valid_name(name)) {
+		perr(st, st->line,
+		    "bad %s name '%s' (1-%d of A-Z a-z 0-9 - _ .)", kind, name,
+		    CFG_MAX_NAME);
+		return;
+	}
+	if (kind[0] == 'u') {
+		for (size_t i = 0; i < st->cfg->nupstreams; i++) {
+			if (strcmp(st->cfg->upstreams[i].name, name) == 0) {
+				perr(st, st->line,
+				    "duplicate section [upstream %s] (first "
+				    "at line %d)",
+				    name, st->cfg->upstreams[i].line);
+				return;
+			}
+		}
+		st->kind = SEC_UPSTREAM;
+		st->up = array_push(&st->cfg->upstreams, &st->cfg->nupstreams,
+		    sizeof(struct cfg_upstream));
+		st->up->name = xstrdup(name);
+		st->up->line = st->line;
+		st->up->send_proxy = CFG_SEND_PROXY_NONE;
+		st->up->check_interval_ms = 60 * 1000;
+		st->secname = st->up->name;
+	} else {
+		for (size_t i = 0; i < st->cfg->nlistens; i++) {
+			if (strcmp(st->cfg->listens[i].name, name) == 0) {
+				perr(st, st->line,
+				    "duplicate section [listen %s] (first at "
+				    "line %d)",
+				    name, st->cfg->listens[i].line);
+				return;
+			}
+		}
+		st->kind = SEC_LISTEN;
+		st->ls = array_push(&st->cfg->listens, &st->cfg->nlistens,
+		    sizeof(struct cfg_listen));
+		st->ls->name = xstrdup(name);
+		st->ls->line = st->line;
+		st->ls->key_type = CFG_KEY_EC256;
+		st->secname = st->ls->name;
+	}
+}
+
+/*
+ * inih's reader callback: copies the next line into str (num bytes), after
+ * counting it, noting section headers and cutting "#" comments that follow
+ * whitespace.  Returns NULL at the end or after an error, which stops inih.
+ */
+static char *
+reader(char *str, int num, void *stream)
+{
+	struct parse_state *st = stream;
+	const char *start, *nl;
+	size_t n, linelen;
+	char *p;
+
+	if (st->failed || st->pos >= st->len)
+		return NULL;
+	start = st->text + st->pos;
+	nl = memchr(start, '\n', st->len - st->pos);
+	linelen = nl != NULL ? (size_t)(nl - start) : st->len - st->pos;
+	st->pos += linelen + (nl != NULL ? 1 : 0);
+	st->line++;
+	if (memchr(start, '\0', linelen) != NULL) {
+		perr(st, st->line, "NUL byte in line");
+		return NULL;
+	}
+	/* Keep room for the newline inih expects and the NUL. */
+	if (linelen + 2 > (size_t)num) {
+		perr(st, st->line, "line too long (at most %d characters)",
+		    num - 2);
+		return NULL;
+	}
+	memcpy(str, start, linelen);
+	n = linelen;
+	if (n > 0 && str[n - 1] == '\r')
+		n--;
+	str[n] = '\0';
+	for (p = str; *p != '\0'; p++) {
+		if (*p == '#' && p > str && (p[-1] == ' ' || p[-1] == '\t')) {
+			*p = '\0';
+			break;
+		}
+	}
+	p = str + strspn(str, " \t");
+	if (*p == '[') {
+		char *end = strchr(p, ']');
+
+		if (end == NULL) {
+			perr(st, st->line, "missing ']' in section header");
+			return NULL;
+		}
+		if (end[1 + strspn(end + 1, " \t")] != '\0' &&
+		    end[1 + strspn(end + 1, " \t")] != ';') {
+			perr(st, st->line, "text after ']' in section header");
+			return NULL;
+		}
+		*end = '\0';
+		section_begin(st, p + 1);
+		*end = ']';
+		if (st->failed)
+			return NULL;
+	}
+	n = strlen(str);
+	str[n] = '\n';
+	str[n + 1] = '\0';
+	return str;
+}
+
+/* Marks key number bit as seen; false (with an error) when it repeats. */
+static bool
+once(struct parse_state *st, unsigned bit, const char *key)
+{
+	if (st->seen_keys & (1ULL << bit)) {
+		perr(st, st->line, "duplicate key '%s' in [%s]", key,
+		    st->secname);
+		return false;
+	}
+	st->seen_keys |= 1ULL << bit;
+	return true;
+}
+
+static void
+bad_value(struct parse_state *st, const char *key, const char *value,
+    const char *why)
+{
+	perr(st, st->line, "bad value '%s' for '%s': %s", value, key, why);
+}
+
+static void
+set_str(char **dst, const char *value)
+{
+	free(*dst);
+	*dst = xstrdup(value);
+}
+
+static void
+parse_duration_key(struct parse_state *st, const char *key, const char *value,
+    uint64_t *out, uint64_t min)
+{
+	const char *e = cfg_parse_duration(value, out);
+
+	if (e == NULL && *out < min)
+		e = "duration too short";
+	if (e != NULL)
+		bad_value(st, key, value, e);
+}
+
+static void
+parse_bind(struct parse_state *st, const char *key, const char *value,
+    struct cfg_bind **arr, size_t *n)
+{
+	char host[ADDR_HOSTLEN];
+	uint16_t port;
+	struct cfg_bind *b;
+	struct sockaddr_storage ss;
+	socklen_t len;
+	const char *e;
+
+	e = addr_split(value, host, sizeof(host), &port, true);
+	if (e == NULL)
+		e = addr_parse_numeric(host, port, &ss, &len);
+	if (e != NULL) {
+		bad_value(st, key, value, e);
+		return;
+	}
+	b = array_push(arr, n, sizeof(*b));
+	b->text = xstrdup(value);
+	b->ss = ss;
+	b->sslen = len;
+	b->line = st->line;
+}
+
+static void
+key_global(struct parse_state *st, const char *key, const char *value)
+{
+	struct cfg *cfg = st->cfg;
+	const char *e;
+
+	if (strcmp(key, "workers") == 0) {
+		if (!once(st, 0, key))
+			return;
+		if (strcmp(value, "auto") == 0) {
+			cfg->workers = 0;
+			return;
+		}
+		e = cfg_parse_uint(value, 1, CFG_MAX_WORKERS, &cfg->workers);
+		if (e != NULL)
+			bad_value(st, key, value, "use auto or 1-64");
+	} else if (strcmp(key, "maxconn") == 0) {
+		if (!once(st, 1, key))
+			return;
+		e = cfg_parse_uint(value, 1, 10000000, &cfg->maxconn);
+		if (e != NULL)
+			bad_value(st, key, value, e);
+	} else if (strcmp(key, "user") == 0) {
+		if (!once(st, 2, key))
+			return;
+		if (*value == '\0')
+			bad_value(st, key, value, "empty user name");
+		else
+			set_str(&cfg->user, value);
+	} else if (strcmp(key, "drain-timeout") == 0) {
+		if (once(st, 3, key))
+			parse_duration_key(st, key, value,
+			    &cfg->drain_timeout_ms, 0);
+	} else if (strcmp(key, "log-level") == 0) {
+		if (!once(st, 4, key))
+			return;
+		if (log_level_parse(value, &cfg->log_level) != 0)
+			bad_value(st, key, value,
+			    "use error, warn, info or debug");
+	} else if (strcmp(key, "ports-file") == 0) {
+		if (!once(st, 5, key))
+			return;
+		if (*value == '\0')
+			bad_value(st, key, value, "empty path");
+		else
+			set_str(&cfg->ports_file, value);
+	} else if (strcmp(key, "public-host") == 0) {
+		if (!once(st, 6, key))
+			return;
+		if (*value == '\0' || strpbrk(value, " \t/?&#") != NULL)
+			bad_value(st, key, value, "not a host name or address");
+		else
+			set_str(&cfg->public_host, value);
+	} else {
+		perr(st, st->line, "unknown key '%s' in [global]", key);
+	}
+}
+
+static void
+key_timeouts(struct parse_state *st, const char *key, const char *value)
+{
+	static const char *const names[] = {"connect", "client", "server",
+	    "client-fin", "server-fin", "handshake"};
+	struct cfg_timeouts *t = &st->cfg->timeouts;
+	uint64_t *slots[] = {&t->connect_ms, &t->client_ms, &t->server_ms,
+	    &t->client_fin_ms, &t->server_fin_ms, &t->handshake_ms};
+
+	for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (strcmp(key, names[i]) == 0) {
+			if (once(st, i, key))
+				parse_duration_key(st, key, value, slots[i],
+				    1);
+			return;
+		}
+	}
+	perr(st, st->line, "unknown key '%s' in [timeouts]", key);
+}
+
+static void
+key_upstream(struct parse_state *st, const char *key, const char *value)
+{
+	struct cfg_upstream *up = st->up;
+
+	if (strcmp(key, "server") == 0) {
+		char host[ADDR_HOSTLEN];
+		uint16_t port;
+		struct cfg_server *s;
+		const char *e;
+
+		e = addr_split(value, host, sizeof(host), &port, false);
+		if (e != NULL) {
+			bad_value(st, key, value, e);
+			return;
+		}
+		if (up->nservers >= 64) {
+			perr(st, st->line, "too many servers (at most 64)");
+			return;
+		}
+		s = array_push(&up->servers, &up->nservers, sizeof(*s));
+		s->host = xstrdup(host);
+		s->port = port;
+		s->line = st->line;
+	} else if (strcmp(key, "send-proxy") == 0) {
+		if (!once(st, 0, key))
+			return;
+		if (strcmp(value, "none") == 0)
+			up->send_proxy = CFG_SEND_PROXY_NONE;
+		else if (strcmp(value, "v1") == 0)
+			up->send_proxy = CFG_SEND_PROXY_V1;
+		else if (strcmp(value, "v2") == 0)
+			up->send_proxy = CFG_SEND_PROXY_V2;
+		else
+			bad_value(st, key, value, "use none, v1 or v2");
+	} else if (strcmp(key, "check-interval") == 0) {
+		if (once(st, 1, key))
+			parse_duration_key(st, key, value,
+			    &up->check_interval_ms, 100);
+	} else {
+		perr(st, st->line, "unknown key '%s' in [upstream %s]", key,
+		    up->name);
+	}
+}
+
+static void
+key_listen(struct parse_state *st, const char *key, const char *value)
+{
+	struct cfg_listen *ls = st->ls;
+	const char *e;
+
+	if (strcmp(key, "bind") == 0) {
+		parse_bind(st, key, value, &ls->binds, &ls->nbinds);
+	} else if (strcmp(key, "tls") == 0) {
+		if (!once(st, 0, key))
+			return;
+		if ((e = cfg_parse_bool(value, &ls->tls)) != NULL)
+			bad_value(st, key, value, e);
+	} else if (strcmp(key, "cert") == 0 || strcmp(key, "key") == 0) {
+		if (!once(st, key[0] == 'c' ? 1 : 2, key))
+			return;
+		if (*value == '\0')
+			bad_value(st, key, value, "empty path");
+		else
+			set_str(key[0] == 'c' ? &ls->cert : &ls->key, value);
+	} else if (strcmp(key, "tls-key-type") == 0) {
+		if (!once(st, 3, key))
+			return;
+		if (strcmp(value, "ec256") == 0)
+			ls->key_type = CFG_KEY_EC256;
+		else if (strcmp(value, "rsa2048") == 0)
+			ls->key_type = CFG_KEY_RSA2048;
+		else if (strcmp(value, "rsa4096") == 0)
+			ls->key_type = CFG_KEY_RSA4096;
+		else
+			bad_value(st, key, value,
+			    "use ec256, rsa2048 or rsa4096");
+	} else if (strcmp(key, "tls-names") == 0 ||
+	    strcmp(key, "tls-ips") == 0) {
+		struct cfg_strlist *l =
+		    key[4] == 'n' ? &ls->tls_names : &ls->tls_ips;
+		char *copy = xstrdup(value), *save = NULL;
+
+		for (char *t = strtok_r(copy, ", \t", &save); t != NULL;
+		     t = strtok_r(NULL, ", \t", &save)) {
+			struct sockaddr_storage ss;
+			socklen_t len;
+
+			if (key[4] == 'i' &&
+			    addr_parse_numeric(t, 0, &ss, &len) != NULL) {
+				bad_value(st, key, t,
+				    "not a numeric IPv4 or IPv6 address");
+				break;
+			}
+			strlist_add(l, t);
+		}
+		free(copy);
+	} else if (strcmp(key, "accept-proxy") == 0) {
+		if (!once(st, 4, key))
+			return;
+		if ((e = cfg_parse_bool(value, &ls->accept_proxy)) != NULL)
+			bad_value(st, key, value, e);
+	} else if (strcmp(key, "trusted-proxies") == 0) {
+		struct addr_cidr c, *slot;
+		size_t n = ls->trusted_text.n;
+
+		if ((e = addr_cidr_parse(value, &c)) != NULL) {
+			bad_value(st, key, value, e);
+			return;
+		}
+		strlist_add(&ls->trusted_text, value);
+		slot = array_push(&ls->trusted, &n, sizeof(*slot));
+		*slot = c;
+	} else if (strcmp(key, "upstream") == 0) {
+		if (!once(st, 5, key))
+			return;
+		set_str(&ls->upstream_name, value);
+		ls->upstream_line = st->line;
+	} else if (strcmp(key, "maxconn") == 0) {
+		if (!once(st, 6, key))
+			return;
+		if ((e = cfg_parse_uint(value, 1, 10000000, &ls->maxconn)) !=
+		    NULL)
+			bad_value(st, key, value, e);
+	} else {
+		perr(st, st->line, "unknown key '%s' in [listen %s]", key,
+		    ls->name);
+	}
+}
+
+static void
+key_stats(struct parse_state *st, const char *key, const char *value)
+{
+	if (strcmp(key, "listen") == 0)
+		parse_bind(st, key, value, &st->cfg->stats, &st->cfg->nstats);
+	else
+		perr(st, st->line, "unknown key '%s' in [stats]", key);
+}
+
+/* inih's handler: returns 1 to go on, 0 on error. */
+static int
+handler(void *user, const char *section, const char *key, const char *value)
+{
+	struct parse_state *st = user;
+
+	(void)section; /* the reader tracked it, with its line */
+	if (st->failed)
+		return 0;
+	switch (st->kind) {
+	case SEC_NONE:
+		perr(st, st->line, "key '%s' outside any section", key);
+		break;
+	case SEC_GLOBAL:
+		key_global(st, key, value);
+		break;
+	case SEC_TIMEOUTS:
+		key_timeouts(st, key, value);
+		break;
+	case SEC_STATS:
+		key_stats(st, key, value);
+		break;
+	case SEC_UPSTREAM:
+		key_upstream(st, key, value);
+		break;
+	case SEC_LISTEN:
+		key_listen(st, key, value);
+		break;
+	}
+	return st->failed ? 0 : 1;
+}
+
+static bool
+same_sockaddr(const struct cfg_bind *a, const struct cfg_bind *b)
+{
+	return a->sslen == b->sslen && memcmp(&a->ss, &b->ss, a->sslen) == 0 &&
+	    addr_port((const struct sockaddr *)&a->ss) != 0;
+}
+
+static void
+validate(struct parse_state *st)
+{
+	struct cfg *cfg = st->cfg;
+
+	for (size_t i = 0; i < cfg->nupstreams && !st->failed; i++) {
+		if (cfg->upstreams[i].nservers == 0)
+			perr(st, cfg->upstreams[i].line,
+			    "[upstream %s] has no 'server'",
+			    cfg->upstreams[i].name);
+	}
+	if (!st->failed && cfg->nlistens == 0)
+		perr(st, 0, "no [listen NAME] section: nothing to serve");
+	for (size_t i = 0; i < cfg->nlistens && !st->failed; i++) {
+		struct cfg_listen *ls = &cfg->listens[i];
+		size_t j;
+
+		if (ls->nbinds == 0) {
+			perr(st, ls->line, "[listen %s] has no 'bind'",
+			    ls->name);
+			break;
+		}
+		if (ls->upstream_name == NULL) {
+			perr(st, ls->line, "[listen %s] has no 'upstream'",
+			    ls->name);
+			break;
+		}
+		for (j = 0; j < cfg->nupstreams; j++) {
+			if (strcmp(cfg->upstreams[j].name,
+				ls->upstream_name) == 0)
+				break;
+		}
+		if (j == cfg->nupstreams) {
+			perr(st, ls->upstream_line,
+			    "unknown upstream '%s' (no [upstream %s] "
+			    "section)",
+			    ls->upstream_name, ls->upstream_name);
+			break;
+		}
+		ls->upstream = j;
+		if ((ls->cert == NULL) != (ls->key == NULL)) {
+			perr(st, ls->line,
+			    "[listen %s]: 'cert' and 'key' go together",
+			    ls->name);
+			break;
+		}
+		if ((ls->cert != NULL || ls->tls_names.n > 0 ||
+			ls->tls_ips.n > 0) &&
+		    !ls->tls) {
+			perr(st, ls->line,
+			    "[listen %s]: certificate settings without "
+			    "'tls = on'",
+			    ls->name);
+			break;
+		}
+		if (ls->trusted_text.n > 0 && !ls->accept_proxy) {
+			perr(st, ls->line,
+			    "[listen %s]: 'trusted-proxies' without "
+			    "'accept-proxy = on'",
+			    ls->name);
+			break;
+		}
+		/* The same address bound twice would steal connections. */
+		for (size_t b = 0; b < ls->nbinds && !st->failed; b++) {
+			for (size_t k = 0; k <= i && !st->failed; k++) {
+				const struct cfg_listen *o = &cfg->listens[k];
+				size_t lim = k == i ? b : o->nbinds;
+
+				for (size_t c = 0; c < lim; c++) {
+					if (same_sockaddr(&ls->binds[b],
+						&o->binds[c])) {
+						perr(st, ls->binds[b].line,
+						    "address %s already bound "
+						    "at line %d",
+						    ls->binds[b].text,
+						    o->binds[c].line);
+						break;
+					}
+				}
+			}
+		}
+	}
+}
+
+static void
+set_defaults(struct cfg *cfg)
+{
+	cfg->workers = 0;
+	cfg->maxconn = 27500;
+	cfg->drain_timeout_ms = 30 * 1000;
+	cfg->log_level = LOG_INFO;
+	cfg->timeouts.connect_ms = 5 * 1000;
+	cfg->timeouts.client_ms = 200 * 1000;
+	cfg->timeouts.server_ms = 200 * 1000;
+	cfg->timeouts.client_fin_ms = 1000;
+	cfg->timeouts.server_fin_ms = 1000;
+	cfg->timeouts.handshake_ms = 10 * 1000;
+}
+
+struct cfg *
+cfg_load_string(const char *text, const char *source, char *err,
+    size_t errlen)
+{
+	struct parse_state st;
+	struct cfg *cfg;
+	int r;
+
+	cfg = xcalloc(1, sizeof(*cfg));
+	cfg->source = xstrdup(source);
+	set_defaults(cfg);
+	memset(&st, 0, sizeof(st));
+	st.cfg = cfg;
+	st.text = text;
+	st.len = strlen(text);
+	st.err = err;
+	st.errlen = errlen;
+	r = ini_parse_stream(reader, &st, handler, &st);
+	if (!st.failed && r > 0)
+		perr(&st, r,
+		    "syntax error (expected 'key = value' or '[section]')");
+	else if (!st.failed && r < 0)
+		perr(&st, 0, "cannot parse (out of memory)");
+	if (!st.failed)
+		validate(&st);
+	if (st.failed) {
+		cfg_free(cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
+struct cfg *
+cfg_load_file(const char *path, char *err, size_t errlen)
+{
+	struct cfg *cfg = NULL;
+	struct stat sb;
+	char *text = NULL;
+	size_t n;
+	FILE *f;
+
+	f = fopen(path, "re");
+	if (f == NULL) {
+		snprintf(err, errlen, "%s: cannot open: %s", path,
+		    strerror(errno));
+		return NULL;
+	}
+	if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+		snprintf(err, errlen, "%s: not a regular file", path);
+		goto fail;
+	}
+	if (sb.st_size > CFG_MAX_FILE) {
+		snprintf(err, errlen, "%s: file too large (at most %d bytes)",
+		    path, CFG_MAX_FILE);
+		goto fail;
+	}
+	text = xcalloc(1, (size_t)sb.st_size + 1);
+	n = fread(text, 1, (size_t)sb.st_size, f);
+	if (ferror(f)) {
+		snprintf(err, errlen, "%s: read error: %s", path,
+		    strerror(errno));
+		goto fail;
+	}
+	text[n] = '\0';
+	if (strlen(text) != n) {
+		snprintf(err, errlen, "%s: NUL byte in file", path);
+		goto fail;
+	}
+	cfg = cfg_load_string(text, path, err, errlen);
+fail:
+	free(text);
+	fclose(f);
+	return cfg;
+}
+
+struct cfg *
+cfg_load_preset(const char *name, char *err, size_t errlen)
+{
+	char source[64];
+
+	snprintf(source, sizeof(source), "<preset %s>", name);
+	if (strcmp(name, "whatsapp") == 0)
+		return cfg_load_string(preset_whatsapp, source, err, errlen);
+	if (strcmp(name, "minimal") == 0)
+		return cfg_load_string(preset_minimal, source, err, errlen);
+	snprintf(err, errlen, "unknown preset '%s' (use whatsapp or minimal)",
+	    name);
+	return NULL;
+}
+
+void
+cfg_free(struct cfg *cfg)
+{
+	if (cfg == NULL)
+		return;
+	for (size_t i = 0; i < cfg->nupstreams; i++) {
+		struct cfg_upstream *up = &cfg->upstreams[i];
+
+		for (size_t j = 0; j < up->nservers; j++)
+			free(up->servers[j].host);
+		free(up->servers);
+		free(up->name);
+	}
+	free(cfg->upstreams);
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		struct cfg_listen *ls = &cfg->listens[i];
+
+		for (size_t j = 0; j < ls->nbinds; j++)
+			free(ls->binds[j].text);
+		free(ls->binds);
+		free(ls->name);
+		free(ls->cert);
+		free(ls->key);
+		strlist_free(&ls->tls_names);
+		strlist_free(&ls->tls_ips);
+		strlist_free(&ls->trusted_text);
+		free(ls->trusted);
+		free(ls->upstream_name);
+	}
+	free(cfg->listens);
+	for (size_t i = 0; i < cfg->nstats; i++)
+		free(cfg->stats[i].text);
+	free(cfg->stats);
+	free(cfg->user);
+	free(cfg->ports_file);
+	free(cfg->public_host);
+	free(cfg->source);
+	free(cfg);
+}
+
+static const char *
+fmt_duration(uint64_t ms, char *buf, size_t len)
+{
+	if (ms == 0)
+		snprintf(buf, len, "0s");
+	else if (ms % (3600 * 1000) == 0)
+		snprintf(buf, len, "%lluh", (unsigned long long)(ms / 3600000));
+	else if (ms % (60 * 1000) == 0)
+		snprintf(buf, len, "%llum", (unsigned long long)(ms / 60000));
+	else if (ms % 1000 == 0)
+		snprintf(buf, len, "%llus", (unsigned long long)(ms / 1000));
+	else
+		snprintf(buf, len, "%llums", (unsigned long long)ms);
+	return buf;
+}
+
+void
+cfg_print(const struct cfg *cfg, FILE *out)
+{
+	char d[32];
+
+	fprintf(out, "# effective configuration from %s\n", cfg->source);
+	fprintf(out, "[global]\n");
+	if (cfg->workers == 0)
+		fprintf(out, "workers = auto\n");
+	else
+		fprintf(out, "workers = %u\n", cfg->workers);
+	fprintf(out, "maxconn = %u\n", cfg->maxconn);
+	if (cfg->user != NULL)
+		fprintf(out, "user = %s\n", cfg->user);
+	fprintf(out, "drain-timeout = %s\n",
+	    fmt_duration(cfg->drain_timeout_ms, d, sizeof(d)));
+	fprintf(out, "log-level = %s\n", log_level_str(cfg->log_level));
+	if (cfg->ports_file != NULL)
+		fprintf(out, "ports-file = %s\n", cfg->ports_file);
+	if (cfg->public_host != NULL)
+		fprintf(out, "public-host = %s\n", cfg->public_host);
+
+	fprintf(out, "\n[timeouts]\n");
+	fprintf(out, "connect = %s\n",
+	    fmt_duration(cfg->timeouts.connect_ms, d, sizeof(d)));
+	fprintf(out, "client = %s\n",
+	    fmt_duration(cfg->timeouts.client_ms, d, sizeof(d)));
+	fprintf(out, "server = %s\n",
+	    fmt_duration(cfg->timeouts.server_ms, d, sizeof(d)));
+	fprintf(out, "client-fin = %s\n",
+	    fmt_duration(cfg->timeouts.client_fin_ms, d, sizeof(d)));
+	fprintf(out, "server-fin = %s\n",
+	    fmt_duration(cfg->timeouts.server_fin_ms, d, sizeof(d)));
+	fprintf(out, "handshake = %s\n",
+	    fmt_duration(cfg->timeouts.handshake_ms, d, sizeof(d)));
+
+	if (cfg->nstats > 0) {
+		fprintf(out, "\n[stats]\n");
+		for (size_t i = 0; i < cfg->nstats; i++)
+			fprintf(out, "listen = %s\n", cfg->stats[i].text);
+	}
+	for (size_t i = 0; i < cfg->nupstreams; i++) {
+		const struct cfg_upstream *up = &cfg->upstreams[i];
+
+		fprintf(out, "\n[upstream %s]\n", up->name);
+		for (size_t j = 0; j < up->nservers; j++) {
+			const struct cfg_server *s = &up->servers[j];
+
+			if (strchr(s->host, ':') != NULL)
+				fprintf(out, "server = [%s]:%u\n", s->host,
+				    s->port);
+			else
+				fprintf(out, "server = %s:%u\n", s->host,
+				    s->port);
+		}
+		fprintf(out, "send-proxy = %s\n",
+		    cfg_send_proxy_str(up->send_proxy));
+		fprintf(out, "check-interval = %s\n",
+		    fmt_duration(up->check_interval_ms, d, sizeof(d)));
+	}
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		const struct cfg_listen *ls = &cfg->listens[i];
+
+		fprintf(out, "\n[listen %s]\n", ls->name);
+		for (size_t j = 0; j < ls->nbinds; j++)
+			fprintf(out, "bind = %s\n", ls->binds[j].text);
+		fprintf(out, "tls = %s\n", ls->tls ? "on" : "off");
+		if (ls->cert != NULL)
+			fprintf(out, "cert = %s\nkey = %s\n", ls->cert,
+			    ls->key);
+		if (ls->tls)
+			fprintf(out, "tls-key-type = %s\n",
+			    cfg_key_type_str(ls->key_type));
+		for (size_t j = 0; j < ls->tls_names.n; j++)
+			fprintf(out, "tls-names = %s\n", ls->tls_names.v[j]);
+		for (size_t j = 0; j < ls->tls_ips.n; j++)
+			fprintf(out, "tls-ips = %s\n", ls->tls_ips.v[j]);
+		fprintf(out, "accept-proxy = %s\n",
+		    ls->accept_proxy ? "on" : "off");
+		for (size_t j = 0; j < ls->trusted_text.n; j++)
+			fprintf(out, "trusted-proxies = %s\n",
+			    ls->trusted_text.v[j]);
+		fprintf(out, "upstream = %s\n", ls->upstream_name);
+		if (ls->maxconn != 0)
+			fprintf(out, "maxconn = %u\n", ls->maxconn);
+	}
+}

@@ -1,0 +1,138 @@
+/*
+ * config: the INI configuration (libinih), presets, validation, printing.
+ *
+ * A struct cfg is immutable once loaded; a reload builds a new one.
+ */
+#ifndef LIFELINE_CONFIG_H
+#define LIFELINE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "addr.h"
+#include "log.h"
+
+#define CFG_MAX_WORKERS 64
+#define CFG_ERRLEN 512
+#define CFG_MAX_NAME 32
+
+enum cfg_send_proxy {
+	CFG_SEND_PROXY_NONE = 0,
+	CFG_SEND_PROXY_V1,
+	CFG_SEND_PROXY_V2,
+};
+
+enum cfg_key_type {
+	CFG_KEY_EC256 = 0,
+	CFG_KEY_RSA2048,
+	CFG_KEY_RSA4096,
+};
+
+struct cfg_strlist {
+	char **v; /* owned, each owned */
+	size_t n;
+};
+
+struct cfg_server {
+	char *host; /* owned: name or numeric address, no brackets */
+	uint16_t port;
+	int line;
+};
+
+struct cfg_upstream {
+	char *name; /* owned */
+	int line;
+	struct cfg_server *servers; /* owned array */
+	size_t nservers;
+	enum cfg_send_proxy send_proxy;
+	uint64_t check_interval_ms;
+};
+
+struct cfg_bind {
+	char *text; /* owned: as written, for messages */
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	int line;
+};
+
+struct cfg_listen {
+	char *name; /* owned */
+	int line;
+	struct cfg_bind *binds; /* owned array */
+	size_t nbinds;
+	bool tls;
+	char *cert; /* owned, may be NULL */
+	char *key;  /* owned, may be NULL */
+	enum cfg_key_type key_type;
+	struct cfg_strlist tls_names;
+	struct cfg_strlist tls_ips;
+	bool accept_proxy;
+	struct cfg_strlist trusted_text; /* as written */
+	struct addr_cidr *trusted;	 /* owned array, parallel to text */
+	char *upstream_name;		 /* owned */
+	int upstream_line;
+	size_t upstream; /* index into cfg.upstreams, set by validation */
+	unsigned maxconn; /* 0: only the global cap applies */
+};
+
+struct cfg_timeouts {
+	uint64_t connect_ms;
+	uint64_t client_ms;
+	uint64_t server_ms;
+	uint64_t client_fin_ms;
+	uint64_t server_fin_ms;
+	uint64_t handshake_ms;
+};
+
+struct cfg {
+	char *source; /* owned: file path or "<preset NAME>" */
+	unsigned workers; /* 0: one per online CPU */
+	unsigned maxconn;
+	char *user; /* owned, may be NULL */
+	uint64_t drain_timeout_ms;
+	enum log_level log_level;
+	char *ports_file;  /* owned, may be NULL */
+	char *public_host; /* owned, may be NULL */
+	struct cfg_timeouts timeouts;
+	struct cfg_bind *stats; /* owned array */
+	size_t nstats;
+	struct cfg_upstream *upstreams; /* owned array */
+	size_t nupstreams;
+	struct cfg_listen *listens; /* owned array */
+	size_t nlistens;
+};
+
+/*
+ * Loads and validates a file.  Returns the config, or NULL with a one-line
+ * message "FILE:LINE: what" (or "FILE: what") in err.
+ */
+struct cfg *cfg_load_file(const char *path, char *err, size_t errlen);
+
+/* Same for a built-in preset ("whatsapp", "minimal"). */
+struct cfg *cfg_load_preset(const char *name, char *err, size_t errlen);
+
+/* Same for INI text in memory; source names it in messages. */
+struct cfg *cfg_load_string(const char *text, const char *source, char *err,
+    size_t errlen);
+
+void cfg_free(struct cfg *cfg);
+
+/* Writes the effective configuration, defaults included, as INI. */
+void cfg_print(const struct cfg *cfg, FILE *out);
+
+/*
+ * Parsers for values, exposed for the unit tests.  Each returns NULL on
+ * success or a static message.
+ */
+const char *cfg_parse_duration(const char *s, uint64_t *ms);
+const char *cfg_parse_uint(const char *s, unsigned min, unsigned max,
+    unsigned *out);
+const char *cfg_parse_bool(const char *s, bool *out);
+
+const char *cfg_send_proxy_str(enum cfg_send_proxy v);
+const char *cfg_key_type_str(enum cfg_key_type v);
+
+#endif

@@ -1,0 +1,306 @@
+/*
+ * gen: configuration generations, listening sockets.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gen.h"
+#include "log.h"
+
+#define LISTEN_BACKLOG 4096
+
+const char *
+gen_listener_unsupported(const struct cfg_listen *cl)
+{
+	if (cl->tls)
+		return "TLS listeners are not available in this build yet";
+	if (cl->accept_proxy)
+		return "accept-proxy listeners are not available in this "
+		       "build yet";
+	return NULL;
+}
+
+static void *
+xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n, size);
+
+	if (p == NULL)
+		fatal(1, "out of memory");
+	return p;
+}
+
+void
+lsock_unref(struct lsock *s)
+{
+	if (s == NULL || atomic_fetch_sub(&s->refs, 1) != 1)
+		return;
+	for (unsigned i = 0; i < s->nfds; i++) {
+		if (s->fds[i] >= 0)
+			close(s->fds[i]);
+	}
+	free(s);
+}
+
+static void
+lstate_unref(struct lstate *st)
+{
+	if (st != NULL && atomic_fetch_sub(&st->refs, 1) == 1)
+		free(st);
+}
+
+/* Makes one listening socket; returns the fd or -errno. */
+static int
+listen_socket(const struct sockaddr_storage *ss, socklen_t len)
+{
+	int fd, on = 1, saved;
+
+	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0);
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0)
+		goto fail;
+	/* [::] must not take IPv4 too: 0.0.0.0 is bound on its own. */
+	if (ss->ss_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0)
+		goto fail;
+	if (bind(fd, (const struct sockaddr *)ss, len) != 0)
+		goto fail;
+	if (listen(fd, LISTEN_BACKLOG) != 0)
+		goto fail;
+	return fd;
+fail:
+	saved = errno;
+	close(fd);
+	return -saved;
+}
+
+/*
+ * Binds b once per worker.  Returns the new lsock, or NULL with *skip set
+ * when the kernel has no IPv6 (a warning, not an error), or NULL with err.
+ */
+static struct lsock *
+lsock_bind(const struct cfg_listen *cl, const struct cfg_bind *b,
+    unsigned nworkers, bool *skip, char *err, size_t errlen)
+{
+	struct lsock *s = xcalloc(1, sizeof(*s));
+	struct sockaddr_storage ss = b->ss;
+	socklen_t len;
+
+	*skip = false;
+	atomic_init(&s->refs, 1);
+	s->want = b->ss;
+	s->wantlen = b->sslen;
+	for (unsigned i = 0; i < CFG_MAX_WORKERS; i++)
+		s->fds[i] = -1;
+	for (unsigned w = 0; w < nworkers; w++) {
+		int fd = listen_socket(&ss, b->sslen);
+
+		if (fd < 0) {
+			if (ss.ss_family == AF_INET6 && w == 0 &&
+			    (fd == -EAFNOSUPPORT || fd == -EADDRNOTAVAIL)) {
+				log_warnx("[listen %s]: skipping %s: no IPv6 "
+					  "on this host",
+				    cl->name, b->text);
+				*skip = true;
+			} else {
+				snprintf(err, errlen,
+				    "cannot listen on %s for [listen %s]: %s",
+				    b->text, cl->name, strerror(-fd));
+			}
+			goto fail;
+		}
+		s->fds[w] = fd;
+		s->nfds = w + 1;
+		if (w == 0) {
+			/* Port 0: the others join the port we were given. */
+			len = sizeof(ss);
+			if (getsockname(fd, (struct sockaddr *)&ss, &len) !=
+			    0) {
+				snprintf(err, errlen, "getsockname: %s",
+				    strerror(errno));
+				goto fail;
+			}
+			addr_format((struct sockaddr *)&ss, s->text,
+			    sizeof(s->text));
+		}
+	}
+	return s;
+fail:
+	lsock_unref(s);
+	return NULL;
+}
+
+static struct lsock *
+find_lsock(struct gen *old, const struct cfg_bind *b)
+{
+	if (old == NULL)
+		return NULL;
+	for (size_t i = 0; i < old->nlisteners; i++) {
+		struct listener *l = &old->listeners[i];
+
+		for (size_t j = 0; j < l->nsocks; j++) {
+			struct lsock *s = l->socks[j];
+
+			if (s->wantlen == b->sslen &&
+			    memcmp(&s->want, &b->ss, b->sslen) == 0)
+				return s;
+		}
+	}
+	return NULL;
+}
+
+static struct lstate *
+find_lstate(struct gen *old, const char *name)
+{
+	if (old == NULL)
+		return NULL;
+	for (size_t i = 0; i < old->nlisteners; i++) {
+		if (strcmp(old->listeners[i].state->name, name) == 0)
+			return old->listeners[i].state;
+	}
+	return NULL;
+}
+
+static void
+gen_free(struct gen *g)
+{
+	for (size_t i = 0; i < g->nlisteners; i++) {
+		struct listener *l = &g->listeners[i];
+
+		for (size_t j = 0; j < l->nsocks; j++)
+			lsock_unref(l->socks[j]);
+		free(l->socks);
+		lstate_unref(l->state);
+	}
+	free(g->listeners);
+	if (g->ups != NULL) {
+		for (size_t i = 0; i < g->cfg->nupstreams; i++)
+			upstream_free(g->ups[i]);
+	}
+	free(g->ups);
+	cfg_free(g->cfg);
+	free(g);
+}
+
+struct gen *
+gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
+    size_t errlen)
+{
+	struct gen *g = xcalloc(1, sizeof(*g));
+
+	atomic_init(&g->refs, 1);
+	g->cfg = cfg;
+	g->nworkers = nworkers;
+	g->ups = xcalloc(cfg->nupstreams, sizeof(*g->ups));
+	for (size_t i = 0; i < cfg->nupstreams; i++)
+		g->ups[i] = upstream_new(&cfg->upstreams[i],
+		    old != NULL ? old->ups : NULL,
+		    old != NULL ? old->cfg->nupstreams : 0);
+	g->listeners = xcalloc(cfg->nlistens, sizeof(*g->listeners));
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		const struct cfg_listen *cl = &cfg->listens[i];
+		const char *why = gen_listener_unsupported(cl);
+		struct listener *l;
+		struct lstate *st;
+
+		if (why != NULL) {
+			log_warnx("skipping [listen %s]: %s", cl->name, why);
+			continue;
+		}
+		l = &g->listeners[g->nlisteners++];
+		l->cfg = cl;
+		l->up = g->ups[cl->upstream];
+		st = find_lstate(old, cl->name);
+		if (st != NULL) {
+			atomic_fetch_add(&st->refs, 1);
+		} else {
+			st = xcalloc(1, sizeof(*st));
+			atomic_init(&st->refs, 1);
+			snprintf(st->name, sizeof(st->name), "%s", cl->name);
+		}
+		l->state = st;
+		l->socks = xcalloc(cl->nbinds, sizeof(*l->socks));
+		for (size_t j = 0; j < cl->nbinds; j++) {
+			struct lsock *s = find_lsock(old, &cl->binds[j]);
+			bool skip;
+
+			if (s != NULL) {
+				atomic_fetch_add(&s->refs, 1);
+			} else {
+				s = lsock_bind(cl, &cl->binds[j], nworkers,
+				    &skip, err, errlen);
+				if (s == NULL && skip)
+					continue;
+				if (s == NULL)
+					goto fail;
+			}
+			l->socks[l->nsocks++] = s;
+		}
+		if (l->nsocks == 0)
+			log_warnx("[listen %s] has no usable address",
+			    cl->name);
+	}
+	return g;
+fail:
+	gen_free(g);
+	return NULL;
+}
+
+void
+gen_ref(struct gen *g)
+{
+	atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+}
+
+void
+gen_unref(struct gen *g)
+{
+	if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1)
+		gen_free(g);
+}
+
+int
+gen_write_ports(const struct gen *g, const char *path)
+{
+	char tmp[4096];
+	FILE *f;
+	int n;
+
+	n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+	if (n < 0 || (size_t)n >= sizeof(tmp)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	f = fopen(tmp, "we");
+	if (f == NULL)
+		return -1;
+	for (size_t i = 0; i < g->nlisteners; i++) {
+		const struct listener *l = &g->listeners[i];
+
+		for (size_t j = 0; j < l->nsocks; j++)
+			fprintf(f, "%s %s\n", l->cfg->name, l->socks[j]->text);
+	}
+	if (fflush(f) != 0 || ferror(f)) {
+		int saved = errno;
+
+		fclose(f);
+		unlink(tmp);
+		errno = saved;
+		return -1;
+	}
+	if (fclose(f) != 0 || rename(tmp, path) != 0) {
+		int saved = errno;
+
+		unlink(tmp);
+		errno = saved;
+		return -1;
+	}
+	return 0;
+}

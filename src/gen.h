@@ -1,0 +1,87 @@
+/*
+ * gen: one configuration generation at run time: the parsed config, its
+ * upstream groups and its bound listeners.
+ *
+ * A generation is immutable once published and reference counted: the main
+ * thread, each worker and each connection hold a reference.  A reload
+ * builds a new generation that shares what did not change (listening
+ * sockets by address, listener counters by name, upstream servers by
+ * host:port) with the old one.
+ *
+ * Listening sockets: one per worker per bound address (SO_REUSEPORT), made
+ * by the main thread.  Once handed over, fds[w] belongs to worker w, which
+ * closes it when a new generation drops the address or when it drains.
+ */
+#ifndef LIFELINE_GEN_H
+#define LIFELINE_GEN_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "addr.h"
+#include "config.h"
+#include "upstream.h"
+
+/* Per listener name; survives reloads while the name stays. */
+struct lstate {
+	_Atomic unsigned refs;
+	char name[CFG_MAX_NAME + 1];
+	_Atomic unsigned active; /* live connections, all workers */
+};
+
+/* One bound address: a listening socket per worker. */
+struct lsock {
+	_Atomic unsigned refs;
+	struct sockaddr_storage want; /* as configured (port may be 0) */
+	socklen_t wantlen;
+	char text[ADDR_STRLEN]; /* bound address with its real port */
+	int fds[CFG_MAX_WORKERS];
+	unsigned nfds;
+};
+
+struct listener {
+	const struct cfg_listen *cfg; /* borrowed from gen->cfg */
+	struct upstream *up;	      /* borrowed from the generation */
+	struct lstate *state;	      /* reference */
+	struct lsock **socks;	      /* owned array of references */
+	size_t nsocks;
+};
+
+struct gen {
+	_Atomic unsigned refs;
+	struct cfg *cfg; /* owned */
+	unsigned nworkers;
+	struct upstream **ups; /* owned array, parallel to cfg->upstreams */
+	struct listener *listeners; /* owned array: listeners started */
+	size_t nlisteners;
+};
+
+/*
+ * Why this build cannot start a listener yet, or NULL when it can.
+ */
+const char *gen_listener_unsupported(const struct cfg_listen *cl);
+
+/*
+ * Builds a generation from cfg (consumed, also on failure), sharing with
+ * old (may be NULL), binding new addresses for nworkers workers.  Warns
+ * about listeners it skips.  Returns NULL with a message in err when an
+ * address cannot be bound.
+ */
+struct gen *gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers,
+    char *err, size_t errlen);
+
+void gen_ref(struct gen *g);
+/* Drops a reference; frees the generation with the last one. */
+void gen_unref(struct gen *g);
+
+/* Drops a reference to a bound address; closes what is left with the last. */
+void lsock_unref(struct lsock *s);
+
+/*
+ * Writes "NAME ADDRESS:PORT" lines for every bound socket to path,
+ * atomically (temporary file and rename).  Returns 0 or -1 (errno set).
+ */
+int gen_write_ports(const struct gen *g, const char *path);
+
+#endif

@@ -1,0 +1,483 @@
+/*
+ * main: command line, start-up order, signals, reload and drain.
+ *
+ * Start-up: parse and validate the config, bind every listener (one socket
+ * per worker), resolve upstream names (bounded wait), drop privileges,
+ * start the workers, then write the ports file.  The main thread then only
+ * waits for signals (signalfd) and for workers that finish draining.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "gen.h"
+#include "log.h"
+#include "loop.h"
+#include "relay.h"
+#include "resolver.h"
+#include "worker.h"
+
+#ifndef LIFELINE_VERSION
+#define LIFELINE_VERSION "0.0.0-dev"
+#endif
+
+/* How long start-up and reload wait for upstream names to resolve. */
+#define RESOLVE_WAIT_MS 2000
+
+struct opts {
+	const char *config;
+	const char *preset;
+	const char *ports_file;
+	int verbosity; /* -1 quiet, 0 config, 1 verbose */
+	bool check;
+	bool print;
+};
+
+static struct {
+	struct opts o;
+	struct gen *gen; /* reference: the generation in force */
+	struct worker *workers[CFG_MAX_WORKERS];
+	unsigned nworkers;
+	int notify_fd;
+	const char *ports_file; /* borrowed: CLI or gen->cfg */
+} m = {.notify_fd = -1};
+
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+	    "usage: lifeline [-c FILE] [--preset NAME] [--ports-file FILE] "
+	    "[-v|-q]\n"
+	    "       lifeline --check [-c FILE | --preset NAME]\n"
+	    "       lifeline --print-config [-c FILE | --preset NAME]\n"
+	    "       lifeline --version | --help\n"
+	    "\n"
+	    "  -c, --config FILE     configuration file (INI); without it "
+	    "the preset applies\n"
+	    "  -p, --preset NAME     built-in configuration: whatsapp "
+	    "(default) or minimal\n"
+	    "      --ports-file FILE write 'NAME ADDRESS:PORT' per bound "
+	    "socket once bound\n"
+	    "      --check           validate the configuration and exit "
+	    "(0 valid, 1 invalid)\n"
+	    "      --print-config    print the effective configuration and "
+	    "exit\n"
+	    "  -v, --verbose         log at debug level (shows client "
+	    "addresses)\n"
+	    "  -q, --quiet           log errors only\n"
+	    "  -V, --version         print the version and exit\n"
+	    "  -h, --help            print this help and exit\n"
+	    "\n"
+	    "Signals: TERM/INT drain and exit, HUP reload, USR1 log "
+	    "counters.\n");
+}
+
+static void
+parse_args(int argc, char **argv, struct opts *o)
+{
+	enum { OPT_PORTS = 256, OPT_CHECK, OPT_PRINT };
+	static const struct option longopts[] = {
+	    {"config", required_argument, NULL, 'c'},
+	    {"preset", required_argument, NULL, 'p'},
+	    {"ports-file", required_argument, NULL, OPT_PORTS},
+	    {"check", no_argument, NULL, OPT_CHECK},
+	    {"print-config", no_argument, NULL, OPT_PRINT},
+	    {"verbose", no_argument, NULL, 'v'},
+	    {"quiet", no_argument, NULL, 'q'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	int ch;
+
+	memset(o, 0, sizeof(*o));
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, ":c:p:vqVh", longopts, NULL)) !=
+	    -1) {
+		switch (ch) {
+		case 'c':
+			o->config = optarg;
+			break;
+		case 'p':
+			o->preset = optarg;
+			break;
+		case OPT_PORTS:
+			o->ports_file = optarg;
+			break;
+		case OPT_CHECK:
+			o->check = true;
+			break;
+		case OPT_PRINT:
+			o->print = true;
+			break;
+		case 'v':
+			o->verbosity = 1;
+			break;
+		case 'q':
+			o->verbosity = -1;
+			break;
+		case 'V':
+			printf("lifeline %s\n", LIFELINE_VERSION);
+			exit(0);
+		case 'h':
+			usage(stdout);
+			exit(0);
+		case ':':
+			fprintf(stderr, "lifeline: option '%s' needs a value\n",
+			    argv[optind - 1]);
+			exit(2);
+		default:
+			fprintf(stderr,
+			    "lifeline: unknown option '%s' (see --help)\n",
+			    argv[optind - 1]);
+			exit(2);
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "lifeline: unexpected argument '%s' (see "
+				"--help)\n",
+		    argv[optind]);
+		exit(2);
+	}
+	if (o->config != NULL && o->preset != NULL) {
+		fprintf(stderr,
+		    "lifeline: -c and --preset exclude each other\n");
+		exit(2);
+	}
+	if (o->check && o->print) {
+		fprintf(stderr,
+		    "lifeline: --check and --print-config exclude each "
+		    "other\n");
+		exit(2);
+	}
+}
+
+static struct cfg *
+load_config(const struct opts *o, char *err, size_t errlen)
+{
+	if (o->config != NULL)
+		return cfg_load_file(o->config, err, errlen);
+	return cfg_load_preset(o->preset != NULL ? o->preset : "whatsapp",
+	    err, errlen);
+}
+
+static void
+apply_log_level(const struct cfg *cfg)
+{
+	if (m.o.verbosity > 0)
+		log_set_level(LOG_DEBUG);
+	else if (m.o.verbosity < 0)
+		log_set_level(LOG_ERROR);
+	else
+		log_set_level(cfg->log_level);
+}
+
+static unsigned
+count_workers(const struct cfg *cfg)
+{
+	long n;
+
+	if (cfg->workers > 0)
+		return cfg->workers;
+	n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	if (n > CFG_MAX_WORKERS)
+		n = CFG_MAX_WORKERS;
+	return (unsigned)n;
+}
+
+/* Reports what this build will not start; returns how many. */
+static unsigned
+report_unsupported(const struct cfg *cfg, FILE *out)
+{
+	unsigned n = 0;
+
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		const char *why = gen_listener_unsupported(&cfg->listens[i]);
+
+		if (why == NULL)
+			continue;
+		fprintf(out, "%s:%d: warning: [listen %s] will be skipped: %s\n",
+		    cfg->source, cfg->listens[i].line, cfg->listens[i].name,
+		    why);
+		n++;
+	}
+	if (cfg->nstats > 0) {
+		fprintf(out,
+		    "%s: warning: [stats] listener not available in this "
+		    "build yet\n",
+		    cfg->source);
+		n++;
+	}
+	return n;
+}
+
+/*
+ * Drops root for the configured user after binding.  Returns 0 or -1.
+ * Without 'user', or when not root, nothing changes.
+ */
+static int
+drop_privileges(const char *user)
+{
+	struct passwd *pw;
+
+	if (user == NULL || geteuid() != 0)
+		return 0;
+	errno = 0;
+	pw = getpwnam(user);
+	if (pw == NULL) {
+		log_errorx("user '%s' does not exist: cannot drop privileges",
+		    user);
+		return -1;
+	}
+	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 ||
+	    setuid(pw->pw_uid) != 0) {
+		log_error("cannot drop privileges to '%s'", user);
+		return -1;
+	}
+	if (setuid(0) == 0) {
+		log_errorx("privileges could be regained after dropping them");
+		return -1;
+	}
+	log_info("running as user '%s'", user);
+	return 0;
+}
+
+static void
+write_ports(void)
+{
+	if (m.ports_file == NULL)
+		return;
+	if (gen_write_ports(m.gen, m.ports_file) != 0)
+		log_error("cannot write ports file %s", m.ports_file);
+}
+
+static void
+log_summary(void)
+{
+	uint64_t v[11] = {0};
+
+	for (unsigned i = 0; i < m.nworkers; i++) {
+		struct relay_counters *c = &m.workers[i]->cnt;
+
+		v[0] += RELAY_CNT_GET(c, accepted);
+		v[1] += RELAY_CNT_GET(c, active);
+		v[2] += RELAY_CNT_GET(c, relayed);
+		v[3] += RELAY_CNT_GET(c, refused_maxconn);
+		v[4] += RELAY_CNT_GET(c, upstream_failed);
+		v[5] += RELAY_CNT_GET(c, timeouts);
+		v[6] += RELAY_CNT_GET(c, errors);
+		v[7] += RELAY_CNT_GET(c, connect_retries);
+		v[8] += RELAY_CNT_GET(c, bytes_in);
+		v[9] += RELAY_CNT_GET(c, bytes_out);
+		v[10] += RELAY_CNT_GET(c, accept_pauses);
+	}
+	log_info("counters: accepted=%llu active=%llu relayed=%llu "
+		 "refused_maxconn=%llu upstream_failed=%llu timeouts=%llu "
+		 "errors=%llu connect_retries=%llu bytes_in=%llu "
+		 "bytes_out=%llu accept_pauses=%llu",
+	    (unsigned long long)v[0], (unsigned long long)v[1],
+	    (unsigned long long)v[2], (unsigned long long)v[3],
+	    (unsigned long long)v[4], (unsigned long long)v[5],
+	    (unsigned long long)v[6], (unsigned long long)v[7],
+	    (unsigned long long)v[8], (unsigned long long)v[9],
+	    (unsigned long long)v[10]);
+}
+
+static void
+reload(void)
+{
+	char err[CFG_ERRLEN];
+	struct cfg *cfg;
+	struct gen *g;
+
+	log_info("reloading configuration");
+	cfg = load_config(&m.o, err, sizeof(err));
+	if (cfg == NULL) {
+		log_errorx("reload refused, previous configuration kept: %s",
+		    err);
+		return;
+	}
+	if (count_workers(cfg) != m.nworkers)
+		log_warnx("reload: 'workers' changes take effect at restart");
+	if ((cfg->user == NULL) != (m.gen->cfg->user == NULL) ||
+	    (cfg->user != NULL && strcmp(cfg->user, m.gen->cfg->user) != 0))
+		log_warnx("reload: 'user' changes take effect at restart");
+	g = gen_new(cfg, m.gen, m.nworkers, err, sizeof(err));
+	if (g == NULL) {
+		log_errorx("reload refused, previous configuration kept: %s",
+		    err);
+		return;
+	}
+	apply_log_level(g->cfg);
+	resolver_set_gen(g);
+	resolver_wait(RESOLVE_WAIT_MS);
+	for (unsigned i = 0; i < m.nworkers; i++)
+		worker_apply(m.workers[i], g);
+	gen_unref(m.gen);
+	m.gen = g;
+	if (m.o.ports_file == NULL)
+		m.ports_file = g->cfg->ports_file;
+	write_ports();
+	log_info("configuration reloaded: %zu listener%s", g->nlisteners,
+	    g->nlisteners == 1 ? "" : "s");
+}
+
+static void
+drain(bool now)
+{
+	uint64_t deadline = loop_clock_ms() +
+	    (now ? 0 : m.gen->cfg->drain_timeout_ms);
+
+	if (now)
+		log_info("second stop signal: closing all connections now");
+	else
+		log_info("stopping: no new connections; draining %u live "
+			 "connection%s for at most %llums",
+		    relay_total_active(), relay_total_active() == 1 ? "" : "s",
+		    (unsigned long long)m.gen->cfg->drain_timeout_ms);
+	for (unsigned i = 0; i < m.nworkers; i++)
+		worker_drain(m.workers[i], deadline);
+}
+
+/* Waits for signals and finished workers; returns the exit status. */
+static int
+main_loop(int sfd)
+{
+	struct pollfd pfd[2] = {
+	    {.fd = sfd, .events = POLLIN},
+	    {.fd = m.notify_fd, .events = POLLIN},
+	};
+	unsigned done = 0;
+	bool draining = false;
+
+	while (done < m.nworkers) {
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("poll");
+			return 1;
+		}
+		if (pfd[0].revents & POLLIN) {
+			struct signalfd_siginfo si;
+
+			if (read(sfd, &si, sizeof(si)) != sizeof(si))
+				continue;
+			switch (si.ssi_signo) {
+			case SIGTERM:
+			case SIGINT:
+				drain(draining);
+				draining = true;
+				break;
+			case SIGHUP:
+				if (!draining)
+					reload();
+				break;
+			case SIGUSR1:
+				log_summary();
+				break;
+			}
+		}
+		if (pfd[1].revents & POLLIN) {
+			uint64_t v;
+
+			if (read(m.notify_fd, &v, sizeof(v)) == sizeof(v))
+				done += (unsigned)v;
+		}
+	}
+	return draining ? 0 : 1;
+}
+
+int
+main(int argc, char **argv)
+{
+	char err[CFG_ERRLEN];
+	struct cfg *cfg;
+	sigset_t set;
+	int sfd, status;
+
+	parse_args(argc, argv, &m.o);
+	cfg = load_config(&m.o, err, sizeof(err));
+	if (cfg == NULL) {
+		fprintf(stderr, "lifeline: %s\n", err);
+		return m.o.check ? 1 : 2;
+	}
+	if (m.o.check) {
+		report_unsupported(cfg, stdout);
+		printf("%s: configuration OK\n", cfg->source);
+		cfg_free(cfg);
+		return 0;
+	}
+	if (m.o.print) {
+		cfg_print(cfg, stdout);
+		cfg_free(cfg);
+		return 0;
+	}
+	apply_log_level(cfg);
+
+	/* Workers inherit this mask: signals reach the main thread only. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGUSR1);
+	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
+		fatal(1, "cannot block signals");
+	signal(SIGPIPE, SIG_IGN);
+	sfd = signalfd(-1, &set, SFD_CLOEXEC);
+	if (sfd < 0)
+		fatal(1, "signalfd: %s", strerror(errno));
+	m.notify_fd = eventfd(0, EFD_CLOEXEC);
+	if (m.notify_fd < 0)
+		fatal(1, "eventfd: %s", strerror(errno));
+
+	m.nworkers = count_workers(cfg);
+	m.gen = gen_new(cfg, NULL, m.nworkers, err, sizeof(err));
+	if (m.gen == NULL)
+		fatal(1, "%s", err);
+	if (m.gen->nlisteners == 0)
+		fatal(1, "no listener can be started");
+	m.ports_file =
+	    m.o.ports_file != NULL ? m.o.ports_file : m.gen->cfg->ports_file;
+	if (drop_privileges(m.gen->cfg->user) != 0)
+		exit(1);
+	if (resolver_start(m.gen, RESOLVER_INTERVAL_MS) != 0)
+		fatal(1, "cannot start the resolver thread");
+	resolver_wait(RESOLVE_WAIT_MS);
+	for (unsigned i = 0; i < m.nworkers; i++) {
+		m.workers[i] = worker_new(i, m.gen, m.notify_fd);
+		if (m.workers[i] == NULL || worker_start(m.workers[i]) != 0)
+			fatal(1, "cannot start worker %u: %s", i,
+			    strerror(errno));
+	}
+	write_ports();
+	log_info("lifeline %s started: %u worker%s, %zu listener%s",
+	    LIFELINE_VERSION, m.nworkers, m.nworkers == 1 ? "" : "s",
+	    m.gen->nlisteners, m.gen->nlisteners == 1 ? "" : "s");
+	if (m.gen->cfg->nstats > 0)
+		log_warnx("[stats] listener not available in this build yet");
+
+	status = main_loop(sfd);
+
+	for (unsigned i = 0; i < m.nworkers; i++)
+		worker_free(m.workers[i]);
+	resolver_stop();
+	if (m.ports_file != NULL)
+		(void)unlink(m.ports_file);
+	log_info("stopped");
+	gen_unref(m.gen);
+	close(m.notify_fd);
+	close(sfd);
+	return status;
+}

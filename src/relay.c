@@ -1,0 +1,670 @@
+/*
+ * relay: connection state machine and the splice(2) copy loop.
+ *
+ * A direction d copies from side[d] to side[!d] through dir[d]'s pipe:
+ * socket -> pipe -> socket, never through user space.  A pipe is taken
+ * from the worker's pool when bytes arrive and given back as soon as it is
+ * empty, so an idle connection holds two sockets and this struct only.
+ *
+ * Sockets are registered edge-triggered; rd_ready/wr_ready remember an
+ * edge until a syscall says EAGAIN.  Invariants:
+ *  - dir[d].inpipe bytes sit in dir[d]'s pipe, never more than its cap;
+ *  - side[s].eof: s sent FIN (read returned 0); we never read s again;
+ *  - side[s].shut: we sent FIN to s, after dir[!s] was empty and
+ *    side[!s].eof; nothing is written to s again;
+ *  - both sides shut: the connection is complete and closes cleanly.
+ * An error on either socket closes both with RST (SO_LINGER 0), so that
+ * neither peer mistakes a cut stream for a complete one.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "gen.h"
+#include "log.h"
+#include "proxyproto.h"
+#include "relay.h"
+#include "upstream.h"
+#include "worker.h"
+
+#define RELAY_PIPE_SIZE (256 * 1024)
+#define RELAY_POOL_RESERVE 2
+#define RELAY_POOL_MAX 256
+/* splice(2) calls per connection per wake-up, for fairness. */
+#define RELAY_BUDGET 16
+
+#define container_of(ptr, type, member)                                        \
+	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+enum relay_state {
+	RELAY_ST_CONNECTING = 0,
+	RELAY_ST_STREAMING,
+	RELAY_ST_CLOSED,
+};
+
+enum {
+	CLIENT = 0,
+	SERVER = 1,
+};
+
+struct relay_side {
+	struct loop_io io;
+	struct relay_conn *c; /* borrowed: back pointer */
+	uint64_t last;	      /* last I/O, loop ms */
+	bool rd_ready, wr_ready;
+	bool eof;  /* peer sent FIN */
+	bool shut; /* we sent FIN */
+};
+
+struct relay_dir {
+	struct relay_pipe p;
+	uint32_t inpipe;
+};
+
+struct relay_conn {
+	struct relay_side side[2];
+	struct relay_dir dir[2]; /* indexed by source side */
+	struct worker *w;	 /* borrowed */
+	struct gen *gen;	 /* reference */
+	struct listener *ls;	 /* borrowed from gen */
+	struct upstream_server *srv; /* borrowed: current attempt */
+	struct upstream_cursor cur;
+	struct loop_timer timer;
+	struct loop_task task; /* continue relaying, or free */
+	uint64_t connect_deadline;
+	enum relay_state state;
+	uint8_t attempts;
+	struct relay_conn *prev, *next; /* worker's list */
+};
+
+static _Atomic unsigned relay_active_total;
+
+unsigned
+relay_total_active(void)
+{
+	return atomic_load_explicit(&relay_active_total, memory_order_relaxed);
+}
+
+/* Pipe pool. */
+
+static int
+pipe_new(struct relay_pipe *p)
+{
+	int fds[2], sz;
+
+	if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0)
+		return -1;
+	/* Failure (a user over pipe-user-pages-soft) keeps the default. */
+	(void)fcntl(fds[1], F_SETPIPE_SZ, RELAY_PIPE_SIZE);
+	sz = fcntl(fds[1], F_GETPIPE_SZ);
+	p->rd = fds[0];
+	p->wr = fds[1];
+	p->cap = sz > 0 ? (uint32_t)sz : 65536;
+	return 0;
+}
+
+static int
+pipe_take(struct worker *w, struct relay_pipe *p)
+{
+	struct relay_pool *pool = &w->pool;
+
+	if (pool->n > 0) {
+		*p = pool->v[--pool->n];
+		if (pool->n < pool->low)
+			pool->low = pool->n;
+		return 0;
+	}
+	return pipe_new(p);
+}
+
+/* Returns p to the pool, or closes it when it holds bytes or is surplus. */
+static void
+pipe_give(struct worker *w, struct relay_pipe *p, bool dirty)
+{
+	struct relay_pool *pool = &w->pool;
+
+	if (p->rd < 0)
+		return;
+	if (!dirty && pool->n < pool->cap) {
+		pool->v[pool->n++] = *p;
+	} else {
+		close(p->rd);
+		close(p->wr);
+	}
+	p->rd = p->wr = -1;
+	p->cap = 0;
+}
+
+int
+relay_pool_init(struct worker *w)
+{
+	struct relay_pool *pool = &w->pool;
+
+	pool->cap = RELAY_POOL_MAX;
+	pool->v = calloc(pool->cap, sizeof(*pool->v));
+	if (pool->v == NULL)
+		return -1;
+	/* A reserve, so that relaying goes on when fds run out. */
+	while (pool->n < RELAY_POOL_RESERVE) {
+		struct relay_pipe p;
+
+		if (pipe_new(&p) != 0)
+			return -1;
+		pool->v[pool->n++] = p;
+	}
+	pool->low = pool->n;
+	return 0;
+}
+
+void
+relay_pool_trim(struct worker *w)
+{
+	struct relay_pool *pool = &w->pool;
+
+	/* Pipes that stayed idle for a whole period are not needed. */
+	while (pool->low > RELAY_POOL_RESERVE && pool->n > RELAY_POOL_RESERVE) {
+		struct relay_pipe *p = &pool->v[--pool->n];
+
+		close(p->rd);
+		close(p->wr);
+		pool->low--;
+	}
+	pool->low = pool->n;
+}
+
+void
+relay_pool_cleanup(struct worker *w)
+{
+	struct relay_pool *pool = &w->pool;
+
+	for (size_t i = 0; i < pool->n; i++) {
+		close(pool->v[i].rd);
+		close(pool->v[i].wr);
+	}
+	free(pool->v);
+	pool->v = NULL;
+	pool->n = pool->cap = pool->low = 0;
+}
+
+/* Connection life. */
+
+static void conn_free_task(struct loop_task *t);
+static void conn_continue_task(struct loop_task *t);
+static void conn_timer_cb(struct loop_timer *t);
+static void side_cb(struct loop_io *io, uint32_t events);
+static void conn_connect(struct relay_conn *c);
+
+static void
+set_sockopts(int fd)
+{
+	int on = 1, idle = 60, intvl = 10, cnt = 6;
+
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+	(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl,
+	    sizeof(intvl));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+}
+
+static void
+conn_close(struct relay_conn *c, bool abort_peers)
+{
+	struct worker *w = c->w;
+
+	if (c->state == RELAY_ST_CLOSED)
+		return;
+	if (c->state == RELAY_ST_STREAMING && !abort_peers)
+		RELAY_CNT_ADD(&w->cnt, relayed, 1);
+	c->state = RELAY_ST_CLOSED;
+	for (int s = 0; s < 2; s++) {
+		struct relay_side *side = &c->side[s];
+
+		if (side->io.fd < 0)
+			continue;
+		if (abort_peers) {
+			struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+			(void)setsockopt(side->io.fd, SOL_SOCKET, SO_LINGER,
+			    &lg, sizeof(lg));
+		}
+		/* close(2) also removes the fd from the epoll set. */
+		close(side->io.fd);
+		side->io.fd = -1;
+	}
+	for (int d = 0; d < 2; d++)
+		pipe_give(w, &c->dir[d].p, c->dir[d].inpipe > 0);
+	loop_timer_del(w->loop, &c->timer);
+	loop_task_cancel(w->loop, &c->task);
+
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
+	w->nconns--;
+	RELAY_CNT_ADD(&w->cnt, active, -1);
+	atomic_fetch_sub_explicit(&relay_active_total, 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&c->ls->state->active, 1,
+	    memory_order_relaxed);
+
+	/* Freed after this loop iteration: events may still name it. */
+	loop_task_init(&c->task, conn_free_task);
+	loop_task_queue(w->loop, &c->task);
+	worker_conn_gone(w);
+}
+
+static void
+conn_free_task(struct loop_task *t)
+{
+	struct relay_conn *c = container_of(t, struct relay_conn, task);
+
+	gen_unref(c->gen);
+	free(c);
+}
+
+void
+relay_close_all(struct worker *w)
+{
+	while (w->conns != NULL)
+		conn_close(w->conns, true);
+}
+
+/* The earliest moment a timeout ends this connection. */
+static uint64_t
+conn_deadline(const struct relay_conn *c)
+{
+	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
+	uint64_t dl[2];
+
+	if (c->state == RELAY_ST_CONNECTING)
+		return c->connect_deadline;
+	for (int s = 0; s < 2; s++) {
+		const struct relay_side *side = &c->side[s];
+		/*
+		 * Once we sent FIN to a side, it only has to acknowledge and
+		 * finish: the shorter "fin" timeout applies (FIN_WAIT).
+		 */
+		bool half = side->shut;
+		uint64_t to = s == CLIENT
+		    ? (half ? t->client_fin_ms : t->client_ms)
+		    : (half ? t->server_fin_ms : t->server_ms);
+
+		dl[s] = side->last + to;
+	}
+	return dl[0] < dl[1] ? dl[0] : dl[1];
+}
+
+static void
+conn_arm(struct relay_conn *c)
+{
+	loop_timer_set(c->w->loop, &c->timer, conn_deadline(c));
+}
+
+/*
+ * Moves what it can in direction d.  Returns 0, or -1 when a socket failed
+ * (the connection must be aborted).  Spends *budget.
+ */
+static int
+pump(struct relay_conn *c, int d, int *budget)
+{
+	struct worker *w = c->w;
+	struct relay_side *src = &c->side[d], *dst = &c->side[!d];
+	struct relay_dir *dir = &c->dir[d];
+	uint64_t now = loop_now(w->loop);
+
+	if (dst->shut)
+		return 0;
+	while (*budget > 0) {
+		bool progress = false;
+		ssize_t n;
+
+		if (dir->inpipe > 0 && dst->wr_ready) {
+			n = splice(dir->p.rd, NULL, dst->io.fd, NULL,
+			    dir->inpipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			if (n > 0) {
+				dir->inpipe -= (uint32_t)n;
+				dst->last = now;
+				if (d == CLIENT)
+					RELAY_CNT_ADD(&w->cnt, bytes_in,
+					    (uint64_t)n);
+				else
+					RELAY_CNT_ADD(&w->cnt, bytes_out,
+					    (uint64_t)n);
+				progress = true;
+			} else if (n < 0 && errno == EAGAIN) {
+				dst->wr_ready = false;
+			} else if (n < 0 && errno != EINTR) {
+				return -1;
+			}
+			(*budget)--;
+		}
+		if (dir->inpipe == 0 && src->eof) {
+			pipe_give(w, &dir->p, false);
+			/* ENOTCONN when the peer is gone: the next write says. */
+			(void)shutdown(dst->io.fd, SHUT_WR);
+			dst->shut = true;
+			return 0;
+		}
+		if (!src->eof && src->rd_ready &&
+		    (dir->p.rd < 0 || dir->inpipe < dir->p.cap)) {
+			if (dir->p.rd < 0 && pipe_take(w, &dir->p) != 0) {
+				log_debug("no pipe for a relay: %s",
+				    strerror(errno));
+				return -1;
+			}
+			n = splice(src->io.fd, NULL, dir->p.wr, NULL,
+			    dir->p.cap - dir->inpipe,
+			    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			if (n > 0) {
+				dir->inpipe += (uint32_t)n;
+				src->last = now;
+				progress = true;
+			} else if (n == 0) {
+				src->eof = true;
+				src->last = now;
+				progress = true;
+			} else if (errno == EAGAIN) {
+				/*
+				 * With bytes in the pipe, EAGAIN may mean the
+				 * pipe is out of slots, not that the socket is
+				 * empty: keep the edge and try again once the
+				 * pipe drains.
+				 */
+				if (dir->inpipe == 0)
+					src->rd_ready = false;
+			} else if (errno != EINTR) {
+				return -1;
+			}
+			(*budget)--;
+		}
+		if (!progress)
+			break;
+	}
+	if (dir->inpipe == 0)
+		pipe_give(w, &dir->p, false);
+	return 0;
+}
+
+static void
+conn_run(struct relay_conn *c)
+{
+	int budget = RELAY_BUDGET;
+	bool shut_before = c->side[0].shut || c->side[1].shut;
+
+	if (pump(c, CLIENT, &budget) != 0 || pump(c, SERVER, &budget) != 0) {
+		RELAY_CNT_ADD(&c->w->cnt, errors, 1);
+		conn_close(c, true);
+		return;
+	}
+	if (c->side[CLIENT].shut && c->side[SERVER].shut) {
+		conn_close(c, false);
+		return;
+	}
+	if (budget <= 0)
+		loop_task_queue(c->w->loop, &c->task);
+	/* A side just got a FIN from us: its shorter timeout starts. */
+	if (shut_before != (c->side[0].shut || c->side[1].shut))
+		conn_arm(c);
+}
+
+static void
+conn_continue_task(struct loop_task *t)
+{
+	struct relay_conn *c = container_of(t, struct relay_conn, task);
+
+	if (c->state == RELAY_ST_STREAMING)
+		conn_run(c);
+}
+
+static void
+send_proxy_header(struct relay_conn *c, int fd)
+{
+	enum cfg_send_proxy sp = c->ls->up->cfg->send_proxy;
+	struct sockaddr_storage peer, local;
+	socklen_t plen = sizeof(peer), llen = sizeof(local);
+	uint8_t hdr[PP_BUILD_MAX];
+	bool known;
+	ssize_t n;
+
+	if (sp == CFG_SEND_PROXY_NONE)
+		return;
+	known = getpeername(c->side[CLIENT].io.fd, (struct sockaddr *)&peer,
+		    &plen) == 0 &&
+	    getsockname(c->side[CLIENT].io.fd, (struct sockaddr *)&local,
+		&llen) == 0;
+	n = pp_build(sp == CFG_SEND_PROXY_V1 ? PP_V1 : PP_V2,
+	    known ? (struct sockaddr *)&peer : NULL,
+	    known ? (struct sockaddr *)&local : NULL, 0, hdr, sizeof(hdr));
+	/* A fresh socket's send buffer always takes a header this small. */
+	if (n < 0 || write(fd, hdr, (size_t)n) != n)
+		c->side[SERVER].wr_ready = false, c->side[SERVER].eof = true;
+}
+
+static void
+conn_connected(struct relay_conn *c)
+{
+	struct worker *w = c->w;
+	uint64_t now = loop_now(w->loop);
+	int fd = c->side[SERVER].io.fd;
+
+	upstream_report(c->srv, true, now);
+	set_sockopts(fd);
+	c->state = RELAY_ST_STREAMING;
+	for (int s = 0; s < 2; s++) {
+		/* Try both ways once: an edge may predate registration. */
+		c->side[s].rd_ready = true;
+		c->side[s].wr_ready = true;
+		c->side[s].last = now;
+	}
+	send_proxy_header(c, fd);
+	if (c->side[SERVER].eof) {
+		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		conn_close(c, true);
+		return;
+	}
+	conn_arm(c);
+	conn_run(c);
+}
+
+static void
+conn_attempt_failed(struct relay_conn *c)
+{
+	struct worker *w = c->w;
+
+	upstream_report(c->srv, false, loop_now(w->loop));
+	close(c->side[SERVER].io.fd);
+	c->side[SERVER].io.fd = -1;
+	conn_connect(c);
+}
+
+/* Starts the next connection attempt, or closes the client when none is left. */
+static void
+conn_connect(struct relay_conn *c)
+{
+	struct worker *w = c->w;
+	struct upstream *up = c->ls->up;
+
+	for (;;) {
+		struct sockaddr_storage ss;
+		uint64_t now = loop_now(w->loop);
+		int fd, r;
+
+		c->srv = upstream_next(up, &c->cur, now, &ss);
+		if (c->srv == NULL) {
+			RELAY_CNT_ADD(&w->cnt, upstream_failed, 1);
+			log_debug("[listen %s]: no upstream server of '%s' "
+				  "reachable",
+			    c->ls->cfg->name, up->cfg->name);
+			conn_close(c, false);
+			return;
+		}
+		if (c->attempts++ > 0)
+			RELAY_CNT_ADD(&w->cnt, connect_retries, 1);
+		fd = socket(ss.ss_family,
+		    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			/* Our own shortage, not the server's fault. */
+			log_debug("upstream socket: %s", strerror(errno));
+			RELAY_CNT_ADD(&w->cnt, errors, 1);
+			conn_close(c, true);
+			return;
+		}
+		r = connect(fd, (struct sockaddr *)&ss,
+		    addr_len((struct sockaddr *)&ss));
+		if (r == 0 || errno == EINPROGRESS) {
+			c->side[SERVER].io.fd = fd;
+			if (loop_io_add(w->loop, &c->side[SERVER].io,
+				EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) !=
+			    0) {
+				RELAY_CNT_ADD(&w->cnt, errors, 1);
+				conn_close(c, true);
+				return;
+			}
+			c->connect_deadline =
+			    now + c->gen->cfg->timeouts.connect_ms;
+			conn_arm(c);
+			return;
+		}
+		if (log_enabled(LOG_DEBUG))
+			log_debug("connect to upstream %s: %s", c->srv->label,
+			    strerror(errno));
+		close(fd);
+		upstream_report(c->srv, false, now);
+	}
+}
+
+static void
+conn_timer_cb(struct loop_timer *t)
+{
+	struct relay_conn *c = container_of(t, struct relay_conn, timer);
+	uint64_t now = loop_now(c->w->loop);
+	uint64_t dl = conn_deadline(c);
+
+	if (dl > now) {
+		loop_timer_set(c->w->loop, &c->timer, dl);
+		return;
+	}
+	if (c->state == RELAY_ST_CONNECTING) {
+		log_debug("connect to upstream %s timed out", c->srv->label);
+		conn_attempt_failed(c);
+		return;
+	}
+	RELAY_CNT_ADD(&c->w->cnt, timeouts, 1);
+	conn_close(c, false);
+}
+
+static void
+side_cb(struct loop_io *io, uint32_t events)
+{
+	struct relay_side *side = container_of(io, struct relay_side, io);
+	struct relay_conn *c = side->c;
+
+	if (c->state == RELAY_ST_CLOSED)
+		return;
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		side->rd_ready = true;
+	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+		side->wr_ready = true;
+	if (c->state == RELAY_ST_CONNECTING) {
+		if (side == &c->side[CLIENT]) {
+			/* The client gave up before we reached upstream. */
+			if (events & (EPOLLHUP | EPOLLERR))
+				conn_close(c, true);
+			return;
+		}
+		if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
+			int err = 0;
+			socklen_t len = sizeof(err);
+
+			if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err,
+				&len) != 0)
+				err = errno;
+			if (err == 0 && !(events & (EPOLLHUP | EPOLLERR))) {
+				conn_connected(c);
+			} else {
+				if (log_enabled(LOG_DEBUG))
+					log_debug("connect to upstream %s: %s",
+					    c->srv->label,
+					    strerror(err ? err : ECONNRESET));
+				conn_attempt_failed(c);
+			}
+		}
+		return;
+	}
+	conn_run(c);
+}
+
+void
+relay_accept(struct worker *w, struct listener *ls, int fd)
+{
+	const struct cfg *cfg = w->gen->cfg;
+	unsigned lmax = ls->cfg->maxconn;
+	struct relay_conn *c;
+
+	RELAY_CNT_ADD(&w->cnt, accepted, 1);
+	if (atomic_fetch_add_explicit(&relay_active_total, 1,
+		memory_order_relaxed) >= cfg->maxconn) {
+		atomic_fetch_sub_explicit(&relay_active_total, 1,
+		    memory_order_relaxed);
+		goto refuse;
+	}
+	if (atomic_fetch_add_explicit(&ls->state->active, 1,
+		memory_order_relaxed) >= (lmax ? lmax : UINT32_MAX)) {
+		atomic_fetch_sub_explicit(&ls->state->active, 1,
+		    memory_order_relaxed);
+		atomic_fetch_sub_explicit(&relay_active_total, 1,
+		    memory_order_relaxed);
+		goto refuse;
+	}
+	c = calloc(1, sizeof(*c));
+	if (c == NULL) {
+		atomic_fetch_sub_explicit(&ls->state->active, 1,
+		    memory_order_relaxed);
+		atomic_fetch_sub_explicit(&relay_active_total, 1,
+		    memory_order_relaxed);
+		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		close(fd);
+		return;
+	}
+	c->w = w;
+	c->gen = w->gen;
+	gen_ref(c->gen);
+	c->ls = ls;
+	c->state = RELAY_ST_CONNECTING;
+	for (int s = 0; s < 2; s++) {
+		c->side[s].c = c;
+		c->side[s].io.fd = -1;
+		c->side[s].io.cb = side_cb;
+		c->dir[s].p.rd = c->dir[s].p.wr = -1;
+	}
+	c->side[CLIENT].io.fd = fd;
+	loop_timer_init(&c->timer, conn_timer_cb);
+	loop_task_init(&c->task, conn_continue_task);
+	c->next = w->conns;
+	if (w->conns != NULL)
+		w->conns->prev = c;
+	w->conns = c;
+	w->nconns++;
+	RELAY_CNT_ADD(&w->cnt, active, 1);
+	set_sockopts(fd);
+	if (loop_io_add(w->loop, &c->side[CLIENT].io,
+		EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != 0) {
+		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		conn_close(c, true);
+		return;
+	}
+	conn_connect(c);
+	return;
+refuse:
+	RELAY_CNT_ADD(&w->cnt, refused_maxconn, 1);
+	close(fd);
+}

@@ -1,0 +1,306 @@
+"""Command line and configuration: errors with file:line, --check,
+--print-config round trip, presets, unsupported listeners, exit codes."""
+
+import re
+import socket
+
+import pytest
+
+from conftest import (
+    Daemon, free_port, make_config, run_cli, start_daemon, try_echo)
+
+GOOD = """\
+[global]
+workers = 2
+maxconn = 1000
+drain-timeout = 5s
+
+[timeouts]
+connect = 1s   # inline comment
+client = 3s    ; other inline comment
+server = 3s
+client-fin = 1s
+server-fin = 1s
+
+# a full-line comment
+; another one
+[upstream up]
+server = 127.0.0.1:{p1}
+server = localhost:{p2}
+send-proxy = none
+
+[listen plain]
+bind = 127.0.0.1:0
+upstream = up
+maxconn = 100
+"""
+
+
+def good(p1=1, p2=2):
+    return GOOD.format(p1=p1, p2=p2)
+
+
+def parse_ini(text):
+    """Tiny INI reader keeping repeated keys: {section: {key: [values]}}."""
+    out = {}
+    cur = None
+    for raw in text.splitlines():
+        line = re.split(r"\s[#;]", raw, maxsplit=1)[0].strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            cur = " ".join(line.strip("[]").split())
+            assert cur not in out, f"section {cur} printed twice"
+            out[cur] = {}
+            continue
+        k, v = line.split("=", 1)
+        assert cur is not None, f"key outside section: {raw}"
+        out[cur].setdefault(k.strip(), []).append(v.strip())
+    return out
+
+
+def duration_ms(v):
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", v)
+    assert m, f"bad duration printed: {v}"
+    return int(m.group(1)) * {"ms": 1, "s": 1000, "m": 60000, "h": 3600000}[m.group(2)]
+
+
+def strip_comments(text):
+    return "\n".join(l for l in text.splitlines() if not l.lstrip().startswith(("#", ";")))
+
+
+# --- configuration errors: (name, text, marker of the line to report, exact?)
+# exact=False: a semantic error about a whole section; any line from the
+# section header to the marker is accepted.
+
+BASE_TAIL = """\
+[upstream up]
+server = 127.0.0.1:9
+[listen a]
+bind = 127.0.0.1:0
+upstream = up
+"""
+
+ERRORS = [
+    ("unknown-key", "[global]\nworkers = 1\n" + BASE_TAIL + "foo = 1\n", "foo = 1", True),
+    ("unknown-section-kind", BASE_TAIL + "[frobnicate x]\nkey = 1\n", "[frobnicate x]", True),
+    ("duration-5x", "[timeouts]\nconnect = 5x\n" + BASE_TAIL, "connect = 5x", True),
+    ("duration-abc", "[timeouts]\nclient = abc\n" + BASE_TAIL, "client = abc", True),
+    ("duration-no-unit", "[timeouts]\nserver = 5\n" + BASE_TAIL, "server = 5", True),
+    ("maxconn-negative", "[global]\nmaxconn = -1\n" + BASE_TAIL, "maxconn = -1", True),
+    ("maxconn-lots", BASE_TAIL + "maxconn = lots\n", "maxconn = lots", True),
+    ("bind-bad-ip", BASE_TAIL.replace("bind = 127.0.0.1:0", "bind = 300.1.1.1:80"),
+     "bind = 300.1.1.1:80", True),
+    ("bind-bad-port", BASE_TAIL.replace("bind = 127.0.0.1:0", "bind = 127.0.0.1:99999"),
+     "bind = 127.0.0.1:99999", True),
+    ("bind-no-port", BASE_TAIL.replace("bind = 127.0.0.1:0", "bind = 127.0.0.1"),
+     "bind = 127.0.0.1", True),
+    ("unknown-upstream", BASE_TAIL.replace("upstream = up", "upstream = nosuch"),
+     "upstream = nosuch", False),
+    ("upstream-without-server", BASE_TAIL + "[upstream empty]\nsend-proxy = none\n"
+     "[listen b]\nbind = 127.0.0.1:0\nupstream = empty\n", "[upstream empty]", False),
+    ("listener-without-bind", BASE_TAIL + "[listen nobind]\nupstream = up\n",
+     "[listen nobind]", False),
+    ("duplicate-section", BASE_TAIL + "[listen a]\nbind = 127.0.0.1:0\nupstream = up\n",
+     "DUP", True),
+    ("key-outside-section", "workers = 2\n" + BASE_TAIL, "workers = 2", True),
+    ("send-proxy-v3", BASE_TAIL.replace("server = 127.0.0.1:9",
+                                        "server = 127.0.0.1:9\nsend-proxy = v3"),
+     "send-proxy = v3", True),
+    ("log-level-loud", "[global]\nlog-level = loud\n" + BASE_TAIL, "log-level = loud", True),
+]
+
+
+def _expected_lines(text, marker, exact):
+    lines = text.splitlines()
+    if marker == "DUP":  # the second header of a duplicated section
+        idx = [i for i, l in enumerate(lines, 1) if l.strip() == "[listen a]"]
+        return {idx[1]}
+    hit = next(i for i, l in enumerate(lines, 1) if l.strip() == marker)
+    if exact:
+        return {hit}
+    # the enclosing section: from its header to its last line
+    start = max(i for i, l in enumerate(lines[:hit], 1) if l.startswith("["))
+    end = start
+    for i in range(start + 1, len(lines) + 1):
+        if lines[i - 1].startswith("["):
+            break
+        end = i
+    return set(range(start, end + 1))
+
+
+@pytest.mark.parametrize("mode", ["run", "check"])
+@pytest.mark.parametrize("name,text,marker,exact", ERRORS, ids=[e[0] for e in ERRORS])
+def test_config_error_names_file_and_line(tmp_path, mode, name, text, marker, exact):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(text)
+    pf = tmp_path / "ports"
+    if mode == "run":
+        r = run_cli(["-c", str(conf), "--ports-file", str(pf)])
+        assert r.returncode == 2, f"exit {r.returncode}, stderr: {r.stderr!r}"
+        assert not pf.exists(), "ports file written for an invalid config"
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1, f"expected a one-line message, got: {r.stderr!r}"
+        msg = lines[0]
+    else:
+        r = run_cli(["--check", "-c", str(conf)])
+        assert r.returncode == 1, f"--check exit {r.returncode}, output: {r.stderr!r}"
+        msg = r.stdout + r.stderr
+    want = _expected_lines(text, marker, exact)
+    m = re.search(re.escape(str(conf)) + r":(\d+)", msg)
+    assert m, f"message does not name {conf}:LINE: {msg!r}"
+    assert int(m.group(1)) in want, f"names line {m.group(1)}, expected {sorted(want)}: {msg!r}"
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.conf"
+    r = run_cli(["-c", str(missing), "--ports-file", str(tmp_path / "p")])
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and str(missing) in lines[0], r.stderr
+    r = run_cli(["--check", "-c", str(missing)])
+    assert r.returncode == 1
+    assert str(missing) in r.stdout + r.stderr
+
+
+def test_check_accepts_valid_config(tmp_path):
+    conf = tmp_path / "good.conf"
+    conf.write_text(good())
+    r = run_cli(["--check", "-c", str(conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_print_config_round_trip(tmp_path, echo):
+    conf = tmp_path / "good.conf"
+    conf.write_text(good(free_port(), echo.port))
+    r = run_cli(["--print-config", "-c", str(conf)])
+    assert r.returncode == 0, r.stderr
+    printed = r.stdout
+    ini = parse_ini(printed)
+    # our values survive
+    assert ini["global"]["workers"] == ["2"]
+    assert ini["global"]["maxconn"] == ["1000"]
+    assert duration_ms(ini["global"]["drain-timeout"][0]) == 5000
+    assert duration_ms(ini["timeouts"]["connect"][0]) == 1000
+    assert duration_ms(ini["timeouts"]["client"][0]) == 3000
+    up = ini["upstream up"]["server"]
+    assert len(up) == 2 and up[1] == f"localhost:{echo.port}", up
+    assert ini["listen plain"]["bind"] == ["127.0.0.1:0"]
+    assert ini["listen plain"]["upstream"] == ["up"]
+    assert ini["listen plain"]["maxconn"] == ["100"]
+    # defaults are included
+    assert "log-level" in ini["global"]
+    assert "handshake" in ini["timeouts"]
+    assert "send-proxy" in ini["upstream up"]
+    # the printed config is valid, and printing it again changes nothing
+    out = tmp_path / "printed.conf"
+    out.write_text(printed)
+    r2 = run_cli(["--check", "-c", str(out)])
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    r3 = run_cli(["--print-config", "-c", str(out)])
+    assert r3.returncode == 0
+    assert strip_comments(r3.stdout) == strip_comments(printed)
+    # and the daemon runs with it (failover to localhost included)
+    d = Daemon(tmp_path, printed, name="printed").start()
+    assert try_echo(d.addr("plain"))
+
+
+WHATSAPP_LISTENERS = {
+    "http": 80, "http-lb": 8080, "https": 443, "https-lb": 8443,
+    "jabber": 5222, "jabber-lb": 8222, "media": 587, "media-lb": 7777,
+}
+
+
+def _printed_preset(tmp_path, name):
+    r = run_cli(["--print-config", "--preset", name])
+    assert r.returncode == 0, r.stderr
+    f = tmp_path / f"{name}.conf"
+    f.write_text(r.stdout)
+    chk = run_cli(["--check", "-c", str(f)])
+    assert chk.returncode == 0, f"printed preset {name} fails --check: {chk.stdout}{chk.stderr}"
+    return parse_ini(r.stdout)
+
+
+def test_preset_whatsapp_prints(tmp_path):
+    ini = _printed_preset(tmp_path, "whatsapp")
+    listeners = {k.split(" ", 1)[1]: v for k, v in ini.items() if k.startswith("listen ")}
+    assert set(listeners) == set(WHATSAPP_LISTENERS)
+    for name, port in WHATSAPP_LISTENERS.items():
+        binds = listeners[name]["bind"]
+        assert binds and all(b.endswith(f":{port}") for b in binds), (name, binds)
+        want_up = "media" if name.startswith("media") else "chat"
+        assert listeners[name]["upstream"] == [want_up]
+        assert listeners[name]["tls"] == ["on" if name.startswith("https") else "off"]
+        assert listeners[name]["accept-proxy"] == ["on" if name.endswith("-lb") else "off"]
+    chat = ini["upstream chat"]
+    assert sorted(chat["server"]) == sorted(
+        f"{h}:{p}" for h in ("g.whatsapp.net", "g-fallback.whatsapp.net")
+        for p in (5222, 443, 80))
+    assert chat["send-proxy"] == ["v2"]
+    assert ini["upstream media"]["server"] == ["whatsapp.net:443"]
+    assert ini["upstream media"]["send-proxy"] == ["none"]
+    assert ini["stats"]["listen"] == ["127.0.0.1:8199"]
+
+
+def test_preset_minimal_prints(tmp_path):
+    ini = _printed_preset(tmp_path, "minimal")
+    ports = set()
+    for k, v in ini.items():
+        if k.startswith("listen "):
+            for b in v["bind"]:
+                ports.add(int(b.rsplit(":", 1)[1]))
+    assert ports == {443, 587}, ports
+
+
+def test_unknown_preset_is_usage_error():
+    r = run_cli(["--print-config", "--preset", "nosuch"])
+    assert r.returncode == 2
+    assert "nosuch" in r.stderr
+
+
+def test_version_help_and_bad_option():
+    r = run_cli(["--version"])
+    assert r.returncode == 0 and re.search(r"\d", r.stdout), r
+    r = run_cli(["--help"])
+    assert r.returncode == 0 and "--check" in r.stdout + r.stderr
+    r = run_cli(["--no-such-option"])
+    assert r.returncode == 2
+    assert r.stderr.strip()
+
+
+def test_unsupported_listeners_are_skipped_with_warning(tmp_path, echo):
+    cfg = make_config(
+        {"up": [echo.spec]},
+        {"plain": {"upstream": "up"},
+         "sec": {"upstream": "up", "tls": "on"},
+         "pp": {"upstream": "up", "accept-proxy": "on"}})
+    d = start_daemon(tmp_path, cfg)
+    assert set(d.ports) == {"plain"}, d.ports
+    err = d.stderr_text()
+    for name in ("sec", "pp"):
+        assert re.search(rf"\b{name}\b", err), f"no warning naming listener {name}:\n{err}"
+    assert try_echo(d.addr("plain"))
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    for name in ("sec", "pp"):
+        assert re.search(rf"\b{name}\b", out), f"--check does not report {name}: {out!r}"
+
+
+def test_bind_failure_exits_1(tmp_path, echo):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        cfg = make_config({"up": [echo.spec]},
+                          {"a": {"upstream": "up"},
+                           "b": {"bind": f"127.0.0.1:{port}", "upstream": "up"}})
+        d = Daemon(tmp_path, cfg).start(wait=False)
+        rc = d.wait_exit(10)
+        assert rc == 1, f"exit {rc}: {d.stderr_text()}"
+        err = d.stderr_text()
+        assert str(port) in err or re.search(r"\bb\b", err), err
+        assert not d.ports_file.exists(), "ports file written although a bind failed"
+    finally:
+        taken.close()
