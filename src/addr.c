@@ -30,8 +30,8 @@ parse_port(const char *s, uint16_t *port, bool allow_zero)
 }
 
 const char *
-addr_split(const char *s, char *host, size_t hostlen, uint16_t *port,
-    bool allow_zero)
+addr_split(
+    const char *s, char *host, size_t hostlen, uint16_t *port, bool allow_zero)
 {
 	const char *colon, *hs;
 	size_t hl;
@@ -154,7 +154,7 @@ addr_cidr_match(const struct addr_cidr *cidr, const struct sockaddr *sa)
 
 	if (family == AF_INET) {
 		bytes = (const uint8_t *)&((const struct sockaddr_in *)sa)
-			    ->sin_addr;
+		            ->sin_addr;
 	} else if (family == AF_INET6) {
 		const struct in6_addr *a6 =
 		    &((const struct sockaddr_in6 *)sa)->sin6_addr;

@@ -26,8 +26,8 @@ struct addr_cidr {
  * into host (hostlen bytes at most, NUL-terminated).  Port 0 is accepted
  * only when allow_zero is set.
  */
-const char *addr_split(const char *s, char *host, size_t hostlen,
-    uint16_t *port, bool allow_zero);
+const char *addr_split(
+    const char *s, char *host, size_t hostlen, uint16_t *port, bool allow_zero);
 
 /*
  * Parses a numeric IPv4 or IPv6 host ("*" means 0.0.0.0) with a port into

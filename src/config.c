@@ -121,16 +121,15 @@ struct parse_state {
 	enum sec_kind kind;
 	const char *secname; /* borrowed: for messages */
 	struct cfg_upstream *up; /* borrowed: current [upstream] */
-	struct cfg_listen *ls;	 /* borrowed: current [listen] */
-	uint64_t seen_keys;	 /* non-repeatable keys seen in this section */
+	struct cfg_listen *ls; /* borrowed: current [listen] */
+	uint64_t seen_keys; /* non-repeatable keys seen in this section */
 	bool seen_global, seen_timeouts, seen_stats;
 	bool failed;
 	char *err;
 	size_t errlen;
 };
 
-static void
-perr(struct parse_state *st, int line, const char *fmt, ...)
+static void perr(struct parse_state *st, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static void
@@ -143,8 +142,8 @@ perr(struct parse_state *st, int line, const char *fmt, ...)
 		return;
 	st->failed = true;
 	if (line > 0)
-		n = snprintf(st->err, st->errlen, "%s:%d: ", st->cfg->source,
-		    line);
+		n = snprintf(
+		    st->err, st->errlen, "%s:%d: ", st->cfg->source, line);
 	else
 		n = snprintf(st->err, st->errlen, "%s: ", st->cfg->source);
 	if (n < 0 || (size_t)n >= st->errlen)
@@ -314,8 +313,8 @@ valid_name(const char *s)
 		return false;
 	for (; *s != '\0'; s++) {
 		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-			(*s >= '0' && *s <= '9') || *s == '-' || *s == '_' ||
-			*s == '.'))
+		        (*s >= '0' && *s <= '9') || *s == '-' || *s == '_' ||
+		        *s == '.'))
 			return false;
 	}
 	return true;
@@ -362,8 +361,8 @@ section_begin(struct parse_state *st, const char *hdr)
 			perr(st, st->line, "duplicate section [%s]", kind);
 		*seen = true;
 		st->secname = kind[0] == 'g' ? "global"
-		    : kind[0] == 't'	     ? "timeouts"
-					     : "stats";
+		    : kind[0] == 't'         ? "timeouts"
+		                             : "stats";
 		return;
 	}
 	if (strcmp(kind, "upstream") != 0 && strcmp(kind, "listen") != 0) {
@@ -501,8 +500,8 @@ once(struct parse_state *st, unsigned bit, const char *key)
 }
 
 static void
-bad_value(struct parse_state *st, const char *key, const char *value,
-    const char *why)
+bad_value(
+    struct parse_state *st, const char *key, const char *value, const char *why)
 {
 	perr(st, st->line, "bad value '%s' for '%s': %s", value, key, why);
 }
@@ -582,14 +581,14 @@ key_global(struct parse_state *st, const char *key, const char *value)
 			set_str(&cfg->user, value);
 	} else if (strcmp(key, "drain-timeout") == 0) {
 		if (once(st, 3, key))
-			parse_duration_key(st, key, value,
-			    &cfg->drain_timeout_ms, 0);
+			parse_duration_key(
+			    st, key, value, &cfg->drain_timeout_ms, 0);
 	} else if (strcmp(key, "log-level") == 0) {
 		if (!once(st, 4, key))
 			return;
 		if (log_level_parse(value, &cfg->log_level) != 0)
-			bad_value(st, key, value,
-			    "use error, warn, info or debug");
+			bad_value(
+			    st, key, value, "use error, warn, info or debug");
 	} else if (strcmp(key, "ports-file") == 0) {
 		if (!once(st, 5, key))
 			return;
@@ -621,8 +620,7 @@ key_timeouts(struct parse_state *st, const char *key, const char *value)
 	for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		if (strcmp(key, names[i]) == 0) {
 			if (once(st, i, key))
-				parse_duration_key(st, key, value, slots[i],
-				    1);
+				parse_duration_key(st, key, value, slots[i], 1);
 			return;
 		}
 	}
@@ -666,8 +664,8 @@ key_upstream(struct parse_state *st, const char *key, const char *value)
 			bad_value(st, key, value, "use none, v1 or v2");
 	} else if (strcmp(key, "check-interval") == 0) {
 		if (once(st, 1, key))
-			parse_duration_key(st, key, value,
-			    &up->check_interval_ms, 100);
+			parse_duration_key(
+			    st, key, value, &up->check_interval_ms, 100);
 	} else {
 		perr(st, st->line, "unknown key '%s' in [upstream %s]", key,
 		    up->name);
@@ -704,8 +702,8 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 		else if (strcmp(value, "rsa4096") == 0)
 			ls->key_type = CFG_KEY_RSA4096;
 		else
-			bad_value(st, key, value,
-			    "use ec256, rsa2048 or rsa4096");
+			bad_value(
+			    st, key, value, "use ec256, rsa2048 or rsa4096");
 	} else if (strcmp(key, "tls-names") == 0 ||
 	    strcmp(key, "tls-ips") == 0) {
 		struct cfg_strlist *l =
@@ -835,8 +833,8 @@ validate(struct parse_state *st)
 			break;
 		}
 		for (j = 0; j < cfg->nupstreams; j++) {
-			if (strcmp(cfg->upstreams[j].name,
-				ls->upstream_name) == 0)
+			if (strcmp(cfg->upstreams[j].name, ls->upstream_name) ==
+			    0)
 				break;
 		}
 		if (j == cfg->nupstreams) {
@@ -854,7 +852,7 @@ validate(struct parse_state *st)
 			break;
 		}
 		if ((ls->cert != NULL || ls->tls_names.n > 0 ||
-			ls->tls_ips.n > 0) &&
+		        ls->tls_ips.n > 0) &&
 		    !ls->tls) {
 			perr(st, ls->line,
 			    "[listen %s]: certificate settings without "
@@ -876,8 +874,8 @@ validate(struct parse_state *st)
 				size_t lim = k == i ? b : o->nbinds;
 
 				for (size_t c = 0; c < lim; c++) {
-					if (same_sockaddr(&ls->binds[b],
-						&o->binds[c])) {
+					if (same_sockaddr(
+					        &ls->binds[b], &o->binds[c])) {
 						perr(st, ls->binds[b].line,
 						    "address %s already bound "
 						    "at line %d",
@@ -907,8 +905,7 @@ set_defaults(struct cfg *cfg)
 }
 
 struct cfg *
-cfg_load_string(const char *text, const char *source, char *err,
-    size_t errlen)
+cfg_load_string(const char *text, const char *source, char *err, size_t errlen)
 {
 	struct parse_state st;
 	struct cfg *cfg;
@@ -949,8 +946,8 @@ cfg_load_file(const char *path, char *err, size_t errlen)
 
 	f = fopen(path, "re");
 	if (f == NULL) {
-		snprintf(err, errlen, "%s: cannot open: %s", path,
-		    strerror(errno));
+		snprintf(
+		    err, errlen, "%s: cannot open: %s", path, strerror(errno));
 		return NULL;
 	}
 	if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
@@ -965,8 +962,8 @@ cfg_load_file(const char *path, char *err, size_t errlen)
 	text = xcalloc(1, (size_t)sb.st_size + 1);
 	n = fread(text, 1, (size_t)sb.st_size, f);
 	if (ferror(f)) {
-		snprintf(err, errlen, "%s: read error: %s", path,
-		    strerror(errno));
+		snprintf(
+		    err, errlen, "%s: read error: %s", path, strerror(errno));
 		goto fail;
 	}
 	text[n] = '\0';
@@ -991,8 +988,8 @@ cfg_load_preset(const char *name, char *err, size_t errlen)
 		return cfg_load_string(preset_whatsapp, source, err, errlen);
 	if (strcmp(name, "minimal") == 0)
 		return cfg_load_string(preset_minimal, source, err, errlen);
-	snprintf(err, errlen, "unknown preset '%s' (use whatsapp or minimal)",
-	    name);
+	snprintf(
+	    err, errlen, "unknown preset '%s' (use whatsapp or minimal)", name);
 	return NULL;
 }
 
@@ -1104,8 +1101,8 @@ cfg_print(const struct cfg *cfg, FILE *out)
 				fprintf(out, "server = [%s]:%u\n", s->host,
 				    s->port);
 			else
-				fprintf(out, "server = %s:%u\n", s->host,
-				    s->port);
+				fprintf(
+				    out, "server = %s:%u\n", s->host, s->port);
 		}
 		fprintf(out, "send-proxy = %s\n",
 		    cfg_send_proxy_str(up->send_proxy));
@@ -1120,8 +1117,8 @@ cfg_print(const struct cfg *cfg, FILE *out)
 			fprintf(out, "bind = %s\n", ls->binds[j].text);
 		fprintf(out, "tls = %s\n", ls->tls ? "on" : "off");
 		if (ls->cert != NULL)
-			fprintf(out, "cert = %s\nkey = %s\n", ls->cert,
-			    ls->key);
+			fprintf(
+			    out, "cert = %s\nkey = %s\n", ls->cert, ls->key);
 		if (ls->tls)
 			fprintf(out, "tls-key-type = %s\n",
 			    cfg_key_type_str(ls->key_type));

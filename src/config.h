@@ -65,14 +65,14 @@ struct cfg_listen {
 	size_t nbinds;
 	bool tls;
 	char *cert; /* owned, may be NULL */
-	char *key;  /* owned, may be NULL */
+	char *key; /* owned, may be NULL */
 	enum cfg_key_type key_type;
 	struct cfg_strlist tls_names;
 	struct cfg_strlist tls_ips;
 	bool accept_proxy;
 	struct cfg_strlist trusted_text; /* as written */
-	struct addr_cidr *trusted;	 /* owned array, parallel to text */
-	char *upstream_name;		 /* owned */
+	struct addr_cidr *trusted; /* owned array, parallel to text */
+	char *upstream_name; /* owned */
 	int upstream_line;
 	size_t upstream; /* index into cfg.upstreams, set by validation */
 	unsigned maxconn; /* 0: only the global cap applies */
@@ -94,7 +94,7 @@ struct cfg {
 	char *user; /* owned, may be NULL */
 	uint64_t drain_timeout_ms;
 	enum log_level log_level;
-	char *ports_file;  /* owned, may be NULL */
+	char *ports_file; /* owned, may be NULL */
 	char *public_host; /* owned, may be NULL */
 	struct cfg_timeouts timeouts;
 	struct cfg_bind *stats; /* owned array */
@@ -115,8 +115,8 @@ struct cfg *cfg_load_file(const char *path, char *err, size_t errlen);
 struct cfg *cfg_load_preset(const char *name, char *err, size_t errlen);
 
 /* Same for INI text in memory; source names it in messages. */
-struct cfg *cfg_load_string(const char *text, const char *source, char *err,
-    size_t errlen);
+struct cfg *cfg_load_string(
+    const char *text, const char *source, char *err, size_t errlen);
 
 void cfg_free(struct cfg *cfg);
 
@@ -128,8 +128,8 @@ void cfg_print(const struct cfg *cfg, FILE *out);
  * success or a static message.
  */
 const char *cfg_parse_duration(const char *s, uint64_t *ms);
-const char *cfg_parse_uint(const char *s, unsigned min, unsigned max,
-    unsigned *out);
+const char *cfg_parse_uint(
+    const char *s, unsigned min, unsigned max, unsigned *out);
 const char *cfg_parse_bool(const char *s, bool *out);
 
 const char *cfg_send_proxy_str(enum cfg_send_proxy v);

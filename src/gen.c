@@ -59,8 +59,8 @@ listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 {
 	int fd, on = 1, saved;
 
-	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-	    0);
+	fd = socket(
+	    ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
@@ -106,7 +106,7 @@ lsock_bind(const struct cfg_listen *cl, const struct cfg_bind *b,
 			if (ss.ss_family == AF_INET6 && w == 0 &&
 			    (fd == -EAFNOSUPPORT || fd == -EADDRNOTAVAIL)) {
 				log_warnx("[listen %s]: skipping %s: no IPv6 "
-					  "on this host",
+				          "on this host",
 				    cl->name, b->text);
 				*skip = true;
 			} else {
@@ -127,8 +127,8 @@ lsock_bind(const struct cfg_listen *cl, const struct cfg_bind *b,
 				    strerror(errno));
 				goto fail;
 			}
-			addr_format((struct sockaddr *)&ss, s->text,
-			    sizeof(s->text));
+			addr_format(
+			    (struct sockaddr *)&ss, s->text, sizeof(s->text));
 		}
 	}
 	return s;
@@ -244,8 +244,8 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 			l->socks[l->nsocks++] = s;
 		}
 		if (l->nsocks == 0)
-			log_warnx("[listen %s] has no usable address",
-			    cl->name);
+			log_warnx(
+			    "[listen %s] has no usable address", cl->name);
 	}
 	return g;
 fail:

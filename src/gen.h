@@ -42,9 +42,9 @@ struct lsock {
 
 struct listener {
 	const struct cfg_listen *cfg; /* borrowed from gen->cfg */
-	struct upstream *up;	      /* borrowed from the generation */
-	struct lstate *state;	      /* reference */
-	struct lsock **socks;	      /* owned array of references */
+	struct upstream *up; /* borrowed from the generation */
+	struct lstate *state; /* reference */
+	struct lsock **socks; /* owned array of references */
 	size_t nsocks;
 };
 

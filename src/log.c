@@ -31,8 +31,8 @@ log_get_level(void)
 bool
 log_enabled(enum log_level level)
 {
-	return (int)level <= atomic_load_explicit(&log_threshold,
-				 memory_order_relaxed);
+	return (int)level <=
+	    atomic_load_explicit(&log_threshold, memory_order_relaxed);
 }
 
 int
@@ -70,8 +70,8 @@ log_vemit(enum log_level level, int errnum, const char *fmt, va_list ap)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-	r = snprintf(line + n, sizeof(line) - n, ".%03ldZ %s: ",
-	    ts.tv_nsec / 1000000, level_names[level]);
+	r = snprintf(line + n, sizeof(line) - n,
+	    ".%03ldZ %s: ", ts.tv_nsec / 1000000, level_names[level]);
 	if (r > 0)
 		n += (size_t)r;
 	if (n < sizeof(line)) {
@@ -80,8 +80,8 @@ log_vemit(enum log_level level, int errnum, const char *fmt, va_list ap)
 			n += (size_t)r;
 	}
 	if (errnum != 0 && n < sizeof(line)) {
-		r = snprintf(line + n, sizeof(line) - n, ": %s",
-		    strerror(errnum));
+		r = snprintf(
+		    line + n, sizeof(line) - n, ": %s", strerror(errnum));
 		if (r > 0)
 			n += (size_t)r;
 	}

@@ -19,7 +19,7 @@ struct loop {
 	struct loop_timer **heap; /* owned array of borrowed timers */
 	size_t nheap, capheap;
 	struct loop_task *head, *tail; /* borrowed: queued tasks */
-	uint64_t task_seq;		/* bumped at each run_tasks() */
+	uint64_t task_seq; /* bumped at each run_tasks() */
 };
 
 uint64_t
@@ -304,8 +304,8 @@ loop_run(struct loop *loop)
 	struct epoll_event evs[LOOP_MAX_EVENTS];
 
 	while (!loop->stop) {
-		int n = epoll_wait(loop->epfd, evs, LOOP_MAX_EVENTS,
-		    next_wait(loop));
+		int n = epoll_wait(
+		    loop->epfd, evs, LOOP_MAX_EVENTS, next_wait(loop));
 
 		if (n < 0 && errno != EINTR)
 			return -errno;

@@ -32,7 +32,7 @@ struct loop_io {
 
 struct loop_timer {
 	uint64_t deadline; /* ms, monotonic */
-	size_t idx;	   /* position in the heap; SIZE_MAX when disarmed */
+	size_t idx; /* position in the heap; SIZE_MAX when disarmed */
 	loop_timer_cb cb;
 };
 
@@ -59,8 +59,7 @@ int loop_io_del(struct loop *loop, struct loop_io *io);
 
 void loop_timer_init(struct loop_timer *t, loop_timer_cb cb);
 /* Arms (or re-arms) t to fire at deadline (loop_now() based). */
-void loop_timer_set(struct loop *loop, struct loop_timer *t,
-    uint64_t deadline);
+void loop_timer_set(struct loop *loop, struct loop_timer *t, uint64_t deadline);
 void loop_timer_del(struct loop *loop, struct loop_timer *t);
 bool loop_timer_armed(const struct loop_timer *t);
 

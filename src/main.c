@@ -102,8 +102,8 @@ parse_args(int argc, char **argv, struct opts *o)
 
 	memset(o, 0, sizeof(*o));
 	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":c:p:vqVh", longopts, NULL)) !=
-	    -1) {
+	while (
+	    (ch = getopt_long(argc, argv, ":c:p:vqVh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			o->config = optarg;
@@ -144,14 +144,15 @@ parse_args(int argc, char **argv, struct opts *o)
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "lifeline: unexpected argument '%s' (see "
-				"--help)\n",
+		fprintf(stderr,
+		    "lifeline: unexpected argument '%s' (see "
+		    "--help)\n",
 		    argv[optind]);
 		exit(2);
 	}
 	if (o->config != NULL && o->preset != NULL) {
-		fprintf(stderr,
-		    "lifeline: -c and --preset exclude each other\n");
+		fprintf(
+		    stderr, "lifeline: -c and --preset exclude each other\n");
 		exit(2);
 	}
 	if (o->check && o->print) {
@@ -167,8 +168,8 @@ load_config(const struct opts *o, char *err, size_t errlen)
 {
 	if (o->config != NULL)
 		return cfg_load_file(o->config, err, errlen);
-	return cfg_load_preset(o->preset != NULL ? o->preset : "whatsapp",
-	    err, errlen);
+	return cfg_load_preset(
+	    o->preset != NULL ? o->preset : "whatsapp", err, errlen);
 }
 
 static void
@@ -208,7 +209,8 @@ report_unsupported(const struct cfg *cfg, FILE *out)
 
 		if (why == NULL)
 			continue;
-		fprintf(out, "%s:%d: warning: [listen %s] will be skipped: %s\n",
+		fprintf(out,
+		    "%s:%d: warning: [listen %s] will be skipped: %s\n",
 		    cfg->source, cfg->listens[i].line, cfg->listens[i].name,
 		    why);
 		n++;
@@ -237,8 +239,8 @@ drop_privileges(const char *user)
 	errno = 0;
 	pw = getpwnam(user);
 	if (pw == NULL) {
-		log_errorx("user '%s' does not exist: cannot drop privileges",
-		    user);
+		log_errorx(
+		    "user '%s' does not exist: cannot drop privileges", user);
 		return -1;
 	}
 	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 ||
@@ -284,9 +286,9 @@ log_summary(void)
 		v[10] += RELAY_CNT_GET(c, accept_pauses);
 	}
 	log_info("counters: accepted=%llu active=%llu relayed=%llu "
-		 "refused_maxconn=%llu upstream_failed=%llu timeouts=%llu "
-		 "errors=%llu connect_retries=%llu bytes_in=%llu "
-		 "bytes_out=%llu accept_pauses=%llu",
+	         "refused_maxconn=%llu upstream_failed=%llu timeouts=%llu "
+	         "errors=%llu connect_retries=%llu bytes_in=%llu "
+	         "bytes_out=%llu accept_pauses=%llu",
 	    (unsigned long long)v[0], (unsigned long long)v[1],
 	    (unsigned long long)v[2], (unsigned long long)v[3],
 	    (unsigned long long)v[4], (unsigned long long)v[5],
@@ -305,8 +307,8 @@ reload(void)
 	log_info("reloading configuration");
 	cfg = load_config(&m.o, err, sizeof(err));
 	if (cfg == NULL) {
-		log_errorx("reload refused, previous configuration kept: %s",
-		    err);
+		log_errorx(
+		    "reload refused, previous configuration kept: %s", err);
 		return;
 	}
 	if (count_workers(cfg) != m.nworkers)
@@ -316,8 +318,8 @@ reload(void)
 		log_warnx("reload: 'user' changes take effect at restart");
 	g = gen_new(cfg, m.gen, m.nworkers, err, sizeof(err));
 	if (g == NULL) {
-		log_errorx("reload refused, previous configuration kept: %s",
-		    err);
+		log_errorx(
+		    "reload refused, previous configuration kept: %s", err);
 		return;
 	}
 	apply_log_level(g->cfg);
@@ -337,14 +339,14 @@ reload(void)
 static void
 drain(bool now)
 {
-	uint64_t deadline = loop_clock_ms() +
-	    (now ? 0 : m.gen->cfg->drain_timeout_ms);
+	uint64_t deadline =
+	    loop_clock_ms() + (now ? 0 : m.gen->cfg->drain_timeout_ms);
 
 	if (now)
 		log_info("second stop signal: closing all connections now");
 	else
 		log_info("stopping: no new connections; draining %u live "
-			 "connection%s for at most %llums",
+		         "connection%s for at most %llums",
 		    relay_total_active(), relay_total_active() == 1 ? "" : "s",
 		    (unsigned long long)m.gen->cfg->drain_timeout_ms);
 	for (unsigned i = 0; i < m.nworkers; i++)

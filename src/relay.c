@@ -56,9 +56,9 @@ enum {
 struct relay_side {
 	struct loop_io io;
 	struct relay_conn *c; /* borrowed: back pointer */
-	uint64_t last;	      /* last I/O, loop ms */
+	uint64_t last; /* last I/O, loop ms */
 	bool rd_ready, wr_ready;
-	bool eof;  /* peer sent FIN */
+	bool eof; /* peer sent FIN */
 	bool shut; /* we sent FIN */
 };
 
@@ -70,9 +70,9 @@ struct relay_dir {
 struct relay_conn {
 	struct relay_side side[2];
 	struct relay_dir dir[2]; /* indexed by source side */
-	struct worker *w;	 /* borrowed */
-	struct gen *gen;	 /* reference */
-	struct listener *ls;	 /* borrowed from gen */
+	struct worker *w; /* borrowed */
+	struct gen *gen; /* reference */
+	struct listener *ls; /* borrowed from gen */
 	struct upstream_server *srv; /* borrowed: current attempt */
 	struct upstream_cursor cur;
 	struct loop_timer timer;
@@ -208,8 +208,7 @@ set_sockopts(int fd)
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
 	(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl,
-	    sizeof(intvl));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
@@ -253,8 +252,8 @@ conn_close(struct relay_conn *c, bool abort_peers)
 	w->nconns--;
 	RELAY_CNT_ADD(&w->cnt, active, -1);
 	atomic_fetch_sub_explicit(&relay_active_total, 1, memory_order_relaxed);
-	atomic_fetch_sub_explicit(&c->ls->state->active, 1,
-	    memory_order_relaxed);
+	atomic_fetch_sub_explicit(
+	    &c->ls->state->active, 1, memory_order_relaxed);
 
 	/* Freed after this loop iteration: events may still name it. */
 	loop_task_init(&c->task, conn_free_task);
@@ -334,11 +333,11 @@ pump(struct relay_conn *c, int d, int *budget)
 				dir->inpipe -= (uint32_t)n;
 				dst->last = now;
 				if (d == CLIENT)
-					RELAY_CNT_ADD(&w->cnt, bytes_in,
-					    (uint64_t)n);
+					RELAY_CNT_ADD(
+					    &w->cnt, bytes_in, (uint64_t)n);
 				else
-					RELAY_CNT_ADD(&w->cnt, bytes_out,
-					    (uint64_t)n);
+					RELAY_CNT_ADD(
+					    &w->cnt, bytes_out, (uint64_t)n);
 				progress = true;
 			} else if (n < 0 && errno == EAGAIN) {
 				dst->wr_ready = false;
@@ -349,7 +348,8 @@ pump(struct relay_conn *c, int d, int *budget)
 		}
 		if (dir->inpipe == 0 && src->eof) {
 			pipe_give(w, &dir->p, false);
-			/* ENOTCONN when the peer is gone: the next write says. */
+			/* ENOTCONN when the peer is gone: the next write says.
+			 */
 			(void)shutdown(dst->io.fd, SHUT_WR);
 			dst->shut = true;
 			return 0;
@@ -357,8 +357,8 @@ pump(struct relay_conn *c, int d, int *budget)
 		if (!src->eof && src->rd_ready &&
 		    (dir->p.rd < 0 || dir->inpipe < dir->p.cap)) {
 			if (dir->p.rd < 0 && pipe_take(w, &dir->p) != 0) {
-				log_debug("no pipe for a relay: %s",
-				    strerror(errno));
+				log_debug(
+				    "no pipe for a relay: %s", strerror(errno));
 				return -1;
 			}
 			n = splice(src->io.fd, NULL, dir->p.wr, NULL,
@@ -438,9 +438,9 @@ send_proxy_header(struct relay_conn *c, int fd)
 	if (sp == CFG_SEND_PROXY_NONE)
 		return;
 	known = getpeername(c->side[CLIENT].io.fd, (struct sockaddr *)&peer,
-		    &plen) == 0 &&
-	    getsockname(c->side[CLIENT].io.fd, (struct sockaddr *)&local,
-		&llen) == 0;
+	            &plen) == 0 &&
+	    getsockname(
+	        c->side[CLIENT].io.fd, (struct sockaddr *)&local, &llen) == 0;
 	n = pp_build(sp == CFG_SEND_PROXY_V1 ? PP_V1 : PP_V2,
 	    known ? (struct sockaddr *)&peer : NULL,
 	    known ? (struct sockaddr *)&local : NULL, 0, hdr, sizeof(hdr));
@@ -486,7 +486,8 @@ conn_attempt_failed(struct relay_conn *c)
 	conn_connect(c);
 }
 
-/* Starts the next connection attempt, or closes the client when none is left. */
+/* Starts the next connection attempt, or closes the client when none is left.
+ */
 static void
 conn_connect(struct relay_conn *c)
 {
@@ -502,7 +503,7 @@ conn_connect(struct relay_conn *c)
 		if (c->srv == NULL) {
 			RELAY_CNT_ADD(&w->cnt, upstream_failed, 1);
 			log_debug("[listen %s]: no upstream server of '%s' "
-				  "reachable",
+			          "reachable",
 			    c->ls->cfg->name, up->cfg->name);
 			conn_close(c, false);
 			return;
@@ -523,7 +524,7 @@ conn_connect(struct relay_conn *c)
 		if (r == 0 || errno == EINPROGRESS) {
 			c->side[SERVER].io.fd = fd;
 			if (loop_io_add(w->loop, &c->side[SERVER].io,
-				EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) !=
+			        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) !=
 			    0) {
 				RELAY_CNT_ADD(&w->cnt, errors, 1);
 				conn_close(c, true);
@@ -585,8 +586,8 @@ side_cb(struct loop_io *io, uint32_t events)
 			int err = 0;
 			socklen_t len = sizeof(err);
 
-			if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err,
-				&len) != 0)
+			if (getsockopt(
+			        io->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
 				err = errno;
 			if (err == 0 && !(events & (EPOLLHUP | EPOLLERR))) {
 				conn_connected(c);
@@ -611,26 +612,26 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	struct relay_conn *c;
 
 	RELAY_CNT_ADD(&w->cnt, accepted, 1);
-	if (atomic_fetch_add_explicit(&relay_active_total, 1,
-		memory_order_relaxed) >= cfg->maxconn) {
-		atomic_fetch_sub_explicit(&relay_active_total, 1,
-		    memory_order_relaxed);
+	if (atomic_fetch_add_explicit(
+	        &relay_active_total, 1, memory_order_relaxed) >= cfg->maxconn) {
+		atomic_fetch_sub_explicit(
+		    &relay_active_total, 1, memory_order_relaxed);
 		goto refuse;
 	}
 	if (atomic_fetch_add_explicit(&ls->state->active, 1,
-		memory_order_relaxed) >= (lmax ? lmax : UINT32_MAX)) {
-		atomic_fetch_sub_explicit(&ls->state->active, 1,
-		    memory_order_relaxed);
-		atomic_fetch_sub_explicit(&relay_active_total, 1,
-		    memory_order_relaxed);
+	        memory_order_relaxed) >= (lmax ? lmax : UINT32_MAX)) {
+		atomic_fetch_sub_explicit(
+		    &ls->state->active, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(
+		    &relay_active_total, 1, memory_order_relaxed);
 		goto refuse;
 	}
 	c = calloc(1, sizeof(*c));
 	if (c == NULL) {
-		atomic_fetch_sub_explicit(&ls->state->active, 1,
-		    memory_order_relaxed);
-		atomic_fetch_sub_explicit(&relay_active_total, 1,
-		    memory_order_relaxed);
+		atomic_fetch_sub_explicit(
+		    &ls->state->active, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(
+		    &relay_active_total, 1, memory_order_relaxed);
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
 		close(fd);
 		return;
@@ -657,7 +658,7 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	RELAY_CNT_ADD(&w->cnt, active, 1);
 	set_sockopts(fd);
 	if (loop_io_add(w->loop, &c->side[CLIENT].io,
-		EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != 0) {
+	        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != 0) {
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
 		conn_close(c, true);
 		return;

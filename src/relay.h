@@ -21,13 +21,13 @@ struct listener;
 struct relay_counters {
 	_Atomic uint64_t accepted;
 	_Atomic uint64_t active;
-	_Atomic uint64_t relayed;	  /* finished after reaching upstream */
+	_Atomic uint64_t relayed; /* finished after reaching upstream */
 	_Atomic uint64_t refused_maxconn;
 	_Atomic uint64_t upstream_failed; /* no server could be reached */
-	_Atomic uint64_t timeouts;	  /* idle or half-close timeouts */
-	_Atomic uint64_t errors;	  /* resets, local resource errors */
+	_Atomic uint64_t timeouts; /* idle or half-close timeouts */
+	_Atomic uint64_t errors; /* resets, local resource errors */
 	_Atomic uint64_t connect_retries;
-	_Atomic uint64_t bytes_in;  /* client to upstream */
+	_Atomic uint64_t bytes_in; /* client to upstream */
 	_Atomic uint64_t bytes_out; /* upstream to client */
 	_Atomic uint64_t accept_pauses;
 };

@@ -48,7 +48,7 @@ resolver_main(void *arg)
 			deadline_in(&ts, rs.interval_ms);
 			while (!rs.stop && !rs.kick &&
 			    pthread_cond_timedwait(&rs.cond, &rs.lock, &ts) !=
-				ETIMEDOUT)
+			        ETIMEDOUT)
 				;
 			if (rs.stop)
 				break;

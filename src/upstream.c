@@ -21,11 +21,11 @@ server_new(const struct cfg_server *cs)
 	atomic_init(&s->refs, 1);
 	s->port = cs->port;
 	if (strchr(cs->host, ':') != NULL)
-		snprintf(s->label, sizeof(s->label), "[%s]:%u", cs->host,
-		    cs->port);
+		snprintf(
+		    s->label, sizeof(s->label), "[%s]:%u", cs->host, cs->port);
 	else
-		snprintf(s->label, sizeof(s->label), "%s:%u", cs->host,
-		    cs->port);
+		snprintf(
+		    s->label, sizeof(s->label), "%s:%u", cs->host, cs->port);
 	pthread_mutex_init(&s->lock, NULL);
 	/* A numeric address needs no resolver. */
 	if (addr_parse_numeric(cs->host, cs->port, &ss, &len) == NULL) {
@@ -46,8 +46,8 @@ server_unref(struct upstream_server *s)
 }
 
 struct upstream *
-upstream_new(const struct cfg_upstream *cu, struct upstream *const *old,
-    size_t nold)
+upstream_new(
+    const struct cfg_upstream *cu, struct upstream *const *old, size_t nold)
 {
 	struct upstream *up = calloc(1, sizeof(*up));
 
@@ -114,9 +114,10 @@ upstream_server_resolve(struct upstream_server *s)
 		old = s->naddrs;
 		pthread_mutex_unlock(&s->lock);
 		log_warnx("cannot resolve upstream server %s: %s (keeping %u "
-			  "known address%s)",
-		    s->label, r == EAI_SYSTEM ? "system error" : gai_strerror(r),
-		    old, old == 1 ? "" : "es");
+		          "known address%s)",
+		    s->label,
+		    r == EAI_SYSTEM ? "system error" : gai_strerror(r), old,
+		    old == 1 ? "" : "es");
 		return -1;
 	}
 	for (struct addrinfo *ai = res; ai != NULL && n < UPSTREAM_MAX_ADDRS;
@@ -128,7 +129,7 @@ upstream_server_resolve(struct upstream_server *s)
 			continue;
 		for (unsigned i = 0; i < n && !dup; i++)
 			dup = addr_len((struct sockaddr *)&found[i]) ==
-				ai->ai_addrlen &&
+			        ai->ai_addrlen &&
 			    memcmp(&found[i], ai->ai_addr, ai->ai_addrlen) == 0;
 		if (dup)
 			continue;
@@ -174,14 +175,13 @@ upstream_resolve(struct upstream *up, bool only_empty)
 bool
 upstream_server_down(struct upstream_server *s, uint64_t now)
 {
-	return atomic_load_explicit(&s->down_until, memory_order_relaxed) >
-	    now;
+	return atomic_load_explicit(&s->down_until, memory_order_relaxed) > now;
 }
 
 /* Copies address number idx of s into ss; false when there is none. */
 static bool
-server_addr(struct upstream_server *s, unsigned idx,
-    struct sockaddr_storage *ss)
+server_addr(
+    struct upstream_server *s, unsigned idx, struct sockaddr_storage *ss)
 {
 	bool ok;
 
@@ -238,12 +238,12 @@ upstream_report(struct upstream_server *s, bool ok, uint64_t now)
 		return;
 	}
 	if (atomic_fetch_add(&s->fails, 1) + 1 >= UPSTREAM_FALL) {
-		uint64_t prev = atomic_exchange(&s->down_until,
-		    now + UPSTREAM_DOWN_MS);
+		uint64_t prev =
+		    atomic_exchange(&s->down_until, now + UPSTREAM_DOWN_MS);
 
 		if (prev == 0)
 			log_warnx("upstream server %s marked down after %u "
-				  "failed connections; retrying in %us",
+			          "failed connections; retrying in %us",
 			    s->label, UPSTREAM_FALL, UPSTREAM_DOWN_MS / 1000);
 	}
 }

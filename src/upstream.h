@@ -29,11 +29,11 @@ struct upstream_server {
 	char *host; /* owned */
 	uint16_t port;
 	char label[ADDR_HOSTLEN + 8]; /* "host:port", for logs */
-	pthread_mutex_t lock;	      /* guards addrs, naddrs */
+	pthread_mutex_t lock; /* guards addrs, naddrs */
 	struct sockaddr_storage addrs[UPSTREAM_MAX_ADDRS];
 	unsigned naddrs;
-	_Atomic unsigned fails;		/* consecutive failed attempts */
-	_Atomic uint64_t down_until;	/* loop ms; 0 when up */
+	_Atomic unsigned fails; /* consecutive failed attempts */
+	_Atomic uint64_t down_until; /* loop ms; 0 when up */
 };
 
 struct upstream {
@@ -48,15 +48,15 @@ struct upstream_cursor {
 	uint8_t srv;
 	uint8_t addr;
 	uint8_t pass; /* 0: servers not marked down; 1: the others */
-	bool active;  /* srv/addr name the current attempt */
+	bool active; /* srv/addr name the current attempt */
 };
 
 /*
  * Builds the runtime group for cu, sharing servers with equal host:port
  * from old (may be NULL).  Never fails (aborts on out of memory).
  */
-struct upstream *upstream_new(const struct cfg_upstream *cu,
-    struct upstream *const *old, size_t nold);
+struct upstream *upstream_new(
+    const struct cfg_upstream *cu, struct upstream *const *old, size_t nold);
 void upstream_free(struct upstream *up);
 
 /*

@@ -22,10 +22,10 @@
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 struct accept_handle {
-	struct loop_io io;   /* io.fd: borrowed from sock->fds[w->id] */
-	struct worker *w;    /* borrowed */
+	struct loop_io io; /* io.fd: borrowed from sock->fds[w->id] */
+	struct worker *w; /* borrowed */
 	struct listener *ls; /* borrowed from w->gen */
-	struct lsock *sock;  /* borrowed from w->gen */
+	struct lsock *sock; /* borrowed from w->gen */
 };
 
 static void
@@ -35,8 +35,8 @@ pause_accepts(struct worker *w)
 
 	if (!w->fd_exhausted) {
 		log_warnx("worker %u: out of file descriptors; pausing "
-			  "accepts (raise the open files limit or lower "
-			  "maxconn)",
+		          "accepts (raise the open files limit or lower "
+		          "maxconn)",
 		    w->id);
 		w->fd_exhausted = true;
 	}
@@ -69,8 +69,8 @@ accept_cb(struct loop_io *io, uint32_t events)
 
 	(void)events;
 	for (int i = 0; i < WORKER_ACCEPT_BATCH && !w->paused; i++) {
-		int fd = accept4(io->fd, NULL, NULL,
-		    SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd =
+		    accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -83,13 +83,13 @@ accept_cb(struct loop_io *io, uint32_t events)
 				pause_accepts(w);
 				return;
 			}
-			log_warn("worker %u: accept on %s", w->id,
-			    ah->sock->text);
+			log_warn(
+			    "worker %u: accept on %s", w->id, ah->sock->text);
 			return;
 		}
 		if (w->fd_exhausted) {
 			log_info("worker %u: file descriptors available "
-				 "again; accepting",
+			         "again; accepting",
 			    w->id);
 			w->fd_exhausted = false;
 		}
@@ -138,7 +138,7 @@ apply_gen(struct worker *w, struct gen *g)
 				ah->w = w;
 				ah->sock = s;
 				if (loop_io_add(w->loop, &ah->io,
-					w->paused ? 0 : EPOLLIN) != 0)
+				        w->paused ? 0 : EPOLLIN) != 0)
 					log_warn("worker %u: cannot watch %s",
 					    w->id, s->text);
 			}
@@ -287,8 +287,8 @@ worker_main(void *arg)
 
 	r = loop_run(w->loop);
 	if (r < 0)
-		log_errorx("worker %u: event loop failed: %s", w->id,
-		    strerror(-r));
+		log_errorx(
+		    "worker %u: event loop failed: %s", w->id, strerror(-r));
 	relay_close_all(w);
 	atomic_store(&w->done, true);
 	if (write(w->notify_fd, &one, sizeof(one)) < 0)

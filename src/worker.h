@@ -26,7 +26,7 @@ struct worker {
 	pthread_t thread;
 	bool started;
 	int notify_fd; /* borrowed: eventfd the main thread polls */
-	int efd;       /* owned: mailbox doorbell */
+	int efd; /* owned: mailbox doorbell */
 	struct loop_io efd_io;
 	struct gen *gen; /* reference: the generation in force */
 	struct accept_handle **acc; /* owned array of owned handles */
@@ -38,7 +38,7 @@ struct worker {
 	struct loop_timer tick;
 	struct loop_timer pause;
 	struct loop_timer drain_timer;
-	bool paused;	   /* accepts paused after EMFILE/ENFILE */
+	bool paused; /* accepts paused after EMFILE/ENFILE */
 	bool fd_exhausted; /* logged for this burst */
 	bool draining;
 	_Atomic bool done;

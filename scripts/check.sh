@@ -1,0 +1,38 @@
+#!/bin/sh
+# The whole test suite, as `make check` and CI run it:
+#   1. formatting (clang-format), warnings as errors;
+#   2. unit tests and integration tests against build/lifeline;
+#   3. the same under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Ends with one line "check: N passed, N failed".
+set -u
+cd "$(dirname "$0")/.."
+
+failed_steps=""
+step() {
+	name=$1
+	shift
+	echo "== $name"
+	if ! "$@"; then
+		failed_steps="$failed_steps $name"
+	fi
+}
+
+mkdir -p build build-san
+step format make -s format-check
+step build make -s -j2 WERROR=1 all
+step unit sh -c 'make -s -j2 WERROR=1 check-unit | tee build/unit.log'
+step integration make -s check-integration
+step build-san make -s -j2 WERROR=1 SANITIZE=address,undefined all
+step unit-san sh -c 'make -s -j2 WERROR=1 SANITIZE=address,undefined check-unit | tee build-san/unit.log'
+ASAN_OPTIONS=abort_on_error=0:halt_on_error=1:detect_leaks=1 \
+UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	step integration-san make -s SANITIZE=address,undefined check-integration
+
+/usr/bin/python3 scripts/summary.py build/unit.log build/junit.xml \
+	build-san/unit.log build-san/junit.xml
+summary=$?
+if [ -n "$failed_steps" ]; then
+	echo "failed steps:$failed_steps"
+	exit 1
+fi
+exit $summary

@@ -1,0 +1,115 @@
+/* Unit tests for addr.c. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
+
+#include "addr.h"
+#include "harness.h"
+
+static void
+test_split(void)
+{
+	char host[ADDR_HOSTLEN];
+	uint16_t port = 0;
+
+	CHECK(addr_split("127.0.0.1:80", host, sizeof(host), &port, false) ==
+	    NULL);
+	CHECK_STR(host, "127.0.0.1");
+	CHECK_INT(port, 80);
+	CHECK(
+	    addr_split("[::1]:443", host, sizeof(host), &port, false) == NULL);
+	CHECK_STR(host, "::1");
+	CHECK_INT(port, 443);
+	CHECK(addr_split("g.whatsapp.net:5222", host, sizeof(host), &port,
+	          false) == NULL);
+	CHECK_STR(host, "g.whatsapp.net");
+	CHECK(
+	    addr_split("127.0.0.1:0", host, sizeof(host), &port, true) == NULL);
+	CHECK_INT(port, 0);
+	CHECK(addr_split("127.0.0.1:0", host, sizeof(host), &port, false) !=
+	    NULL);
+	CHECK(addr_split("127.0.0.1", host, sizeof(host), &port, true) != NULL);
+	CHECK(
+	    addr_split("127.0.0.1:", host, sizeof(host), &port, true) != NULL);
+	CHECK(addr_split(":80", host, sizeof(host), &port, true) != NULL);
+	CHECK(addr_split("1.2.3.4:65536", host, sizeof(host), &port, true) !=
+	    NULL);
+	CHECK(addr_split("1.2.3.4:99999999999", host, sizeof(host), &port,
+	          true) != NULL);
+	CHECK(
+	    addr_split("1.2.3.4:8x", host, sizeof(host), &port, true) != NULL);
+	CHECK(addr_split("::1:80", host, sizeof(host), &port, true) != NULL);
+	CHECK(addr_split("[::1]80", host, sizeof(host), &port, true) != NULL);
+	CHECK(addr_split("[::1:80", host, sizeof(host), &port, true) != NULL);
+	CHECK(addr_split("abc:1", host, 3, &port, true) != NULL);
+}
+
+static void
+test_numeric(void)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	char buf[ADDR_STRLEN];
+
+	CHECK(addr_parse_numeric("10.1.2.3", 8080, &ss, &len) == NULL);
+	CHECK_INT(ss.ss_family, AF_INET);
+	CHECK_INT(len, sizeof(struct sockaddr_in));
+	addr_format((struct sockaddr *)&ss, buf, sizeof(buf));
+	CHECK_STR(buf, "10.1.2.3:8080");
+	CHECK(addr_parse_numeric("::", 443, &ss, &len) == NULL);
+	CHECK_INT(ss.ss_family, AF_INET6);
+	addr_format((struct sockaddr *)&ss, buf, sizeof(buf));
+	CHECK_STR(buf, "[::]:443");
+	CHECK(addr_parse_numeric("*", 1, &ss, &len) == NULL);
+	addr_format((struct sockaddr *)&ss, buf, sizeof(buf));
+	CHECK_STR(buf, "0.0.0.0:1");
+	CHECK(addr_parse_numeric("300.1.1.1", 1, &ss, &len) != NULL);
+	CHECK(addr_parse_numeric("localhost", 1, &ss, &len) != NULL);
+	CHECK(addr_parse_numeric("010.0.0.1", 1, &ss, &len) != NULL);
+	CHECK(addr_parse_numeric("10.0.0.1", 1, &ss, &len) == NULL);
+	CHECK_INT(addr_port((struct sockaddr *)&ss), 1);
+	addr_set_port((struct sockaddr *)&ss, 9);
+	CHECK_INT(addr_port((struct sockaddr *)&ss), 9);
+}
+
+static void
+test_cidr(void)
+{
+	struct addr_cidr c;
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	CHECK(addr_cidr_parse("10.0.0.0/8", &c) == NULL);
+	CHECK_INT(c.prefix, 8);
+	addr_parse_numeric("10.200.3.4", 1, &ss, &len);
+	CHECK(addr_cidr_match(&c, (struct sockaddr *)&ss));
+	addr_parse_numeric("11.0.0.1", 1, &ss, &len);
+	CHECK(!addr_cidr_match(&c, (struct sockaddr *)&ss));
+	/* A v4-mapped IPv6 peer matches an IPv4 block. */
+	addr_parse_numeric("::ffff:10.9.9.9", 1, &ss, &len);
+	CHECK(addr_cidr_match(&c, (struct sockaddr *)&ss));
+	CHECK(addr_cidr_parse("2001:db8::/33", &c) == NULL);
+	addr_parse_numeric("2001:db8:7fff::1", 1, &ss, &len);
+	CHECK(addr_cidr_match(&c, (struct sockaddr *)&ss));
+	addr_parse_numeric("2001:db8:8000::1", 1, &ss, &len);
+	CHECK(!addr_cidr_match(&c, (struct sockaddr *)&ss));
+	CHECK(addr_cidr_parse("192.168.1.7", &c) == NULL);
+	CHECK_INT(c.prefix, 32);
+	CHECK(addr_cidr_parse("10.0.0.0/33", &c) != NULL);
+	CHECK(addr_cidr_parse("10.0.0.0/", &c) != NULL);
+	CHECK(addr_cidr_parse("10.0.0.0/x", &c) != NULL);
+	CHECK(addr_cidr_parse("/8", &c) != NULL);
+	CHECK(addr_cidr_parse("::/129", &c) != NULL);
+	CHECK(addr_cidr_parse("0.0.0.0/0", &c) == NULL);
+	addr_parse_numeric("203.0.113.9", 1, &ss, &len);
+	CHECK(addr_cidr_match(&c, (struct sockaddr *)&ss));
+}
+
+int
+main(void)
+{
+	test_split();
+	test_numeric();
+	test_cidr();
+	return h_report("test_addr");
+}
