@@ -85,7 +85,9 @@ check: test-deps
 install: $(BIN)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/lifeline
+	install -d $(DESTDIR)$(MANDIR)/man5
 	install -m 0644 docs/lifeline.8 $(DESTDIR)$(MANDIR)/man8/lifeline.8
+	install -m 0644 docs/lifeline.conf.5 $(DESTDIR)$(MANDIR)/man5/lifeline.conf.5
 
 clean:
 	rm -rf build build-san
