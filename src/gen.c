@@ -137,19 +137,43 @@ fail:
 	return NULL;
 }
 
-static struct lsock *
-find_lsock(struct gen *old, const struct cfg_bind *b)
+/* True when s already serves one of g's listeners (built so far). */
+static bool
+lsock_taken(const struct gen *g, const struct lsock *s)
 {
+	for (size_t i = 0; i < g->nlisteners; i++) {
+		for (size_t j = 0; j < g->listeners[i].nsocks; j++) {
+			if (g->listeners[i].socks[j] == s)
+				return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * The old generation's socket for bind b of listener name, if any.  A
+ * fixed port is one socket whoever owns it; a port-0 bind means "some free
+ * port for this listener", so only the same listener keeps it.
+ */
+static struct lsock *
+find_lsock(struct gen *old, const struct gen *g, const char *name,
+    const struct cfg_bind *b)
+{
+	bool any_port = addr_port((const struct sockaddr *)&b->ss) == 0;
+
 	if (old == NULL)
 		return NULL;
 	for (size_t i = 0; i < old->nlisteners; i++) {
 		struct listener *l = &old->listeners[i];
 
+		if (any_port && strcmp(l->cfg->name, name) != 0)
+			continue;
 		for (size_t j = 0; j < l->nsocks; j++) {
 			struct lsock *s = l->socks[j];
 
 			if (s->wantlen == b->sslen &&
-			    memcmp(&s->want, &b->ss, b->sslen) == 0)
+			    memcmp(&s->want, &b->ss, b->sslen) == 0 &&
+			    !lsock_taken(g, s))
 				return s;
 		}
 	}
@@ -228,7 +252,8 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 		l->state = st;
 		l->socks = xcalloc(cl->nbinds, sizeof(*l->socks));
 		for (size_t j = 0; j < cl->nbinds; j++) {
-			struct lsock *s = find_lsock(old, &cl->binds[j]);
+			struct lsock *s =
+			    find_lsock(old, g, cl->name, &cl->binds[j]);
 			bool skip;
 
 			if (s != NULL) {
