@@ -11,7 +11,6 @@ import faulthandler
 import hashlib
 import os
 import random
-import re
 import resource
 import signal
 import socket
@@ -413,7 +412,7 @@ class Daemon:
         return [m for m in SANITIZER_MARKERS if m in text]
 
 
-def run_cli(args, timeout=15.0, nofile=None):
+def run_cli(args, timeout=15.0):
     """Run the binary to completion; returns CompletedProcess (text)."""
     return subprocess.run([LIFELINE_BIN] + list(args), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
@@ -859,15 +858,3 @@ def duplex():
 
 def start_daemon(tmp_path, config, **kw):
     return Daemon(tmp_path, config, **kw).start()
-
-
-def simple_daemon(tmp_path, server, global_=None, timeouts=None, listen=None, args=()):
-    """Daemon with one listener `plain` relaying to one upstream `up`."""
-    lspec = {"bind": "127.0.0.1:0", "upstream": "up", "maxconn": "100"}
-    lspec.update(listen or {})
-    cfg = make_config({"up": [server.spec]}, {"plain": lspec},
-                      global_=global_, timeouts=timeouts)
-    return start_daemon(tmp_path, cfg, args=args)
-
-
-PORT_RE = re.compile(r"(?<!\d)(\d{4,5})(?!\d)")

@@ -223,6 +223,10 @@ def _printed_preset(tmp_path, name):
 
 def test_preset_whatsapp_prints(tmp_path):
     ini = _printed_preset(tmp_path, "whatsapp")
+    # without -c the whatsapp preset applies
+    r = run_cli(["--print-config"])
+    assert r.returncode == 0, r.stderr
+    assert parse_ini(r.stdout) == ini
     listeners = {k.split(" ", 1)[1]: v for k, v in ini.items() if k.startswith("listen ")}
     assert set(listeners) == set(WHATSAPP_LISTENERS)
     for name, port in WHATSAPP_LISTENERS.items():

@@ -45,6 +45,9 @@ def test_no_client_address_or_port_in_output(tmp_path, echo):
     read_until_closed(s, 5)
     d.reload(cfg)
     assert d.stop() == 0
+    # nothing written to disk but the ports file (and our own files)
+    ours = {d.conf.name, d.ports_file.name, d.stderr_path.name, d.stdout_path.name}
+    assert set(p.name for p in tmp_path.iterdir()) <= ours, list(tmp_path.iterdir())
 
     out = d.stderr_text() + d.stdout_text()
     assert CLIENT_IP not in out, f"client address logged:\n{out}"

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import (
     BackgroundDuplex, Server, check_duplex, chunks, connect, duplex_client,
-    h_duplex, join, make_config, read_until_closed, recv_exact,
-    rst_close, start_daemon, start_thread, try_echo, wait_for)
+    h_duplex, h_sink, join, make_config, make_source, read_until_closed,
+    recv_exact, rst_close, start_daemon, start_thread, try_echo, wait_for)
 
 MiB = 1 << 20
 
@@ -56,6 +56,38 @@ def test_50_concurrent_random_sizes_and_chunking(tmp_path, duplex):
             mismatches.append(str(e))
     assert mismatches == [], (mismatches, duplex.errors())
     assert duplex.accepted == 50
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_one_way_bulk_transfer(tmp_path, direction):
+    """16 MiB to a hashing sink / from a hashing source, ended by half-close."""
+    size = 16 * MiB + 7
+    srv = Server(h_sink if direction == "upload" else make_source(size, seed=3),
+                 name=direction)
+    d = start_daemon(tmp_path, make_config(
+        {"up": [srv.spec]}, {"plain": {"upstream": "up"}}))
+    s = connect(d.addr("plain"))
+    h = hashlib.sha256()
+    n = 0
+    if direction == "upload":
+        for ch in chunks(size, random.Random(4)):
+            s.sendall(ch)
+            h.update(ch)
+        n = size
+        s.shutdown(socket.SHUT_WR)
+        read_until_closed(s, 10)
+    else:
+        while True:
+            data = s.recv(1 << 18)
+            if not data:
+                break
+            h.update(data)
+            n += len(data)
+        s.shutdown(socket.SHUT_WR)
+    rec = srv.wait_done()[0]
+    assert rec["error"] is None, rec["error"]
+    assert rec["bytes"] == n == size, (rec["bytes"], n, size)
+    assert rec["sha"] == h.hexdigest()
 
 
 def test_half_close_client_first(tmp_path, duplex):
@@ -218,7 +250,7 @@ def test_rst_from_client_mid_stream(tmp_path, duplex, flow):
     s = connect(d.addr("rst"))
     if flow != "upstream-sends":
         s.sendall(b"c" * (1 << 20))
-        wait_for(lambda: streamer.records and streamer.records[0]["bytes"] >= 512 << 10,
+        wait_for(lambda: streamer.records and streamer.records[0].get("bytes", 0) >= 512 << 10,
                  5, what="upload to flow")
     if flow != "client-sends":
         got = 0

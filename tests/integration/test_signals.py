@@ -21,7 +21,10 @@ def _line_of(text, needle):
     raise ValueError(needle)
 
 
-def test_sighup_keeps_live_transfers_and_adds_listener(tmp_path, duplex, echo):
+@pytest.mark.parametrize("new_bind", ["127.0.0.1:0", "[::1]:0"])
+def test_sighup_keeps_live_transfers_and_adds_listener(tmp_path, duplex, echo, new_bind):
+    """The new listener binds port 0 like the old one: on the same address
+    (a daemon must not mistake it for the existing socket) and on another."""
     cfg1 = make_config({"up": [duplex.spec]}, {"a": {"upstream": "up"}})
     d = start_daemon(tmp_path, cfg1)
     # ~2s transfer, both directions, in flight across the reload
@@ -30,10 +33,12 @@ def test_sighup_keeps_live_transfers_and_adds_listener(tmp_path, duplex, echo):
     time.sleep(0.3)
     cfg2 = make_config(
         {"up": [duplex.spec], "e": [echo.spec]},
-        {"a": {"upstream": "up"}, "b": {"upstream": "e"}})
+        {"a": {"upstream": "up"}, "b": {"bind": new_bind, "upstream": "e"}})
     ports = d.reload(cfg2)
     assert bg.thread.is_alive(), "transfer ended before the reload: test too fast"
     assert set(ports) == {"a", "b"}, ports
+    assert not set(ports["a"]) & set(ports["b"]), \
+        f"new listener b reported on listener a's socket: {ports}"
     assert try_echo(d.addr("b")), "listener added by SIGHUP does not relay"
     r = duplex_client(d.addr("a"), 2, 100000, 100000)
     check_duplex(r, duplex)
