@@ -36,11 +36,11 @@ SRCS := $(wildcard src/*.c)
 OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 BIN := $(BUILD)/lifeline
 
-UNIT_TESTS := config addr proxyproto loop
+UNIT_TESTS := config addr proxyproto pp_parse loop
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
-.PHONY: all run check check-unit check-integration deps test-deps install \
-	clean format format-check
+.PHONY: all run check check-unit check-integration check-fuzz-replay deps \
+	test-deps install clean format format-check fuzz bench
 
 all: $(BIN)
 
@@ -55,16 +55,87 @@ $(BIN): $(OBJS)
 $(BUILD)/unit/test_config: tests/unit/test_config.c $(BUILD)/obj/config.o $(BUILD)/obj/addr.o $(BUILD)/obj/log.o
 $(BUILD)/unit/test_addr: tests/unit/test_addr.c $(BUILD)/obj/addr.o
 $(BUILD)/unit/test_proxyproto: tests/unit/test_proxyproto.c $(BUILD)/obj/proxyproto.o
+$(BUILD)/unit/test_pp_parse: tests/unit/test_pp_parse.c $(BUILD)/obj/proxyproto.o
 $(BUILD)/unit/test_loop: tests/unit/test_loop.c $(BUILD)/obj/loop.o
 $(UNIT_BINS): tests/unit/harness.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) -Isrc $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ \
 		$(filter %.c %.o,$^) $(INIH_LIBS)
 
+# Fuzzing: each tests/fuzz/fuzz_NAME.c defines LLVMFuzzerTestOneInput over
+# the pure parsers.  `make fuzz` runs each under libFuzzer (clang) for
+# FUZZ_SECONDS; `check-fuzz-replay` replays tests/fuzz/corpus/NAME/ through
+# the same code built with $(CC) + ASan/UBSan and a plain main().
+FUZZ_SECONDS ?= 60
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRCS))
+FUZZ_LIB_SRCS := src/proxyproto.c src/addr.c
+FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -Isrc
+
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h)
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_LIB_SRCS)
+
+build-fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h)
+	@mkdir -p build-fuzz
+	$(CC) $(FUZZ_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< tests/fuzz/replay.c $(FUZZ_LIB_SRCS)
+
+fuzz: $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_NAMES))
+	@for n in $(FUZZ_NAMES); do \
+		mkdir -p tests/fuzz/corpus/$$n build-fuzz/new-$$n; \
+		echo "== fuzz_$$n for $(FUZZ_SECONDS)s"; \
+		build-fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) \
+			-print_final_stats=1 build-fuzz/new-$$n tests/fuzz/corpus/$$n || exit 1; \
+		build-fuzz/fuzz_$$n -merge=1 tests/fuzz/corpus/$$n build-fuzz/new-$$n >/dev/null 2>&1; \
+	done
+
+check-fuzz-replay: $(patsubst %,build-fuzz/replay_%,$(FUZZ_NAMES))
+	@for n in $(FUZZ_NAMES); do \
+		build-fuzz/replay_$$n tests/fuzz/corpus/$$n || exit 1; \
+	done
+
+bench:
+	@bench/run.sh
+
 deps:
 	@scripts/deps.sh build
 
-test-deps:
+test-# Fuzzing: each tests/fuzz/fuzz_NAME.c defines LLVMFuzzerTestOneInput over
+# the pure parsers.  `make fuzz` runs each under libFuzzer (clang) for
+# FUZZ_SECONDS; `check-fuzz-replay` replays tests/fuzz/corpus/NAME/ through
+# the same code built with $(CC) + ASan/UBSan and a plain main().
+FUZZ_SECONDS ?= 60
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRCS))
+FUZZ_LIB_SRCS := src/proxyproto.c src/addr.c
+FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -Isrc
+
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h)
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_LIB_SRCS)
+
+build-fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h)
+	@mkdir -p build-fuzz
+	$(CC) $(FUZZ_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< tests/fuzz/replay.c $(FUZZ_LIB_SRCS)
+
+fuzz: $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_NAMES))
+	@for n in $(FUZZ_NAMES); do \
+		mkdir -p tests/fuzz/corpus/$$n build-fuzz/new-$$n; \
+		echo "== fuzz_$$n for $(FUZZ_SECONDS)s"; \
+		build-fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) \
+			-print_final_stats=1 build-fuzz/new-$$n tests/fuzz/corpus/$$n || exit 1; \
+		build-fuzz/fuzz_$$n -merge=1 tests/fuzz/corpus/$$n build-fuzz/new-$$n >/dev/null 2>&1; \
+	done
+
+check-fuzz-replay: $(patsubst %,build-fuzz/replay_%,$(FUZZ_NAMES))
+	@for n in $(FUZZ_NAMES); do \
+		build-fuzz/replay_$$n tests/fuzz/corpus/$$n || exit 1; \
+	done
+
+bench:
+	@bench/run.sh
+
+deps:
 	@scripts/deps.sh test
 
 run: deps
@@ -90,7 +161,7 @@ install: $(BIN)
 	install -m 0644 docs/lifeline.conf.5 $(DESTDIR)$(MANDIR)/man5/lifeline.conf.5
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h

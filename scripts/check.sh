@@ -2,7 +2,8 @@
 # The whole test suite, as `make check` and CI run it:
 #   1. formatting (clang-format), warnings as errors;
 #   2. unit tests and integration tests against build/lifeline;
-#   3. the same under AddressSanitizer + UndefinedBehaviorSanitizer.
+#   3. the same under AddressSanitizer + UndefinedBehaviorSanitizer, and
+#      the fuzz corpus replayed through the parsers (gcc + ASan).
 # Ends with one line "check: N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -24,11 +25,12 @@ step unit sh -c 'make -s -j2 WERROR=1 check-unit | tee build/unit.log'
 step integration make -s check-integration
 step build-san make -s -j2 WERROR=1 SANITIZE=address,undefined all
 step unit-san sh -c 'make -s -j2 WERROR=1 SANITIZE=address,undefined check-unit | tee build-san/unit.log'
+step fuzz-replay sh -c 'make -s check-fuzz-replay | tee build/fuzz.log'
 ASAN_OPTIONS=abort_on_error=0:halt_on_error=1:detect_leaks=1 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	step integration-san make -s SANITIZE=address,undefined check-integration
 
-/usr/bin/python3 scripts/summary.py build/unit.log build/junit.xml \
+/usr/bin/python3 scripts/summary.py build/unit.log build/junit.xml build/fuzz.log \
 	build-san/unit.log build-san/junit.xml
 summary=$?
 if [ -n "$failed_steps" ]; then

@@ -2,15 +2,20 @@
 # Installs the Debian packages lifeline needs, only those missing.
 #   deps.sh build   compiler, make, pkg-config, libinih
 #   deps.sh test    the above plus what the test suite drives
+#   deps.sh bench   the above plus what `make bench` compares against
+# Services that Debian would start on install (nginx, haproxy, iperf3) are
+# kept from starting: tests and benchmarks start their own, on loopback.
 set -eu
 
 build_pkgs="gcc make pkg-config libinih-dev"
-test_pkgs="python3 python3-pytest clang-format"
+test_pkgs="python3 python3-pytest clang-format haproxy nginx iperf3 wrk"
+bench_pkgs="haproxy nginx iperf3 wrk procps"
 
 case "${1:-build}" in
 build) pkgs=$build_pkgs ;;
 test) pkgs="$build_pkgs $test_pkgs" ;;
-*) echo "usage: $0 build|test" >&2; exit 2 ;;
+bench) pkgs="$build_pkgs $bench_pkgs" ;;
+*) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 
 missing=""
@@ -26,6 +31,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing:$missing"
 export DEBIAN_FRONTEND=noninteractive
+policy=/usr/sbin/policy-rc.d
+own_policy=""
+if [ ! -e $policy ]; then
+	printf '#!/bin/sh\nexit 101\n' >$policy
+	chmod +x $policy
+	own_policy=1
+fi
+trap '[ -n "$own_policy" ] && rm -f $policy' EXIT
 apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
