@@ -100,42 +100,7 @@ bench:
 deps:
 	@scripts/deps.sh build
 
-test-# Fuzzing: each tests/fuzz/fuzz_NAME.c defines LLVMFuzzerTestOneInput over
-# the pure parsers.  `make fuzz` runs each under libFuzzer (clang) for
-# FUZZ_SECONDS; `check-fuzz-replay` replays tests/fuzz/corpus/NAME/ through
-# the same code built with $(CC) + ASan/UBSan and a plain main().
-FUZZ_SECONDS ?= 60
-FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
-FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRCS))
-FUZZ_LIB_SRCS := src/proxyproto.c src/addr.c
-FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -Isrc
-
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h)
-	@mkdir -p build-fuzz
-	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_LIB_SRCS)
-
-build-fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h)
-	@mkdir -p build-fuzz
-	$(CC) $(FUZZ_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< tests/fuzz/replay.c $(FUZZ_LIB_SRCS)
-
-fuzz: $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_NAMES))
-	@for n in $(FUZZ_NAMES); do \
-		mkdir -p tests/fuzz/corpus/$$n build-fuzz/new-$$n; \
-		echo "== fuzz_$$n for $(FUZZ_SECONDS)s"; \
-		build-fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) \
-			-print_final_stats=1 build-fuzz/new-$$n tests/fuzz/corpus/$$n || exit 1; \
-		build-fuzz/fuzz_$$n -merge=1 tests/fuzz/corpus/$$n build-fuzz/new-$$n >/dev/null 2>&1; \
-	done
-
-check-fuzz-replay: $(patsubst %,build-fuzz/replay_%,$(FUZZ_NAMES))
-	@for n in $(FUZZ_NAMES); do \
-		build-fuzz/replay_$$n tests/fuzz/corpus/$$n || exit 1; \
-	done
-
-bench:
-	@bench/run.sh
-
-deps:
+test-deps:
 	@scripts/deps.sh test
 
 run: deps
