@@ -18,9 +18,6 @@ gen_listener_unsupported(const struct cfg_listen *cl)
 {
 	if (cl->tls)
 		return "TLS listeners are not available in this build yet";
-	if (cl->accept_proxy)
-		return "accept-proxy listeners are not available in this "
-		       "build yet";
 	return NULL;
 }
 

@@ -268,7 +268,7 @@ write_ports(void)
 static void
 log_summary(void)
 {
-	uint64_t v[11] = {0};
+	uint64_t v[12] = {0};
 
 	for (unsigned i = 0; i < m.nworkers; i++) {
 		struct relay_counters *c = &m.workers[i]->cnt;
@@ -284,17 +284,18 @@ log_summary(void)
 		v[8] += RELAY_CNT_GET(c, bytes_in);
 		v[9] += RELAY_CNT_GET(c, bytes_out);
 		v[10] += RELAY_CNT_GET(c, accept_pauses);
+		v[11] += RELAY_CNT_GET(c, proxy_rejected);
 	}
 	log_info("counters: accepted=%llu active=%llu relayed=%llu "
 	         "refused_maxconn=%llu upstream_failed=%llu timeouts=%llu "
 	         "errors=%llu connect_retries=%llu bytes_in=%llu "
-	         "bytes_out=%llu accept_pauses=%llu",
+	         "bytes_out=%llu accept_pauses=%llu proxy_rejected=%llu",
 	    (unsigned long long)v[0], (unsigned long long)v[1],
 	    (unsigned long long)v[2], (unsigned long long)v[3],
 	    (unsigned long long)v[4], (unsigned long long)v[5],
 	    (unsigned long long)v[6], (unsigned long long)v[7],
 	    (unsigned long long)v[8], (unsigned long long)v[9],
-	    (unsigned long long)v[10]);
+	    (unsigned long long)v[10], (unsigned long long)v[11]);
 }
 
 static void

@@ -30,25 +30,25 @@ enum pp_version {
 #define PP_V1_MAX 107
 
 enum pp_result {
-	PP_NEED_MORE = 0,   /* a prefix of a valid header: feed more */
-	PP_OK,		    /* a whole header: see pp_header.len */
-	PP_ERR_NOT_PROXY,   /* no PROXY signature (v1 or v2) */
+	PP_NEED_MORE = 0, /* a prefix of a valid header: feed more */
+	PP_OK, /* a whole header: see pp_header.len */
+	PP_ERR_NOT_PROXY, /* no PROXY signature (v1 or v2) */
 	PP_ERR_V1_TOO_LONG, /* no CRLF within 107 bytes */
-	PP_ERR_V1_SYNTAX,   /* spaces, CR/LF, NUL, protocol word */
-	PP_ERR_V1_ADDRESS,  /* not a canonical IPv4/IPv6 address */
-	PP_ERR_V1_PORT,	    /* not 0-65535 without leading zeros */
-	PP_ERR_V2_VERSION,  /* version nibble not 2 */
-	PP_ERR_V2_COMMAND,  /* command not LOCAL (0) or PROXY (1) */
-	PP_ERR_V2_FAMILY,   /* unknown or unsupported family/protocol */
-	PP_ERR_V2_LENGTH,   /* length shorter than the address block */
+	PP_ERR_V1_SYNTAX, /* spaces, CR/LF, NUL, protocol word */
+	PP_ERR_V1_ADDRESS, /* not a canonical IPv4/IPv6 address */
+	PP_ERR_V1_PORT, /* not 0-65535 without leading zeros */
+	PP_ERR_V2_VERSION, /* version nibble not 2 */
+	PP_ERR_V2_COMMAND, /* command not LOCAL (0) or PROXY (1) */
+	PP_ERR_V2_FAMILY, /* unknown or unsupported family/protocol */
+	PP_ERR_V2_LENGTH, /* length shorter than the address block */
 	PP_ERR_V2_TOO_LONG, /* length above PP_V2_MAX_LEN */
-	PP_ERR_V2_TLV,	    /* a TLV runs past the declared length */
-	PP_ERR_V2_CRC,	    /* CRC32C TLV does not match */
+	PP_ERR_V2_TLV, /* a TLV runs past the declared length */
+	PP_ERR_V2_CRC, /* CRC32C TLV does not match */
 };
 
 struct pp_header {
-	int version;   /* 1 or 2 */
-	bool local;    /* v2 LOCAL, or v1 UNKNOWN: use the socket's addresses */
+	int version; /* 1 or 2 */
+	bool local; /* v2 LOCAL, or v1 UNKNOWN: use the socket's addresses */
 	bool has_addr; /* src/dst hold the original connection's addresses */
 	struct sockaddr_storage src, dst;
 	size_t len; /* bytes of the header; what follows is payload */

@@ -43,7 +43,8 @@
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 enum relay_state {
-	RELAY_ST_CONNECTING = 0,
+	RELAY_ST_HEADER = 0, /* waiting for the PROXY header (accept-proxy) */
+	RELAY_ST_CONNECTING,
 	RELAY_ST_STREAMING,
 	RELAY_ST_CLOSED,
 };
@@ -67,6 +68,17 @@ struct relay_dir {
 	uint32_t inpipe;
 };
 
+/* The original connection's addresses, from an inbound PROXY header. */
+union relay_sa {
+	struct sockaddr sa;
+	struct sockaddr_in in;
+	struct sockaddr_in6 in6;
+};
+
+struct relay_origin {
+	union relay_sa src, dst;
+};
+
 struct relay_conn {
 	struct relay_side side[2];
 	struct relay_dir dir[2]; /* indexed by source side */
@@ -75,9 +87,10 @@ struct relay_conn {
 	struct listener *ls; /* borrowed from gen */
 	struct upstream_server *srv; /* borrowed: current attempt */
 	struct upstream_cursor cur;
+	struct relay_origin *origin; /* owned; NULL: the socket's addresses */
 	struct loop_timer timer;
 	struct loop_task task; /* continue relaying, or free */
-	uint64_t connect_deadline;
+	uint64_t deadline; /* header or connect attempt */
 	enum relay_state state;
 	uint8_t attempts;
 	struct relay_conn *prev, *next; /* worker's list */
@@ -267,6 +280,7 @@ conn_free_task(struct loop_task *t)
 	struct relay_conn *c = container_of(t, struct relay_conn, task);
 
 	gen_unref(c->gen);
+	free(c->origin);
 	free(c);
 }
 
@@ -284,8 +298,8 @@ conn_deadline(const struct relay_conn *c)
 	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
 	uint64_t dl[2];
 
-	if (c->state == RELAY_ST_CONNECTING)
-		return c->connect_deadline;
+	if (c->state == RELAY_ST_HEADER || c->state == RELAY_ST_CONNECTING)
+		return c->deadline;
 	for (int s = 0; s < 2; s++) {
 		const struct relay_side *side = &c->side[s];
 		/*
@@ -437,6 +451,12 @@ send_proxy_header(struct relay_conn *c, int fd)
 
 	if (sp == CFG_SEND_PROXY_NONE)
 		return;
+	if (c->origin != NULL) {
+		n = pp_build(sp == CFG_SEND_PROXY_V1 ? PP_V1 : PP_V2,
+		    &c->origin->src.sa, &c->origin->dst.sa, 0, hdr,
+		    sizeof(hdr));
+		goto send;
+	}
 	known = getpeername(c->side[CLIENT].io.fd, (struct sockaddr *)&peer,
 	            &plen) == 0 &&
 	    getsockname(
@@ -444,6 +464,7 @@ send_proxy_header(struct relay_conn *c, int fd)
 	n = pp_build(sp == CFG_SEND_PROXY_V1 ? PP_V1 : PP_V2,
 	    known ? (struct sockaddr *)&peer : NULL,
 	    known ? (struct sockaddr *)&local : NULL, 0, hdr, sizeof(hdr));
+send:
 	/* A fresh socket's send buffer always takes a header this small. */
 	if (n < 0 || write(fd, hdr, (size_t)n) != n)
 		c->side[SERVER].wr_ready = false, c->side[SERVER].eof = true;
@@ -530,8 +551,7 @@ conn_connect(struct relay_conn *c)
 				conn_close(c, true);
 				return;
 			}
-			c->connect_deadline =
-			    now + c->gen->cfg->timeouts.connect_ms;
+			c->deadline = now + c->gen->cfg->timeouts.connect_ms;
 			conn_arm(c);
 			return;
 		}
@@ -554,6 +574,11 @@ conn_timer_cb(struct loop_timer *t)
 		loop_timer_set(c->w->loop, &c->timer, dl);
 		return;
 	}
+	if (c->state == RELAY_ST_HEADER) {
+		RELAY_CNT_ADD(&c->w->cnt, timeouts, 1);
+		conn_close(c, false);
+		return;
+	}
 	if (c->state == RELAY_ST_CONNECTING) {
 		log_debug("connect to upstream %s timed out", c->srv->label);
 		conn_attempt_failed(c);
@@ -561,6 +586,85 @@ conn_timer_cb(struct loop_timer *t)
 	}
 	RELAY_CNT_ADD(&c->w->cnt, timeouts, 1);
 	conn_close(c, false);
+}
+
+static void
+origin_set(union relay_sa *dst, const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		memcpy(&dst->in, ss, sizeof(dst->in));
+	else
+		memcpy(&dst->in6, ss, sizeof(dst->in6));
+}
+
+/*
+ * Reads the inbound PROXY header.  The bytes are peeked, not taken, until
+ * the header is whole: then exactly the header is consumed, and whatever
+ * came with it stays in the socket as payload for the relay.
+ */
+static void
+header_read(struct relay_conn *c)
+{
+	struct worker *w = c->w;
+	uint8_t buf[PP_MAX_HEADER];
+	struct pp_header hdr;
+	enum pp_result r;
+	ssize_t n;
+
+	n = recv(c->side[CLIENT].io.fd, buf, sizeof(buf), MSG_PEEK);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		/* Gone before saying who it is. */
+		conn_close(c, n < 0);
+		return;
+	}
+	r = pp_parse(buf, (size_t)n, &hdr);
+	if (r == PP_NEED_MORE)
+		return;
+	if (r != PP_OK) {
+		log_debug("[listen %s]: bad PROXY header: %s", c->ls->cfg->name,
+		    pp_result_str(r));
+		RELAY_CNT_ADD(&w->cnt, proxy_rejected, 1);
+		conn_close(c, false);
+		return;
+	}
+	if (recv(c->side[CLIENT].io.fd, buf, hdr.len, 0) != (ssize_t)hdr.len) {
+		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		conn_close(c, true);
+		return;
+	}
+	if (hdr.has_addr) {
+		c->origin = calloc(1, sizeof(*c->origin));
+		if (c->origin == NULL) {
+			RELAY_CNT_ADD(&w->cnt, errors, 1);
+			conn_close(c, true);
+			return;
+		}
+		origin_set(&c->origin->src, &hdr.src);
+		origin_set(&c->origin->dst, &hdr.dst);
+	}
+	c->state = RELAY_ST_CONNECTING;
+	conn_connect(c);
+}
+
+/* True when the peer of fd may send a PROXY header to listener ls. */
+static bool
+proxy_trusted(const struct listener *ls, int fd)
+{
+	const struct cfg_listen *cl = ls->cfg;
+	struct sockaddr_storage peer;
+	socklen_t len = sizeof(peer);
+
+	if (cl->trusted_text.n == 0)
+		return true;
+	if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0)
+		return false;
+	for (size_t i = 0; i < cl->trusted_text.n; i++) {
+		if (addr_cidr_match(&cl->trusted[i], (struct sockaddr *)&peer))
+			return true;
+	}
+	return false;
 }
 
 static void
@@ -575,6 +679,11 @@ side_cb(struct loop_io *io, uint32_t events)
 		side->rd_ready = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		side->wr_ready = true;
+	if (c->state == RELAY_ST_HEADER) {
+		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+			header_read(c);
+		return;
+	}
 	if (c->state == RELAY_ST_CONNECTING) {
 		if (side == &c->side[CLIENT]) {
 			/* The client gave up before we reached upstream. */
@@ -640,7 +749,8 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	c->gen = w->gen;
 	gen_ref(c->gen);
 	c->ls = ls;
-	c->state = RELAY_ST_CONNECTING;
+	c->state =
+	    ls->cfg->accept_proxy ? RELAY_ST_HEADER : RELAY_ST_CONNECTING;
 	for (int s = 0; s < 2; s++) {
 		c->side[s].c = c;
 		c->side[s].io.fd = -1;
@@ -661,6 +771,17 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != 0) {
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
 		conn_close(c, true);
+		return;
+	}
+	if (c->state == RELAY_ST_HEADER) {
+		if (!proxy_trusted(ls, fd)) {
+			RELAY_CNT_ADD(&w->cnt, proxy_rejected, 1);
+			conn_close(c, false);
+			return;
+		}
+		c->deadline =
+		    loop_now(w->loop) + w->gen->cfg->timeouts.handshake_ms;
+		conn_arm(c);
 		return;
 	}
 	conn_connect(c);

@@ -1,8 +1,9 @@
 /*
- * relay: one client connection's life: connect to the upstream group (with
- * failover), then copy bytes both ways with splice(2) through pipes taken
- * from the worker's pool only while data is in flight, honouring
- * half-close, backpressure and timeouts.
+ * relay: one client connection's life: read the PROXY header on
+ * accept-proxy listeners, connect to the upstream group (with failover), then
+ * copy bytes both ways with splice(2) through pipes taken from the worker's
+ * pool only while data is in flight, honouring half-close, backpressure and
+ * timeouts.
  *
  * Runs on a worker's loop; every function here is for that thread only,
  * except relay_total_active().
@@ -27,6 +28,7 @@ struct relay_counters {
 	_Atomic uint64_t timeouts; /* idle or half-close timeouts */
 	_Atomic uint64_t errors; /* resets, local resource errors */
 	_Atomic uint64_t connect_retries;
+	_Atomic uint64_t proxy_rejected; /* bad or untrusted PROXY header */
 	_Atomic uint64_t bytes_in; /* client to upstream */
 	_Atomic uint64_t bytes_out; /* upstream to client */
 	_Atomic uint64_t accept_pauses;
