@@ -280,6 +280,18 @@ parse_v1(const uint8_t *buf, size_t len, struct pp_header *out)
 	if (end == 0)
 		return len >= PP_V1_MAX ? PP_ERR_V1_TOO_LONG : PP_NEED_MORE;
 
+	if (end - sizeof(pp_v1_sig) >= 7 &&
+	    memcmp(buf + sizeof(pp_v1_sig), "UNKNOWN", 7) == 0 &&
+	    (end == sizeof(pp_v1_sig) + 7 ||
+	        buf[sizeof(pp_v1_sig) + 7] == ' ')) {
+		/* The receiver ignores whatever follows, up to CRLF. */
+		memset(out, 0, sizeof(*out));
+		out->version = 1;
+		out->local = true;
+		out->len = end + 2;
+		return PP_OK;
+	}
+
 	/* Split [6, end) on single spaces; an empty token is an error. */
 	start = sizeof(pp_v1_sig);
 	for (i = start; i <= end; i++) {
@@ -287,22 +299,12 @@ parse_v1(const uint8_t *buf, size_t len, struct pp_header *out)
 			continue;
 		if (i == start)
 			return PP_ERR_V1_SYNTAX;
-		if (ntok == sizeof(tok) / sizeof(tok[0])) {
-			ntok++; /* one too many: an error unless UNKNOWN */
-			break;
-		}
+		if (ntok == sizeof(tok) / sizeof(tok[0]))
+			return PP_ERR_V1_SYNTAX;
 		tok[ntok].p = buf + start;
 		tok[ntok].n = i - start;
 		ntok++;
 		start = i + 1;
-	}
-	if (tok[0].n == 7 && memcmp(tok[0].p, "UNKNOWN", 7) == 0) {
-		/* The receiver ignores whatever follows, up to CRLF. */
-		memset(out, 0, sizeof(*out));
-		out->version = 1;
-		out->local = true;
-		out->len = end + 2;
-		return PP_OK;
 	}
 	if (tok[0].n == 4 && memcmp(tok[0].p, "TCP4", 4) == 0)
 		family = AF_INET;
