@@ -13,14 +13,6 @@
 
 #define LISTEN_BACKLOG 4096
 
-const char *
-gen_listener_unsupported(const struct cfg_listen *cl)
-{
-	if (cl->tls)
-		return "TLS listeners are not available in this build yet";
-	return NULL;
-}
-
 static void *
 xcalloc(size_t n, size_t size)
 {
@@ -189,6 +181,24 @@ find_lstate(struct gen *old, const char *name)
 	return NULL;
 }
 
+/* A generated certificate's context to keep across a reload, or NULL. */
+static struct tls_ctx *
+find_tls(struct gen *old, const struct cfg_listen *cl)
+{
+	if (old == NULL)
+		return NULL;
+	for (size_t i = 0; i < old->nlisteners; i++) {
+		struct listener *l = &old->listeners[i];
+
+		if (l->tls != NULL && strcmp(l->cfg->name, cl->name) == 0 &&
+		    tls_ctx_reusable(l->tls, cl)) {
+			tls_ctx_ref(l->tls);
+			return l->tls;
+		}
+	}
+	return NULL;
+}
+
 static void
 gen_free(struct gen *g)
 {
@@ -199,6 +209,7 @@ gen_free(struct gen *g)
 			lsock_unref(l->socks[j]);
 		free(l->socks);
 		lstate_unref(l->state);
+		tls_ctx_unref(l->tls);
 	}
 	free(g->listeners);
 	if (g->ups != NULL) {
@@ -227,14 +238,9 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 	g->listeners = xcalloc(cfg->nlistens, sizeof(*g->listeners));
 	for (size_t i = 0; i < cfg->nlistens; i++) {
 		const struct cfg_listen *cl = &cfg->listens[i];
-		const char *why = gen_listener_unsupported(cl);
 		struct listener *l;
 		struct lstate *st;
 
-		if (why != NULL) {
-			log_warnx("skipping [listen %s]: %s", cl->name, why);
-			continue;
-		}
 		l = &g->listeners[g->nlisteners++];
 		l->cfg = cl;
 		l->up = g->ups[cl->upstream];
@@ -247,6 +253,13 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 			snprintf(st->name, sizeof(st->name), "%s", cl->name);
 		}
 		l->state = st;
+		if (cl->tls) {
+			l->tls = find_tls(old, cl);
+			if (l->tls == NULL)
+				l->tls = tls_ctx_new(cl, err, errlen);
+			if (l->tls == NULL)
+				goto fail;
+		}
 		l->socks = xcalloc(cl->nbinds, sizeof(*l->socks));
 		for (size_t j = 0; j < cl->nbinds; j++) {
 			struct lsock *s =

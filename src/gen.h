@@ -21,6 +21,7 @@
 
 #include "addr.h"
 #include "config.h"
+#include "tls.h"
 #include "upstream.h"
 
 /* Per listener name; survives reloads while the name stays. */
@@ -44,6 +45,7 @@ struct listener {
 	const struct cfg_listen *cfg; /* borrowed from gen->cfg */
 	struct upstream *up; /* borrowed from the generation */
 	struct lstate *state; /* reference */
+	struct tls_ctx *tls; /* reference; NULL: plain listener */
 	struct lsock **socks; /* owned array of references */
 	size_t nsocks;
 };
@@ -58,15 +60,10 @@ struct gen {
 };
 
 /*
- * Why this build cannot start a listener yet, or NULL when it can.
- */
-const char *gen_listener_unsupported(const struct cfg_listen *cl);
-
-/*
  * Builds a generation from cfg (consumed, also on failure), sharing with
- * old (may be NULL), binding new addresses for nworkers workers.  Warns
- * about listeners it skips.  Returns NULL with a message in err when an
- * address cannot be bound.
+ * old (may be NULL), binding new addresses for nworkers workers and
+ * loading or generating TLS certificates.  Returns NULL with a message in
+ * err when an address cannot be bound or a certificate cannot be loaded.
  */
 struct gen *gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers,
     char *err, size_t errlen);

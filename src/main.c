@@ -25,6 +25,7 @@
 #include "loop.h"
 #include "relay.h"
 #include "resolver.h"
+#include "tls.h"
 #include "worker.h"
 
 #ifndef LIFELINE_VERSION
@@ -198,31 +199,35 @@ count_workers(const struct cfg *cfg)
 	return (unsigned)n;
 }
 
-/* Reports what this build will not start; returns how many. */
-static unsigned
-report_unsupported(const struct cfg *cfg, FILE *out)
+/*
+ * --check: what parsing cannot see.  Loads every supplied certificate and
+ * key; returns 0, or -1 after printing the problem.
+ */
+static int
+check_more(const struct cfg *cfg, FILE *out)
 {
-	unsigned n = 0;
+	char err[CFG_ERRLEN];
 
 	for (size_t i = 0; i < cfg->nlistens; i++) {
-		const char *why = gen_listener_unsupported(&cfg->listens[i]);
+		const struct cfg_listen *cl = &cfg->listens[i];
+		struct tls_ctx *t;
 
-		if (why == NULL)
+		if (!cl->tls || cl->cert == NULL)
 			continue;
-		fprintf(out,
-		    "%s:%d: warning: [listen %s] will be skipped: %s\n",
-		    cfg->source, cfg->listens[i].line, cfg->listens[i].name,
-		    why);
-		n++;
+		t = tls_ctx_new(cl, err, sizeof(err));
+		if (t == NULL) {
+			fprintf(stderr, "lifeline: %s:%d: [listen %s]: %s\n",
+			    cfg->source, cl->line, cl->name, err);
+			return -1;
+		}
+		tls_ctx_unref(t);
 	}
-	if (cfg->nstats > 0) {
+	if (cfg->nstats > 0)
 		fprintf(out,
 		    "%s: warning: [stats] listener not available in this "
 		    "build yet\n",
 		    cfg->source);
-		n++;
-	}
-	return n;
+	return 0;
 }
 
 /*
@@ -268,7 +273,7 @@ write_ports(void)
 static void
 log_summary(void)
 {
-	uint64_t v[12] = {0};
+	uint64_t v[15] = {0};
 
 	for (unsigned i = 0; i < m.nworkers; i++) {
 		struct relay_counters *c = &m.workers[i]->cnt;
@@ -285,17 +290,23 @@ log_summary(void)
 		v[9] += RELAY_CNT_GET(c, bytes_out);
 		v[10] += RELAY_CNT_GET(c, accept_pauses);
 		v[11] += RELAY_CNT_GET(c, proxy_rejected);
+		v[12] += RELAY_CNT_GET(c, tls_handshakes);
+		v[13] += RELAY_CNT_GET(c, tls_resumed);
+		v[14] += RELAY_CNT_GET(c, tls_failed);
 	}
 	log_info("counters: accepted=%llu active=%llu relayed=%llu "
 	         "refused_maxconn=%llu upstream_failed=%llu timeouts=%llu "
 	         "errors=%llu connect_retries=%llu bytes_in=%llu "
-	         "bytes_out=%llu accept_pauses=%llu proxy_rejected=%llu",
+	         "bytes_out=%llu accept_pauses=%llu proxy_rejected=%llu "
+	         "tls_handshakes=%llu tls_resumed=%llu tls_failed=%llu",
 	    (unsigned long long)v[0], (unsigned long long)v[1],
 	    (unsigned long long)v[2], (unsigned long long)v[3],
 	    (unsigned long long)v[4], (unsigned long long)v[5],
 	    (unsigned long long)v[6], (unsigned long long)v[7],
 	    (unsigned long long)v[8], (unsigned long long)v[9],
-	    (unsigned long long)v[10], (unsigned long long)v[11]);
+	    (unsigned long long)v[10], (unsigned long long)v[11],
+	    (unsigned long long)v[12], (unsigned long long)v[13],
+	    (unsigned long long)v[14]);
 }
 
 static void
@@ -417,7 +428,10 @@ main(int argc, char **argv)
 		return m.o.check ? 1 : 2;
 	}
 	if (m.o.check) {
-		report_unsupported(cfg, stdout);
+		if (check_more(cfg, stdout) != 0) {
+			cfg_free(cfg);
+			return 1;
+		}
 		printf("%s: configuration OK\n", cfg->source);
 		cfg_free(cfg);
 		return 0;

@@ -8,7 +8,7 @@
  *
  * Sockets are registered edge-triggered; rd_ready/wr_ready remember an
  * edge until a syscall says EAGAIN.  Invariants:
- *  - dir[d].inpipe bytes sit in dir[d]'s pipe, never more than its cap;
+ *  - dir[d].pending bytes sit in dir[d]'s pipe, never more than its cap;
  *  - side[s].eof: s sent FIN (read returned 0); we never read s again;
  *  - side[s].shut: we sent FIN to s, after dir[!s] was empty and
  *    side[!s].eof; nothing is written to s again;
@@ -30,6 +30,7 @@
 #include "log.h"
 #include "proxyproto.h"
 #include "relay.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -38,12 +39,16 @@
 #define RELAY_POOL_MAX 256
 /* splice(2) calls per connection per wake-up, for fairness. */
 #define RELAY_BUDGET 16
+/* A TLS direction's buffer: one TLS record's worth. */
+#define RELAY_TLS_BUF 16384
+#define RELAY_BUF_POOL_MAX 64
 
 #define container_of(ptr, type, member)                                        \
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 enum relay_state {
 	RELAY_ST_HEADER = 0, /* waiting for the PROXY header (accept-proxy) */
+	RELAY_ST_TLS, /* TLS handshake with the client */
 	RELAY_ST_CONNECTING,
 	RELAY_ST_STREAMING,
 	RELAY_ST_CLOSED,
@@ -63,9 +68,16 @@ struct relay_side {
 	bool shut; /* we sent FIN */
 };
 
+/*
+ * One direction's bytes in flight: in a pipe (plain to plain), or in a
+ * buffer at buf + off (a TLS client: bytes pass through user space to be
+ * decrypted or encrypted).
+ */
 struct relay_dir {
 	struct relay_pipe p;
-	uint32_t inpipe;
+	uint8_t *buf; /* owned, RELAY_TLS_BUF bytes, or NULL */
+	uint32_t off;
+	uint32_t pending;
 };
 
 /* The original connection's addresses, from an inbound PROXY header. */
@@ -88,6 +100,7 @@ struct relay_conn {
 	struct upstream_server *srv; /* borrowed: current attempt */
 	struct upstream_cursor cur;
 	struct relay_origin *origin; /* owned; NULL: the socket's addresses */
+	struct tls_conn *tls; /* owned; NULL on a plain listener */
 	struct loop_timer timer;
 	struct loop_task task; /* continue relaying, or free */
 	uint64_t deadline; /* header or connect attempt */
@@ -154,6 +167,37 @@ pipe_give(struct worker *w, struct relay_pipe *p, bool dirty)
 	p->cap = 0;
 }
 
+/* Gives dir a buffer from the pool (or a new one); returns 0 or -1. */
+static int
+buf_take(struct worker *w, struct relay_dir *dir)
+{
+	struct relay_pool *pool = &w->pool;
+
+	if (dir->buf != NULL)
+		return 0;
+	if (pool->nbufs > 0)
+		dir->buf = pool->bufs[--pool->nbufs];
+	else
+		dir->buf = malloc(RELAY_TLS_BUF);
+	dir->off = 0;
+	return dir->buf != NULL ? 0 : -1;
+}
+
+static void
+buf_give(struct worker *w, struct relay_dir *dir)
+{
+	struct relay_pool *pool = &w->pool;
+
+	if (dir->buf == NULL)
+		return;
+	if (pool->nbufs < RELAY_BUF_POOL_MAX)
+		pool->bufs[pool->nbufs++] = dir->buf;
+	else
+		free(dir->buf);
+	dir->buf = NULL;
+	dir->off = 0;
+}
+
 int
 relay_pool_init(struct worker *w)
 {
@@ -161,7 +205,8 @@ relay_pool_init(struct worker *w)
 
 	pool->cap = RELAY_POOL_MAX;
 	pool->v = calloc(pool->cap, sizeof(*pool->v));
-	if (pool->v == NULL)
+	pool->bufs = calloc(RELAY_BUF_POOL_MAX, sizeof(*pool->bufs));
+	if (pool->v == NULL || pool->bufs == NULL)
 		return -1;
 	/* A reserve, so that relaying goes on when fds run out. */
 	while (pool->n < RELAY_POOL_RESERVE) {
@@ -203,6 +248,11 @@ relay_pool_cleanup(struct worker *w)
 	free(pool->v);
 	pool->v = NULL;
 	pool->n = pool->cap = pool->low = 0;
+	for (size_t i = 0; i < pool->nbufs; i++)
+		free(pool->bufs[i]);
+	free(pool->bufs);
+	pool->bufs = NULL;
+	pool->nbufs = 0;
 }
 
 /* Connection life. */
@@ -250,8 +300,12 @@ conn_close(struct relay_conn *c, bool abort_peers)
 		close(side->io.fd);
 		side->io.fd = -1;
 	}
-	for (int d = 0; d < 2; d++)
-		pipe_give(w, &c->dir[d].p, c->dir[d].inpipe > 0);
+	for (int d = 0; d < 2; d++) {
+		pipe_give(w, &c->dir[d].p, c->dir[d].pending > 0);
+		buf_give(w, &c->dir[d]);
+	}
+	tls_conn_free(c->tls);
+	c->tls = NULL;
 	loop_timer_del(w->loop, &c->timer);
 	loop_task_cancel(w->loop, &c->task);
 
@@ -298,7 +352,7 @@ conn_deadline(const struct relay_conn *c)
 	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
 	uint64_t dl[2];
 
-	if (c->state == RELAY_ST_HEADER || c->state == RELAY_ST_CONNECTING)
+	if (c->state != RELAY_ST_STREAMING)
 		return c->deadline;
 	for (int s = 0; s < 2; s++) {
 		const struct relay_side *side = &c->side[s];
@@ -340,11 +394,11 @@ pump(struct relay_conn *c, int d, int *budget)
 		bool progress = false;
 		ssize_t n;
 
-		if (dir->inpipe > 0 && dst->wr_ready) {
+		if (dir->pending > 0 && dst->wr_ready) {
 			n = splice(dir->p.rd, NULL, dst->io.fd, NULL,
-			    dir->inpipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			    dir->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 			if (n > 0) {
-				dir->inpipe -= (uint32_t)n;
+				dir->pending -= (uint32_t)n;
 				dst->last = now;
 				if (d == CLIENT)
 					RELAY_CNT_ADD(
@@ -360,7 +414,7 @@ pump(struct relay_conn *c, int d, int *budget)
 			}
 			(*budget)--;
 		}
-		if (dir->inpipe == 0 && src->eof) {
+		if (dir->pending == 0 && src->eof) {
 			pipe_give(w, &dir->p, false);
 			/* ENOTCONN when the peer is gone: the next write says.
 			 */
@@ -369,17 +423,17 @@ pump(struct relay_conn *c, int d, int *budget)
 			return 0;
 		}
 		if (!src->eof && src->rd_ready &&
-		    (dir->p.rd < 0 || dir->inpipe < dir->p.cap)) {
+		    (dir->p.rd < 0 || dir->pending < dir->p.cap)) {
 			if (dir->p.rd < 0 && pipe_take(w, &dir->p) != 0) {
 				log_debug(
 				    "no pipe for a relay: %s", strerror(errno));
 				return -1;
 			}
 			n = splice(src->io.fd, NULL, dir->p.wr, NULL,
-			    dir->p.cap - dir->inpipe,
+			    dir->p.cap - dir->pending,
 			    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 			if (n > 0) {
-				dir->inpipe += (uint32_t)n;
+				dir->pending += (uint32_t)n;
 				src->last = now;
 				progress = true;
 			} else if (n == 0) {
@@ -393,7 +447,7 @@ pump(struct relay_conn *c, int d, int *budget)
 				 * empty: keep the edge and try again once the
 				 * pipe drains.
 				 */
-				if (dir->inpipe == 0)
+				if (dir->pending == 0)
 					src->rd_ready = false;
 			} else if (errno != EINTR) {
 				return -1;
@@ -403,8 +457,158 @@ pump(struct relay_conn *c, int d, int *budget)
 		if (!progress)
 			break;
 	}
-	if (dir->inpipe == 0)
+	if (dir->pending == 0)
 		pipe_give(w, &dir->p, false);
+	return 0;
+}
+
+/* Client to upstream through TLS: decrypt into a buffer, send it on. */
+static int
+pump_tls_in(struct relay_conn *c, int *budget)
+{
+	struct worker *w = c->w;
+	struct relay_side *src = &c->side[CLIENT], *dst = &c->side[SERVER];
+	struct relay_dir *dir = &c->dir[CLIENT];
+	uint64_t now = loop_now(w->loop);
+
+	if (dst->shut)
+		return 0;
+	while (*budget > 0) {
+		bool progress = false;
+
+		if (dir->pending > 0 && dst->wr_ready) {
+			ssize_t n = send(dst->io.fd, dir->buf + dir->off,
+			    dir->pending, MSG_NOSIGNAL);
+
+			if (n > 0) {
+				dir->off += (uint32_t)n;
+				dir->pending -= (uint32_t)n;
+				dst->last = now;
+				RELAY_CNT_ADD(&w->cnt, bytes_in, (uint64_t)n);
+				progress = true;
+			} else if (n < 0 && errno == EAGAIN) {
+				dst->wr_ready = false;
+			} else if (n < 0 && errno != EINTR) {
+				return -1;
+			}
+			(*budget)--;
+		}
+		if (dir->pending == 0 && src->eof) {
+			buf_give(w, dir);
+			(void)shutdown(dst->io.fd, SHUT_WR);
+			dst->shut = true;
+			return 0;
+		}
+		if (dir->pending == 0 && !src->eof && src->rd_ready) {
+			enum tls_status st = TLS_FAIL;
+			size_t n;
+
+			if (buf_take(w, dir) != 0)
+				return -1;
+			n = tls_read(c->tls, dir->buf, RELAY_TLS_BUF, &st);
+			if (n > 0) {
+				dir->off = 0;
+				dir->pending = (uint32_t)n;
+				src->last = now;
+				progress = true;
+			} else if (st == TLS_EOF) {
+				src->eof = true;
+				src->last = now;
+				progress = true;
+			} else if (st == TLS_WANT_READ) {
+				src->rd_ready = false;
+			} else if (st == TLS_WANT_WRITE) {
+				src->wr_ready = false;
+			} else {
+				return -1;
+			}
+			(*budget)--;
+		}
+		if (!progress)
+			break;
+	}
+	if (dir->pending == 0)
+		buf_give(w, dir);
+	return 0;
+}
+
+/* Upstream to client through TLS: read into a buffer, encrypt it out. */
+static int
+pump_tls_out(struct relay_conn *c, int *budget)
+{
+	struct worker *w = c->w;
+	struct relay_side *src = &c->side[SERVER], *dst = &c->side[CLIENT];
+	struct relay_dir *dir = &c->dir[SERVER];
+	uint64_t now = loop_now(w->loop);
+
+	if (dst->shut)
+		return 0;
+	while (*budget > 0) {
+		bool progress = false;
+
+		if (dir->pending > 0 && dst->wr_ready) {
+			enum tls_status st = TLS_FAIL;
+			size_t n = tls_write(
+			    c->tls, dir->buf + dir->off, dir->pending, &st);
+
+			if (n > 0) {
+				dir->off += (uint32_t)n;
+				dir->pending -= (uint32_t)n;
+				dst->last = now;
+				RELAY_CNT_ADD(&w->cnt, bytes_out, (uint64_t)n);
+				progress = true;
+			} else if (st == TLS_WANT_WRITE ||
+			    st == TLS_WANT_READ) {
+				dst->wr_ready = false;
+			} else {
+				return -1;
+			}
+			(*budget)--;
+		}
+		if (dir->pending == 0 && src->eof) {
+			enum tls_status st;
+
+			buf_give(w, dir);
+			if (!dst->wr_ready)
+				return 0;
+			st = tls_close_notify(c->tls);
+			if (st == TLS_WANT_WRITE) {
+				dst->wr_ready = false;
+				return 0;
+			}
+			if (st != TLS_DONE)
+				return -1;
+			(void)shutdown(dst->io.fd, SHUT_WR);
+			dst->shut = true;
+			return 0;
+		}
+		if (dir->pending == 0 && !src->eof && src->rd_ready) {
+			ssize_t n;
+
+			if (buf_take(w, dir) != 0)
+				return -1;
+			n = recv(src->io.fd, dir->buf, RELAY_TLS_BUF, 0);
+			if (n > 0) {
+				dir->off = 0;
+				dir->pending = (uint32_t)n;
+				src->last = now;
+				progress = true;
+			} else if (n == 0) {
+				src->eof = true;
+				src->last = now;
+				progress = true;
+			} else if (errno == EAGAIN) {
+				src->rd_ready = false;
+			} else if (errno != EINTR) {
+				return -1;
+			}
+			(*budget)--;
+		}
+		if (!progress)
+			break;
+	}
+	if (dir->pending == 0)
+		buf_give(w, dir);
 	return 0;
 }
 
@@ -414,7 +618,15 @@ conn_run(struct relay_conn *c)
 	int budget = RELAY_BUDGET;
 	bool shut_before = c->side[0].shut || c->side[1].shut;
 
-	if (pump(c, CLIENT, &budget) != 0 || pump(c, SERVER, &budget) != 0) {
+	int r;
+
+	if (c->tls != NULL)
+		r = pump_tls_in(c, &budget) != 0 ||
+		    pump_tls_out(c, &budget) != 0;
+	else
+		r = pump(c, CLIENT, &budget) != 0 ||
+		    pump(c, SERVER, &budget) != 0;
+	if (r != 0) {
 		RELAY_CNT_ADD(&c->w->cnt, errors, 1);
 		conn_close(c, true);
 		return;
@@ -579,6 +791,11 @@ conn_timer_cb(struct loop_timer *t)
 		conn_close(c, false);
 		return;
 	}
+	if (c->state == RELAY_ST_TLS) {
+		RELAY_CNT_ADD(&c->w->cnt, tls_failed, 1);
+		conn_close(c, false);
+		return;
+	}
 	if (c->state == RELAY_ST_CONNECTING) {
 		log_debug("connect to upstream %s timed out", c->srv->label);
 		conn_attempt_failed(c);
@@ -595,6 +812,48 @@ origin_set(union relay_sa *dst, const struct sockaddr_storage *ss)
 		memcpy(&dst->in, ss, sizeof(dst->in));
 	else
 		memcpy(&dst->in6, ss, sizeof(dst->in6));
+}
+
+/* Advances the TLS handshake; on success, goes on to connect upstream. */
+static void
+tls_step(struct relay_conn *c)
+{
+	struct worker *w = c->w;
+	enum tls_status st = tls_handshake(c->tls);
+
+	if (st == TLS_WANT_READ || st == TLS_WANT_WRITE)
+		return;
+	if (st != TLS_DONE) {
+		log_debug(
+		    "[listen %s]: TLS handshake failed", c->ls->cfg->name);
+		RELAY_CNT_ADD(&w->cnt, tls_failed, 1);
+		conn_close(c, false);
+		return;
+	}
+	RELAY_CNT_ADD(&w->cnt, tls_handshakes, 1);
+	if (tls_conn_resumed(c->tls))
+		RELAY_CNT_ADD(&w->cnt, tls_resumed, 1);
+	c->state = RELAY_ST_CONNECTING;
+	conn_connect(c);
+}
+
+/* Starts the TLS handshake, with its own `handshake` deadline. */
+static void
+tls_start(struct relay_conn *c)
+{
+	struct worker *w = c->w;
+
+	c->tls = tls_conn_new(c->ls->tls, c->side[CLIENT].io.fd);
+	if (c->tls == NULL) {
+		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		conn_close(c, true);
+		return;
+	}
+	c->state = RELAY_ST_TLS;
+	c->deadline = loop_now(w->loop) + c->gen->cfg->timeouts.handshake_ms;
+	conn_arm(c);
+	/* The ClientHello may be in already (edge-triggered: no new event). */
+	tls_step(c);
 }
 
 /*
@@ -644,6 +903,10 @@ header_read(struct relay_conn *c)
 		origin_set(&c->origin->src, &hdr.src);
 		origin_set(&c->origin->dst, &hdr.dst);
 	}
+	if (c->ls->tls != NULL) {
+		tls_start(c);
+		return;
+	}
 	c->state = RELAY_ST_CONNECTING;
 	conn_connect(c);
 }
@@ -679,9 +942,17 @@ side_cb(struct loop_io *io, uint32_t events)
 		side->rd_ready = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		side->wr_ready = true;
+	/* TLS may need to read to write and the reverse: retry both ways. */
+	if (side == &c->side[CLIENT] && c->ls->tls != NULL)
+		side->rd_ready = side->wr_ready = true;
 	if (c->state == RELAY_ST_HEADER) {
 		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 			header_read(c);
+		return;
+	}
+	if (c->state == RELAY_ST_TLS) {
+		if (side == &c->side[CLIENT])
+			tls_step(c);
 		return;
 	}
 	if (c->state == RELAY_ST_CONNECTING) {
@@ -773,7 +1044,8 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 		conn_close(c, true);
 		return;
 	}
-	if (c->state == RELAY_ST_HEADER) {
+	if (ls->cfg->accept_proxy) {
+		c->state = RELAY_ST_HEADER;
 		if (!proxy_trusted(ls, fd)) {
 			RELAY_CNT_ADD(&w->cnt, proxy_rejected, 1);
 			conn_close(c, false);
@@ -782,6 +1054,10 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 		c->deadline =
 		    loop_now(w->loop) + w->gen->cfg->timeouts.handshake_ms;
 		conn_arm(c);
+		return;
+	}
+	if (ls->tls != NULL) {
+		tls_start(c);
 		return;
 	}
 	conn_connect(c);

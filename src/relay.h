@@ -29,6 +29,9 @@ struct relay_counters {
 	_Atomic uint64_t errors; /* resets, local resource errors */
 	_Atomic uint64_t connect_retries;
 	_Atomic uint64_t proxy_rejected; /* bad or untrusted PROXY header */
+	_Atomic uint64_t tls_handshakes; /* completed */
+	_Atomic uint64_t tls_resumed; /* of which resumed */
+	_Atomic uint64_t tls_failed; /* failed or timed out */
 	_Atomic uint64_t bytes_in; /* client to upstream */
 	_Atomic uint64_t bytes_out; /* upstream to client */
 	_Atomic uint64_t accept_pauses;
@@ -51,6 +54,8 @@ struct relay_pool {
 	struct relay_pipe *v; /* owned array */
 	size_t n, cap;
 	size_t low; /* fewest idle pipes since the last trim */
+	uint8_t **bufs; /* owned array of owned idle TLS buffers */
+	size_t nbufs;
 };
 
 struct relay_conn;

@@ -272,26 +272,35 @@ def test_version_help_and_bad_option():
     assert r.stderr.strip()
 
 
-def test_unsupported_listeners_are_skipped_with_warning(tmp_path, echo):
+def test_tls_and_proxy_listeners_are_served(tmp_path, echo):
+    """Every kind of listener starts: none is skipped any more."""
     cfg = make_config(
         {"up": [echo.spec]},
         {"plain": {"upstream": "up"},
          "sec": {"upstream": "up", "tls": "on"},
          "pp": {"upstream": "up", "accept-proxy": "on"}})
     d = start_daemon(tmp_path, cfg)
-    # accept-proxy listeners are served; TLS ones wait for their issue.
-    assert set(d.ports) == {"plain", "pp"}, d.ports
+    assert set(d.ports) == {"plain", "sec", "pp"}, d.ports
     err = d.stderr_text()
-    assert not re.search(r"skipping \[listen pp\]", err), err
-    for name in ("sec",):
-        assert re.search(rf"\b{name}\b", err), f"no warning naming listener {name}:\n{err}"
+    assert "skipping" not in err, err
     assert try_echo(d.addr("plain"))
     r = run_cli(["--check", "-c", str(d.conf)])
     assert r.returncode == 0, r.stdout + r.stderr
-    out = r.stdout + r.stderr
-    assert "[listen pp]" not in out, out
-    for name in ("sec",):
-        assert re.search(rf"\b{name}\b", out), f"--check does not report {name}: {out!r}"
+    assert "configuration OK" in r.stdout, r.stdout
+
+
+def test_check_loads_supplied_certificates(tmp_path, echo):
+    """--check fails, naming the listener, when a cert file is unusable."""
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    cfg = make_config(
+        {"up": [echo.spec]},
+        {"sec": {"upstream": "up", "tls": "on", "cert": str(bad), "key": str(bad)}})
+    conf = tmp_path / "c.conf"
+    conf.write_text(cfg)
+    r = run_cli(["--check", "-c", str(conf)])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "[listen sec]" in r.stderr and str(bad) in r.stderr, r.stderr
 
 
 def test_bind_failure_exits_1(tmp_path, echo):

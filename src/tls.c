@@ -1,0 +1,557 @@
+/*
+ * tls: OpenSSL 3 contexts, certificates generated in memory, ticket keys,
+ * and non-blocking server connections.
+ */
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "tls.h"
+
+/* Ticket keys: current and previous, rotated every 12 hours. */
+#define TLS_TICKET_ROTATE_S (12 * 3600)
+
+struct tls_ctx {
+	_Atomic unsigned refs;
+	SSL_CTX *ssl; /* owned */
+	/* What the context was made from, to share it across reloads. */
+	bool generated;
+	enum cfg_key_type key_type;
+	char *names; /* owned: tls-names joined, may be "" */
+	char *ips; /* owned */
+};
+
+struct tls_conn {
+	SSL *ssl; /* owned */
+	bool sent_close;
+};
+
+struct ticket_key {
+	unsigned char name[16];
+	unsigned char aes[32];
+	unsigned char hmac[32];
+	time_t created;
+	bool valid;
+};
+
+static struct {
+	pthread_mutex_t lock;
+	struct ticket_key cur, prev;
+} tk = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void
+openssl_err(char *err, size_t errlen, const char *what)
+{
+	unsigned long e = ERR_get_error();
+	char buf[256];
+
+	if (e != 0)
+		ERR_error_string_n(e, buf, sizeof(buf));
+	else
+		snprintf(buf, sizeof(buf), "unknown error");
+	snprintf(err, errlen, "%s: %s", what, buf);
+	ERR_clear_error();
+}
+
+static int
+ticket_key_new(struct ticket_key *k)
+{
+	if (RAND_bytes(k->name, sizeof(k->name)) != 1 ||
+	    RAND_bytes(k->aes, sizeof(k->aes)) != 1 ||
+	    RAND_bytes(k->hmac, sizeof(k->hmac)) != 1)
+		return -1;
+	k->created = time(NULL);
+	k->valid = true;
+	return 0;
+}
+
+static int
+ticket_mac_init(EVP_MAC_CTX *hctx, unsigned char *key)
+{
+	OSSL_PARAM params[3];
+
+	params[0] =
+	    OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key, 32);
+	params[1] = OSSL_PARAM_construct_utf8_string(
+	    OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+	params[2] = OSSL_PARAM_construct_end();
+	return EVP_MAC_CTX_set_params(hctx, params);
+}
+
+/*
+ * OpenSSL's ticket key callback: enc = 1 to seal a new ticket, 0 to open
+ * one.  Returns 1 (ok), 2 (ok, but issue a fresh ticket: old key), 0 (not
+ * ours or expired: full handshake), -1 (error).
+ */
+static int
+ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv,
+    EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx, int enc)
+{
+	struct ticket_key k;
+	int ret = 1;
+
+	(void)s;
+	pthread_mutex_lock(&tk.lock);
+	if (!tk.cur.valid ||
+	    time(NULL) - tk.cur.created >= TLS_TICKET_ROTATE_S) {
+		struct ticket_key n;
+
+		if (ticket_key_new(&n) == 0) {
+			tk.prev = tk.cur;
+			tk.cur = n;
+		}
+	}
+	if (enc) {
+		k = tk.cur;
+	} else if (tk.cur.valid && memcmp(key_name, tk.cur.name, 16) == 0) {
+		k = tk.cur;
+	} else if (tk.prev.valid && memcmp(key_name, tk.prev.name, 16) == 0) {
+		k = tk.prev;
+		ret = 2;
+	} else {
+		k.valid = false;
+	}
+	pthread_mutex_unlock(&tk.lock);
+	if (!k.valid)
+		return enc ? -1 : 0;
+	if (enc) {
+		if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
+			return -1;
+		memcpy(key_name, k.name, 16);
+		if (EVP_EncryptInit_ex(
+		        ctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1 ||
+		    ticket_mac_init(hctx, k.hmac) != 1)
+			return -1;
+		return 1;
+	}
+	if (ticket_mac_init(hctx, k.hmac) != 1 ||
+	    EVP_DecryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1)
+		return -1;
+	return ret;
+}
+
+static EVP_PKEY *
+gen_key(enum cfg_key_type type)
+{
+	switch (type) {
+	case CFG_KEY_EC256:
+		return EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	case CFG_KEY_RSA2048:
+		return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+	case CFG_KEY_RSA4096:
+		return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)4096);
+	}
+	return NULL;
+}
+
+/* A random lower-case label, like the official image's random names. */
+static void
+random_label(char *buf, size_t len)
+{
+	unsigned char r[32];
+
+	if (len > sizeof(r) + 1)
+		len = sizeof(r) + 1;
+	if (RAND_bytes(r, (int)len) != 1)
+		memset(r, 0, sizeof(r));
+	for (size_t i = 0; i + 1 < len; i++)
+		buf[i] = (char)('a' + r[i] % 26);
+	buf[len - 1] = '\0';
+}
+
+static int
+add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+	X509V3_CTX v3;
+	X509_EXTENSION *ext;
+	int ok;
+
+	X509V3_set_ctx(&v3, issuer, cert, NULL, NULL, 0);
+	ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
+	if (ext == NULL)
+		return -1;
+	ok = X509_add_ext(cert, ext, -1);
+	X509_EXTENSION_free(ext);
+	return ok == 1 ? 0 : -1;
+}
+
+/* Makes a certificate for key, named cn, signed by issuer/ikey (or self). */
+static X509 *
+make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *ikey,
+    long days, const char *san)
+{
+	X509 *x = X509_new();
+	BIGNUM *bn = BN_new();
+	X509_NAME *name;
+
+	if (x == NULL || bn == NULL)
+		goto fail;
+	if (X509_set_version(x, X509_VERSION_3) != 1 ||
+	    BN_rand(bn, 64, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1 ||
+	    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL)
+		goto fail;
+	if (X509_gmtime_adj(X509_getm_notBefore(x), -24 * 3600) == NULL ||
+	    X509_gmtime_adj(X509_getm_notAfter(x), days * 24 * 3600) == NULL)
+		goto fail;
+	name = X509_get_subject_name(x);
+	if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+	        (const unsigned char *)cn, -1, -1, 0) != 1)
+		goto fail;
+	if (X509_set_issuer_name(x,
+	        issuer != NULL ? X509_get_subject_name(issuer) : name) != 1 ||
+	    X509_set_pubkey(x, key) != 1)
+		goto fail;
+	if (issuer == NULL) {
+		if (add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") !=
+		        0 ||
+		    add_ext(x, x, NID_key_usage,
+		        "critical,keyCertSign,cRLSign") != 0 ||
+		    add_ext(x, x, NID_subject_key_identifier, "hash") != 0)
+			goto fail;
+	} else {
+		if (add_ext(x, issuer, NID_basic_constraints, "CA:FALSE") !=
+		        0 ||
+		    add_ext(x, issuer, NID_ext_key_usage, "serverAuth") != 0 ||
+		    add_ext(x, issuer, NID_authority_key_identifier,
+		        "keyid:always") != 0 ||
+		    (san[0] != '\0' &&
+		        add_ext(x, issuer, NID_subject_alt_name, san) != 0))
+			goto fail;
+	}
+	if (X509_sign(x, ikey != NULL ? ikey : key, EVP_sha256()) == 0)
+		goto fail;
+	BN_free(bn);
+	return x;
+fail:
+	BN_free(bn);
+	X509_free(x);
+	return NULL;
+}
+
+/* Appends "PREFIX:item" for each comma/space separated item of list. */
+static void
+san_append(char *san, size_t len, const char *prefix, const char *list)
+{
+	char *copy, *save = NULL;
+
+	if (list == NULL || (copy = strdup(list)) == NULL)
+		return;
+	for (char *t = strtok_r(copy, ", \t", &save); t != NULL;
+	     t = strtok_r(NULL, ", \t", &save)) {
+		size_t n = strlen(san);
+
+		snprintf(
+		    san + n, len - n, "%s%s:%s", n > 0 ? "," : "", prefix, t);
+	}
+	free(copy);
+}
+
+/* The list's items joined with commas, in a new string (NULL: no memory). */
+static char *
+join(const struct cfg_strlist *l)
+{
+	size_t n = 1, off = 0;
+	char *s;
+
+	for (size_t i = 0; i < l->n; i++)
+		n += strlen(l->v[i]) + 1;
+	s = calloc(1, n);
+	if (s == NULL)
+		return NULL;
+	for (size_t i = 0; i < l->n; i++)
+		off += (size_t)snprintf(
+		    s + off, n - off, "%s%s", i > 0 ? "," : "", l->v[i]);
+	return s;
+}
+
+/*
+ * Generates a CA and a leaf it signs, as the official image does at every
+ * start, but in memory only and with the configured key type.
+ */
+static int
+use_generated(SSL_CTX *ssl, const struct tls_ctx *t, char *err, size_t errlen)
+{
+	EVP_PKEY *cakey = NULL, *key = NULL;
+	X509 *ca = NULL, *leaf = NULL;
+	char label[13], cn[32], san[4096] = "";
+	int r = -1;
+
+	san_append(san, sizeof(san), "DNS", t->names);
+	san_append(san, sizeof(san), "DNS", getenv("SSL_DNS"));
+	san_append(san, sizeof(san), "IP", t->ips);
+	san_append(san, sizeof(san), "IP", getenv("SSL_IP"));
+	cakey = gen_key(t->key_type);
+	key = gen_key(t->key_type);
+	if (cakey == NULL || key == NULL) {
+		openssl_err(err, errlen, "generating a key");
+		goto fail;
+	}
+	random_label(label, sizeof(label));
+	ca = make_cert(cakey, label, NULL, NULL, 36500, "");
+	random_label(label, sizeof(label));
+	snprintf(cn, sizeof(cn), "%s.net", label);
+	if (ca != NULL)
+		leaf = make_cert(key, cn, ca, cakey, 3650, san);
+	if (ca == NULL || leaf == NULL) {
+		openssl_err(err, errlen, "generating a certificate");
+		goto fail;
+	}
+	if (SSL_CTX_use_certificate(ssl, leaf) != 1 ||
+	    SSL_CTX_use_PrivateKey(ssl, key) != 1 ||
+	    SSL_CTX_add1_chain_cert(ssl, ca) != 1) {
+		openssl_err(err, errlen, "using the generated certificate");
+		goto fail;
+	}
+	r = 0;
+fail:
+	X509_free(leaf);
+	X509_free(ca);
+	EVP_PKEY_free(key);
+	EVP_PKEY_free(cakey);
+	return r;
+}
+
+static int
+use_files(SSL_CTX *ssl, const struct cfg_listen *cl, char *err, size_t errlen)
+{
+	char what[600];
+
+	snprintf(what, sizeof(what), "certificate %s", cl->cert);
+	if (SSL_CTX_use_certificate_chain_file(ssl, cl->cert) != 1) {
+		openssl_err(err, errlen, what);
+		return -1;
+	}
+	snprintf(what, sizeof(what), "key %s", cl->key);
+	if (SSL_CTX_use_PrivateKey_file(ssl, cl->key, SSL_FILETYPE_PEM) != 1) {
+		openssl_err(err, errlen, what);
+		return -1;
+	}
+	if (SSL_CTX_check_private_key(ssl) != 1) {
+		snprintf(what, sizeof(what), "key %s does not match %s",
+		    cl->key, cl->cert);
+		openssl_err(err, errlen, what);
+		return -1;
+	}
+	return 0;
+}
+
+struct tls_ctx *
+tls_ctx_new(const struct cfg_listen *cl, char *err, size_t errlen)
+{
+	struct tls_ctx *t = calloc(1, sizeof(*t));
+	SSL_CTX *ssl = NULL;
+
+	if (t == NULL)
+		fatal(1, "out of memory");
+	atomic_init(&t->refs, 1);
+	t->generated = cl->cert == NULL;
+	t->key_type = cl->key_type;
+	t->names = join(&cl->tls_names);
+	t->ips = join(&cl->tls_ips);
+	if (t->names == NULL || t->ips == NULL)
+		fatal(1, "out of memory");
+	ERR_clear_error();
+	ssl = SSL_CTX_new(TLS_server_method());
+	if (ssl == NULL) {
+		openssl_err(err, errlen, "SSL_CTX_new");
+		goto fail;
+	}
+	if (SSL_CTX_set_min_proto_version(ssl, TLS1_2_VERSION) != 1 ||
+	    SSL_CTX_set_cipher_list(ssl, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1) {
+		openssl_err(err, errlen, "TLS settings");
+		goto fail;
+	}
+	/*
+	 * No renegotiation; a TCP FIN without close_notify is an ordinary end
+	 * of stream (the payload has its own integrity, and a plain listener
+	 * treats FIN the same way).
+	 */
+	SSL_CTX_set_options(ssl,
+	    SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+	        SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+	/* Give OpenSSL's buffers back while a connection is idle. */
+	SSL_CTX_set_mode(ssl,
+	    SSL_MODE_ENABLE_PARTIAL_WRITE |
+	        SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+	/* Resumption through tickets only: no per-session server memory. */
+	SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_num_tickets(ssl, 1);
+	SSL_CTX_set_tlsext_ticket_key_evp_cb(ssl, ticket_cb);
+	if ((t->generated ? use_generated(ssl, t, err, errlen)
+	                  : use_files(ssl, cl, err, errlen)) != 0)
+		goto fail;
+	t->ssl = ssl;
+	return t;
+fail:
+	SSL_CTX_free(ssl);
+	free(t->names);
+	free(t->ips);
+	free(t);
+	return NULL;
+}
+
+void
+tls_ctx_ref(struct tls_ctx *t)
+{
+	atomic_fetch_add(&t->refs, 1);
+}
+
+void
+tls_ctx_unref(struct tls_ctx *t)
+{
+	if (t == NULL || atomic_fetch_sub(&t->refs, 1) != 1)
+		return;
+	SSL_CTX_free(t->ssl);
+	free(t->names);
+	free(t->ips);
+	free(t);
+}
+
+bool
+tls_ctx_reusable(const struct tls_ctx *t, const struct cfg_listen *cl)
+{
+	char *names, *ips;
+	bool same;
+
+	/* Files are read again at each reload: that is how certs renew. */
+	if (!t->generated || cl->cert != NULL || t->key_type != cl->key_type)
+		return false;
+	names = join(&cl->tls_names);
+	ips = join(&cl->tls_ips);
+	same = names != NULL && ips != NULL && strcmp(names, t->names) == 0 &&
+	    strcmp(ips, t->ips) == 0;
+	free(names);
+	free(ips);
+	return same;
+}
+
+struct tls_conn *
+tls_conn_new(struct tls_ctx *t, int fd)
+{
+	struct tls_conn *tc = calloc(1, sizeof(*tc));
+
+	if (tc == NULL)
+		return NULL;
+	tc->ssl = SSL_new(t->ssl);
+	if (tc->ssl == NULL || SSL_set_fd(tc->ssl, fd) != 1) {
+		ERR_clear_error();
+		SSL_free(tc->ssl);
+		free(tc);
+		return NULL;
+	}
+	SSL_set_accept_state(tc->ssl);
+	return tc;
+}
+
+void
+tls_conn_free(struct tls_conn *tc)
+{
+	if (tc == NULL)
+		return;
+	SSL_free(tc->ssl);
+	free(tc);
+}
+
+static enum tls_status
+status_of(struct tls_conn *tc, int ret)
+{
+	int e = SSL_get_error(tc->ssl, ret);
+
+	ERR_clear_error();
+	switch (e) {
+	case SSL_ERROR_WANT_READ:
+		return TLS_WANT_READ;
+	case SSL_ERROR_WANT_WRITE:
+		return TLS_WANT_WRITE;
+	case SSL_ERROR_ZERO_RETURN:
+		return TLS_EOF;
+	default:
+		return TLS_FAIL;
+	}
+}
+
+enum tls_status
+tls_handshake(struct tls_conn *tc)
+{
+	int r;
+
+	ERR_clear_error();
+	r = SSL_do_handshake(tc->ssl);
+	if (r == 1)
+		return TLS_DONE;
+	return status_of(tc, r);
+}
+
+size_t
+tls_read(struct tls_conn *tc, void *buf, size_t len, enum tls_status *st)
+{
+	size_t n = 0;
+
+	ERR_clear_error();
+	if (SSL_read_ex(tc->ssl, buf, len, &n) == 1)
+		return n;
+	*st = status_of(tc, 0);
+	return 0;
+}
+
+size_t
+tls_write(struct tls_conn *tc, const void *buf, size_t len, enum tls_status *st)
+{
+	size_t n = 0;
+
+	ERR_clear_error();
+	if (SSL_write_ex(tc->ssl, buf, len, &n) == 1)
+		return n;
+	*st = status_of(tc, 0);
+	return 0;
+}
+
+enum tls_status
+tls_close_notify(struct tls_conn *tc)
+{
+	int r;
+
+	if (tc->sent_close)
+		return TLS_DONE;
+	ERR_clear_error();
+	r = SSL_shutdown(tc->ssl);
+	if (r >= 0) {
+		tc->sent_close = true;
+		return TLS_DONE;
+	}
+	return status_of(tc, r) == TLS_WANT_WRITE ? TLS_WANT_WRITE : TLS_FAIL;
+}
+
+bool
+tls_conn_resumed(const struct tls_conn *tc)
+{
+	return SSL_session_reused(tc->ssl) == 1;
+}
+
+const char *
+tls_status_str(enum tls_status st)
+{
+	switch (st) {
+	case TLS_DONE:
+		return "done";
+	case TLS_WANT_READ:
+		return "want_read";
+	case TLS_WANT_WRITE:
+		return "want_write";
+	case TLS_EOF:
+		return "eof";
+	case TLS_FAIL:
+		return "fail";
+	}
+	return "?";
+}
