@@ -38,8 +38,10 @@ lsock_unref(struct lsock *s)
 static void
 lstate_unref(struct lstate *st)
 {
-	if (st != NULL && atomic_fetch_sub(&st->refs, 1) == 1)
+	if (st != NULL && atomic_fetch_sub(&st->refs, 1) == 1) {
+		free(st->cnt);
 		free(st);
+	}
 }
 
 /* Makes one listening socket; returns the fd or -errno. */
@@ -250,6 +252,11 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 		} else {
 			st = xcalloc(1, sizeof(*st));
 			atomic_init(&st->refs, 1);
+			st->cnt =
+			    aligned_alloc(64, nworkers * sizeof(*st->cnt));
+			if (st->cnt == NULL)
+				fatal(1, "out of memory");
+			memset(st->cnt, 0, nworkers * sizeof(*st->cnt));
 			snprintf(st->name, sizeof(st->name), "%s", cl->name);
 		}
 		l->state = st;

@@ -21,6 +21,7 @@
 
 #include "addr.h"
 #include "config.h"
+#include "relay.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -29,6 +30,7 @@ struct lstate {
 	_Atomic unsigned refs;
 	char name[CFG_MAX_NAME + 1];
 	_Atomic unsigned active; /* live connections, all workers */
+	struct relay_lcounters *cnt; /* owned array, one per worker */
 };
 
 /* One bound address: a listening socket per worker. */

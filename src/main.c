@@ -273,40 +273,46 @@ write_ports(void)
 static void
 log_summary(void)
 {
-	uint64_t v[15] = {0};
+	uint64_t closed[RELAY_RES_MAX] = {0}, in = 0, out = 0, hs = 0, res = 0;
+	uint64_t accepted = 0, active = 0, errors = 0, retries = 0, pauses = 0;
+	char line[512];
+	size_t n = 0;
 
 	for (unsigned i = 0; i < m.nworkers; i++) {
 		struct relay_counters *c = &m.workers[i]->cnt;
 
-		v[0] += RELAY_CNT_GET(c, accepted);
-		v[1] += RELAY_CNT_GET(c, active);
-		v[2] += RELAY_CNT_GET(c, relayed);
-		v[3] += RELAY_CNT_GET(c, refused_maxconn);
-		v[4] += RELAY_CNT_GET(c, upstream_failed);
-		v[5] += RELAY_CNT_GET(c, timeouts);
-		v[6] += RELAY_CNT_GET(c, errors);
-		v[7] += RELAY_CNT_GET(c, connect_retries);
-		v[8] += RELAY_CNT_GET(c, bytes_in);
-		v[9] += RELAY_CNT_GET(c, bytes_out);
-		v[10] += RELAY_CNT_GET(c, accept_pauses);
-		v[11] += RELAY_CNT_GET(c, proxy_rejected);
-		v[12] += RELAY_CNT_GET(c, tls_handshakes);
-		v[13] += RELAY_CNT_GET(c, tls_resumed);
-		v[14] += RELAY_CNT_GET(c, tls_failed);
+		accepted += RELAY_CNT_GET(c, accepted);
+		active += RELAY_CNT_GET(c, active);
+		errors += RELAY_CNT_GET(c, errors);
+		retries += RELAY_CNT_GET(c, connect_retries);
+		pauses += RELAY_CNT_GET(c, accept_pauses);
 	}
-	log_info("counters: accepted=%llu active=%llu relayed=%llu "
-	         "refused_maxconn=%llu upstream_failed=%llu timeouts=%llu "
-	         "errors=%llu connect_retries=%llu bytes_in=%llu "
-	         "bytes_out=%llu accept_pauses=%llu proxy_rejected=%llu "
-	         "tls_handshakes=%llu tls_resumed=%llu tls_failed=%llu",
-	    (unsigned long long)v[0], (unsigned long long)v[1],
-	    (unsigned long long)v[2], (unsigned long long)v[3],
-	    (unsigned long long)v[4], (unsigned long long)v[5],
-	    (unsigned long long)v[6], (unsigned long long)v[7],
-	    (unsigned long long)v[8], (unsigned long long)v[9],
-	    (unsigned long long)v[10], (unsigned long long)v[11],
-	    (unsigned long long)v[12], (unsigned long long)v[13],
-	    (unsigned long long)v[14]);
+	for (size_t l = 0; l < m.gen->nlisteners; l++) {
+		for (unsigned i = 0; i < m.nworkers; i++) {
+			struct relay_lcounters *c =
+			    &m.gen->listeners[l].state->cnt[i];
+
+			for (int r = 0; r < RELAY_RES_MAX; r++)
+				closed[r] += RELAY_CNT_GET(c, closed[r]);
+			in += RELAY_CNT_GET(c, bytes_in);
+			out += RELAY_CNT_GET(c, bytes_out);
+			hs += RELAY_CNT_GET(c, tls_handshakes);
+			res += RELAY_CNT_GET(c, tls_resumed);
+		}
+	}
+	for (int r = 0; r < RELAY_RES_MAX && n < sizeof(line); r++)
+		n += (size_t)snprintf(line + n, sizeof(line) - n, " %s=%llu",
+		    relay_result_str((enum relay_result)r),
+		    (unsigned long long)closed[r]);
+	log_info("counters: accepted=%llu active=%llu bytes_in=%llu "
+	         "bytes_out=%llu tls_handshakes=%llu tls_resumed=%llu "
+	         "errors=%llu connect_retries=%llu accept_pauses=%llu; "
+	         "ended:%s",
+	    (unsigned long long)accepted, (unsigned long long)active,
+	    (unsigned long long)in, (unsigned long long)out,
+	    (unsigned long long)hs, (unsigned long long)res,
+	    (unsigned long long)errors, (unsigned long long)retries,
+	    (unsigned long long)pauses, line);
 }
 
 static void

@@ -99,6 +99,7 @@ struct relay_conn {
 	struct listener *ls; /* borrowed from gen */
 	struct upstream_server *srv; /* borrowed: current attempt */
 	struct upstream_cursor cur;
+	struct relay_lcounters *lc; /* borrowed: listener's, this worker's */
 	struct relay_origin *origin; /* owned; NULL: the socket's addresses */
 	struct tls_conn *tls; /* owned; NULL on a plain listener */
 	struct loop_timer timer;
@@ -110,6 +111,30 @@ struct relay_conn {
 };
 
 static _Atomic unsigned relay_active_total;
+
+const char *
+relay_result_str(enum relay_result r)
+{
+	switch (r) {
+	case RELAY_RES_RELAYED:
+		return "relayed";
+	case RELAY_RES_REFUSED_MAXCONN:
+		return "refused_maxconn";
+	case RELAY_RES_UPSTREAM_FAILED:
+		return "upstream_failed";
+	case RELAY_RES_TIMEOUT:
+		return "timeout";
+	case RELAY_RES_TLS_FAILED:
+		return "tls_failed";
+	case RELAY_RES_PROXY_REJECTED:
+		return "proxy_rejected";
+	case RELAY_RES_ERROR:
+		return "error";
+	case RELAY_RES_MAX:
+		break;
+	}
+	return "?";
+}
 
 unsigned
 relay_total_active(void)
@@ -262,6 +287,8 @@ static void conn_continue_task(struct loop_task *t);
 static void conn_timer_cb(struct loop_timer *t);
 static void side_cb(struct loop_io *io, uint32_t events);
 static void conn_connect(struct relay_conn *c);
+static void conn_close(
+    struct relay_conn *c, bool abort_peers, enum relay_result result);
 
 static void
 set_sockopts(int fd)
@@ -275,15 +302,22 @@ set_sockopts(int fd)
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
+/*
+ * Ends c: closes both sockets (with RST when abort_peers), gives back its
+ * pipes and buffers, counts it under result, and queues its memory to be
+ * freed after this loop iteration.
+ */
 static void
-conn_close(struct relay_conn *c, bool abort_peers)
+conn_close(struct relay_conn *c, bool abort_peers, enum relay_result result)
 {
 	struct worker *w = c->w;
 
 	if (c->state == RELAY_ST_CLOSED)
 		return;
-	if (c->state == RELAY_ST_STREAMING && !abort_peers)
-		RELAY_CNT_ADD(&w->cnt, relayed, 1);
+	/* A connection that reached upstream was relayed, however it ended. */
+	if (c->state == RELAY_ST_STREAMING && result == RELAY_RES_ERROR)
+		result = RELAY_RES_RELAYED;
+	RELAY_CNT_ADD(c->lc, closed[result], 1);
 	c->state = RELAY_ST_CLOSED;
 	for (int s = 0; s < 2; s++) {
 		struct relay_side *side = &c->side[s];
@@ -342,7 +376,7 @@ void
 relay_close_all(struct worker *w)
 {
 	while (w->conns != NULL)
-		conn_close(w->conns, true);
+		conn_close(w->conns, true, RELAY_RES_ERROR);
 }
 
 /* The earliest moment a timeout ends this connection. */
@@ -402,10 +436,10 @@ pump(struct relay_conn *c, int d, int *budget)
 				dst->last = now;
 				if (d == CLIENT)
 					RELAY_CNT_ADD(
-					    &w->cnt, bytes_in, (uint64_t)n);
+					    c->lc, bytes_in, (uint64_t)n);
 				else
 					RELAY_CNT_ADD(
-					    &w->cnt, bytes_out, (uint64_t)n);
+					    c->lc, bytes_out, (uint64_t)n);
 				progress = true;
 			} else if (n < 0 && errno == EAGAIN) {
 				dst->wr_ready = false;
@@ -484,7 +518,7 @@ pump_tls_in(struct relay_conn *c, int *budget)
 				dir->off += (uint32_t)n;
 				dir->pending -= (uint32_t)n;
 				dst->last = now;
-				RELAY_CNT_ADD(&w->cnt, bytes_in, (uint64_t)n);
+				RELAY_CNT_ADD(c->lc, bytes_in, (uint64_t)n);
 				progress = true;
 			} else if (n < 0 && errno == EAGAIN) {
 				dst->wr_ready = false;
@@ -555,7 +589,7 @@ pump_tls_out(struct relay_conn *c, int *budget)
 				dir->off += (uint32_t)n;
 				dir->pending -= (uint32_t)n;
 				dst->last = now;
-				RELAY_CNT_ADD(&w->cnt, bytes_out, (uint64_t)n);
+				RELAY_CNT_ADD(c->lc, bytes_out, (uint64_t)n);
 				progress = true;
 			} else if (st == TLS_WANT_WRITE ||
 			    st == TLS_WANT_READ) {
@@ -628,11 +662,11 @@ conn_run(struct relay_conn *c)
 		    pump(c, SERVER, &budget) != 0;
 	if (r != 0) {
 		RELAY_CNT_ADD(&c->w->cnt, errors, 1);
-		conn_close(c, true);
+		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
 	if (c->side[CLIENT].shut && c->side[SERVER].shut) {
-		conn_close(c, false);
+		conn_close(c, false, RELAY_RES_RELAYED);
 		return;
 	}
 	if (budget <= 0)
@@ -701,7 +735,7 @@ conn_connected(struct relay_conn *c)
 	send_proxy_header(c, fd);
 	if (c->side[SERVER].eof) {
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
-		conn_close(c, true);
+		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
 	conn_arm(c);
@@ -734,11 +768,10 @@ conn_connect(struct relay_conn *c)
 
 		c->srv = upstream_next(up, &c->cur, now, &ss);
 		if (c->srv == NULL) {
-			RELAY_CNT_ADD(&w->cnt, upstream_failed, 1);
 			log_debug("[listen %s]: no upstream server of '%s' "
 			          "reachable",
 			    c->ls->cfg->name, up->cfg->name);
-			conn_close(c, false);
+			conn_close(c, false, RELAY_RES_UPSTREAM_FAILED);
 			return;
 		}
 		if (c->attempts++ > 0)
@@ -749,7 +782,7 @@ conn_connect(struct relay_conn *c)
 			/* Our own shortage, not the server's fault. */
 			log_debug("upstream socket: %s", strerror(errno));
 			RELAY_CNT_ADD(&w->cnt, errors, 1);
-			conn_close(c, true);
+			conn_close(c, true, RELAY_RES_ERROR);
 			return;
 		}
 		r = connect(fd, (struct sockaddr *)&ss,
@@ -760,7 +793,7 @@ conn_connect(struct relay_conn *c)
 			        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) !=
 			    0) {
 				RELAY_CNT_ADD(&w->cnt, errors, 1);
-				conn_close(c, true);
+				conn_close(c, true, RELAY_RES_ERROR);
 				return;
 			}
 			c->deadline = now + c->gen->cfg->timeouts.connect_ms;
@@ -787,13 +820,11 @@ conn_timer_cb(struct loop_timer *t)
 		return;
 	}
 	if (c->state == RELAY_ST_HEADER) {
-		RELAY_CNT_ADD(&c->w->cnt, timeouts, 1);
-		conn_close(c, false);
+		conn_close(c, false, RELAY_RES_TIMEOUT);
 		return;
 	}
 	if (c->state == RELAY_ST_TLS) {
-		RELAY_CNT_ADD(&c->w->cnt, tls_failed, 1);
-		conn_close(c, false);
+		conn_close(c, false, RELAY_RES_TLS_FAILED);
 		return;
 	}
 	if (c->state == RELAY_ST_CONNECTING) {
@@ -801,8 +832,7 @@ conn_timer_cb(struct loop_timer *t)
 		conn_attempt_failed(c);
 		return;
 	}
-	RELAY_CNT_ADD(&c->w->cnt, timeouts, 1);
-	conn_close(c, false);
+	conn_close(c, false, RELAY_RES_TIMEOUT);
 }
 
 static void
@@ -818,7 +848,6 @@ origin_set(union relay_sa *dst, const struct sockaddr_storage *ss)
 static void
 tls_step(struct relay_conn *c)
 {
-	struct worker *w = c->w;
 	enum tls_status st = tls_handshake(c->tls);
 
 	if (st == TLS_WANT_READ || st == TLS_WANT_WRITE)
@@ -826,13 +855,12 @@ tls_step(struct relay_conn *c)
 	if (st != TLS_DONE) {
 		log_debug(
 		    "[listen %s]: TLS handshake failed", c->ls->cfg->name);
-		RELAY_CNT_ADD(&w->cnt, tls_failed, 1);
-		conn_close(c, false);
+		conn_close(c, false, RELAY_RES_TLS_FAILED);
 		return;
 	}
-	RELAY_CNT_ADD(&w->cnt, tls_handshakes, 1);
+	RELAY_CNT_ADD(c->lc, tls_handshakes, 1);
 	if (tls_conn_resumed(c->tls))
-		RELAY_CNT_ADD(&w->cnt, tls_resumed, 1);
+		RELAY_CNT_ADD(c->lc, tls_resumed, 1);
 	c->state = RELAY_ST_CONNECTING;
 	conn_connect(c);
 }
@@ -846,7 +874,7 @@ tls_start(struct relay_conn *c)
 	c->tls = tls_conn_new(c->ls->tls, c->side[CLIENT].io.fd);
 	if (c->tls == NULL) {
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
-		conn_close(c, true);
+		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
 	c->state = RELAY_ST_TLS;
@@ -875,7 +903,7 @@ header_read(struct relay_conn *c)
 		return;
 	if (n <= 0) {
 		/* Gone before saying who it is. */
-		conn_close(c, n < 0);
+		conn_close(c, n < 0, RELAY_RES_ERROR);
 		return;
 	}
 	r = pp_parse(buf, (size_t)n, &hdr);
@@ -884,20 +912,19 @@ header_read(struct relay_conn *c)
 	if (r != PP_OK) {
 		log_debug("[listen %s]: bad PROXY header: %s", c->ls->cfg->name,
 		    pp_result_str(r));
-		RELAY_CNT_ADD(&w->cnt, proxy_rejected, 1);
-		conn_close(c, false);
+		conn_close(c, false, RELAY_RES_PROXY_REJECTED);
 		return;
 	}
 	if (recv(c->side[CLIENT].io.fd, buf, hdr.len, 0) != (ssize_t)hdr.len) {
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
-		conn_close(c, true);
+		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
 	if (hdr.has_addr) {
 		c->origin = calloc(1, sizeof(*c->origin));
 		if (c->origin == NULL) {
 			RELAY_CNT_ADD(&w->cnt, errors, 1);
-			conn_close(c, true);
+			conn_close(c, true, RELAY_RES_ERROR);
 			return;
 		}
 		origin_set(&c->origin->src, &hdr.src);
@@ -959,7 +986,7 @@ side_cb(struct loop_io *io, uint32_t events)
 		if (side == &c->side[CLIENT]) {
 			/* The client gave up before we reached upstream. */
 			if (events & (EPOLLHUP | EPOLLERR))
-				conn_close(c, true);
+				conn_close(c, true, RELAY_RES_ERROR);
 			return;
 		}
 		if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
@@ -1012,7 +1039,8 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 		    &ls->state->active, 1, memory_order_relaxed);
 		atomic_fetch_sub_explicit(
 		    &relay_active_total, 1, memory_order_relaxed);
-		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		RELAY_CNT_ADD(
+		    &ls->state->cnt[w->id], closed[RELAY_RES_ERROR], 1);
 		close(fd);
 		return;
 	}
@@ -1020,6 +1048,7 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	c->gen = w->gen;
 	gen_ref(c->gen);
 	c->ls = ls;
+	c->lc = &ls->state->cnt[w->id];
 	c->state =
 	    ls->cfg->accept_proxy ? RELAY_ST_HEADER : RELAY_ST_CONNECTING;
 	for (int s = 0; s < 2; s++) {
@@ -1041,14 +1070,13 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	if (loop_io_add(w->loop, &c->side[CLIENT].io,
 	        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != 0) {
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
-		conn_close(c, true);
+		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
 	if (ls->cfg->accept_proxy) {
 		c->state = RELAY_ST_HEADER;
 		if (!proxy_trusted(ls, fd)) {
-			RELAY_CNT_ADD(&w->cnt, proxy_rejected, 1);
-			conn_close(c, false);
+			conn_close(c, false, RELAY_RES_PROXY_REJECTED);
 			return;
 		}
 		c->deadline =
@@ -1063,6 +1091,7 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	conn_connect(c);
 	return;
 refuse:
-	RELAY_CNT_ADD(&w->cnt, refused_maxconn, 1);
+	RELAY_CNT_ADD(
+	    &ls->state->cnt[w->id], closed[RELAY_RES_REFUSED_MAXCONN], 1);
 	close(fd);
 }
