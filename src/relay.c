@@ -105,6 +105,7 @@ struct relay_conn {
 	struct loop_timer timer;
 	struct loop_task task; /* continue relaying, or free */
 	uint64_t deadline; /* header or connect attempt */
+	uint64_t attempt_start; /* of the connect attempt, loop ms */
 	enum relay_state state;
 	uint8_t attempts;
 	struct relay_conn *prev, *next; /* worker's list */
@@ -723,7 +724,7 @@ conn_connected(struct relay_conn *c)
 	uint64_t now = loop_now(w->loop);
 	int fd = c->side[SERVER].io.fd;
 
-	upstream_report(c->srv, true, now);
+	upstream_report(c->srv, true, now, now - c->attempt_start);
 	set_sockopts(fd);
 	c->state = RELAY_ST_STREAMING;
 	for (int s = 0; s < 2; s++) {
@@ -747,7 +748,7 @@ conn_attempt_failed(struct relay_conn *c)
 {
 	struct worker *w = c->w;
 
-	upstream_report(c->srv, false, loop_now(w->loop));
+	upstream_report(c->srv, false, loop_now(w->loop), 0);
 	close(c->side[SERVER].io.fd);
 	c->side[SERVER].io.fd = -1;
 	conn_connect(c);
@@ -796,6 +797,7 @@ conn_connect(struct relay_conn *c)
 				conn_close(c, true, RELAY_RES_ERROR);
 				return;
 			}
+			c->attempt_start = now;
 			c->deadline = now + c->gen->cfg->timeouts.connect_ms;
 			conn_arm(c);
 			return;
@@ -804,7 +806,7 @@ conn_connect(struct relay_conn *c)
 			log_debug("connect to upstream %s: %s", c->srv->label,
 			    strerror(errno));
 		close(fd);
-		upstream_report(c->srv, false, now);
+		upstream_report(c->srv, false, now, 0);
 	}
 }
 

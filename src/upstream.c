@@ -228,15 +228,29 @@ upstream_next(struct upstream *up, struct upstream_cursor *cur, uint64_t now,
 	}
 }
 
+const unsigned upstream_hist_bounds_ms[UPSTREAM_HIST_BUCKETS - 1] = {
+    1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000};
+
 void
-upstream_report(struct upstream_server *s, bool ok, uint64_t now)
+upstream_report(struct upstream_server *s, bool ok, uint64_t now, uint64_t ms)
 {
 	if (ok) {
+		unsigned b = 0;
+
+		while (b < UPSTREAM_HIST_BUCKETS - 1 &&
+		    ms > upstream_hist_bounds_ms[b])
+			b++;
+		atomic_fetch_add_explicit(
+		    &s->connect_hist[b], 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(
+		    &s->connect_ms_sum, ms, memory_order_relaxed);
 		atomic_store_explicit(&s->fails, 0, memory_order_relaxed);
 		if (atomic_exchange(&s->down_until, 0) != 0)
 			log_info("upstream server %s is up again", s->label);
 		return;
 	}
+	atomic_fetch_add_explicit(
+	    &s->connect_failures, 1, memory_order_relaxed);
 	if (atomic_fetch_add(&s->fails, 1) + 1 >= UPSTREAM_FALL) {
 		uint64_t prev =
 		    atomic_exchange(&s->down_until, now + UPSTREAM_DOWN_MS);
@@ -246,4 +260,26 @@ upstream_report(struct upstream_server *s, bool ok, uint64_t now)
 			          "failed connections; retrying in %us",
 			    s->label, UPSTREAM_FALL, UPSTREAM_DOWN_MS / 1000);
 	}
+}
+
+void
+upstream_check_report(
+    struct upstream_server *s, bool ok, uint64_t now, uint64_t retry_at)
+{
+	uint64_t prev;
+
+	if (ok) {
+		atomic_store(&s->fails, 0);
+		if (atomic_exchange(&s->down_until, 0) != 0)
+			log_info(
+			    "upstream server %s is up again (health check)",
+			    s->label);
+		return;
+	}
+	if (retry_at <= now)
+		retry_at = now + 1;
+	prev = atomic_exchange(&s->down_until, retry_at);
+	if (prev == 0 || prev <= now)
+		log_warnx("upstream server %s is down (health check failed)",
+		    s->label);
 }

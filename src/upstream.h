@@ -23,6 +23,9 @@
 /* Consecutive failures that mark a server down, and for how long. */
 #define UPSTREAM_FALL 3
 #define UPSTREAM_DOWN_MS 10000
+/* Connect latency histogram: upper bounds in ms, the last is +Inf. */
+#define UPSTREAM_HIST_BUCKETS 12
+extern const unsigned upstream_hist_bounds_ms[UPSTREAM_HIST_BUCKETS - 1];
 
 struct upstream_server {
 	_Atomic unsigned refs;
@@ -34,6 +37,10 @@ struct upstream_server {
 	unsigned naddrs;
 	_Atomic unsigned fails; /* consecutive failed attempts */
 	_Atomic uint64_t down_until; /* loop ms; 0 when up */
+	/* Connect latency of successful attempts, and failed attempts. */
+	_Atomic uint64_t connect_hist[UPSTREAM_HIST_BUCKETS];
+	_Atomic uint64_t connect_ms_sum;
+	_Atomic uint64_t connect_failures;
 };
 
 struct upstream {
@@ -75,8 +82,20 @@ void upstream_resolve(struct upstream *up, bool only_empty);
 struct upstream_server *upstream_next(struct upstream *up,
     struct upstream_cursor *cur, uint64_t now, struct sockaddr_storage *ss);
 
-/* Records the outcome of one connection attempt to s at time now. */
-void upstream_report(struct upstream_server *s, bool ok, uint64_t now);
+/*
+ * Records the outcome of one connection attempt to s at time now that took
+ * ms milliseconds (passive health: UPSTREAM_FALL failures in a row mark s
+ * down for UPSTREAM_DOWN_MS).
+ */
+void upstream_report(
+    struct upstream_server *s, bool ok, uint64_t now, uint64_t ms);
+
+/*
+ * Records an active health check: a failure marks s down at once until
+ * retry_at (the next check), a success marks it up.
+ */
+void upstream_check_report(
+    struct upstream_server *s, bool ok, uint64_t now, uint64_t retry_at);
 
 /* True while s is marked down. */
 bool upstream_server_down(struct upstream_server *s, uint64_t now);
