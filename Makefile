@@ -27,10 +27,12 @@ SAN_FLAGS := $(if $(SANITIZE),-fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fn
 # Deferred (=): evaluated when used, after scripts/deps.sh has run.
 INIH_CFLAGS = $(shell $(PKG_CONFIG) --cflags inih 2>/dev/null)
 INIH_LIBS = $(shell $(PKG_CONFIG) --libs inih 2>/dev/null || echo -linih)
+QR_CFLAGS = $(shell $(PKG_CONFIG) --cflags libqrencode 2>/dev/null)
+QR_LIBS = $(shell $(PKG_CONFIG) --libs libqrencode 2>/dev/null || echo -lqrencode)
 SSL_CFLAGS = $(shell $(PKG_CONFIG) --cflags openssl 2>/dev/null)
 SSL_LIBS = $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 
-ALL_CPPFLAGS = -D_GNU_SOURCE -DLIFELINE_VERSION='"$(VERSION)"' $(INIH_CFLAGS) $(SSL_CFLAGS) $(CPPFLAGS)
+ALL_CPPFLAGS = -D_GNU_SOURCE -DLIFELINE_VERSION='"$(VERSION)"' $(INIH_CFLAGS) $(SSL_CFLAGS) $(QR_CFLAGS) $(CPPFLAGS)
 ALL_CFLAGS = -std=c11 $(WARN) $(SAN_FLAGS) $(CFLAGS)
 ALL_LDFLAGS = $(SAN_FLAGS) $(LDFLAGS)
 
@@ -51,7 +53,7 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) Makefile
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
 $(BIN): $(OBJS)
-	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(INIH_LIBS) $(SSL_LIBS) -lpthread
+	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(INIH_LIBS) $(SSL_LIBS) $(QR_LIBS) -lpthread
 
 # Unit tests: each links only the module(s) it tests.
 $(BUILD)/unit/test_config: tests/unit/test_config.c $(BUILD)/obj/config.o $(BUILD)/obj/addr.o $(BUILD)/obj/log.o

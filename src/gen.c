@@ -309,7 +309,7 @@ gen_unref(struct gen *g)
 }
 
 int
-gen_write_ports(const struct gen *g, const char *path)
+gen_write_ports(const struct gen *g, const char *path, const char *extra)
 {
 	char tmp[4096];
 	FILE *f;
@@ -329,6 +329,7 @@ gen_write_ports(const struct gen *g, const char *path)
 		for (size_t j = 0; j < l->nsocks; j++)
 			fprintf(f, "%s %s\n", l->cfg->name, l->socks[j]->text);
 	}
+	fputs(extra, f);
 	if (fflush(f) != 0 || ferror(f)) {
 		int saved = errno;
 

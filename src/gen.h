@@ -78,9 +78,10 @@ void gen_unref(struct gen *g);
 void lsock_unref(struct lsock *s);
 
 /*
- * Writes "NAME ADDRESS:PORT" lines for every bound socket to path,
- * atomically (temporary file and rename).  Returns 0 or -1 (errno set).
+ * Writes "NAME ADDRESS:PORT" lines for every bound socket to path, then
+ * extra, atomically (temporary file and rename).  Returns 0 or -1 (errno
+ * set).
  */
-int gen_write_ports(const struct gen *g, const char *path);
+int gen_write_ports(const struct gen *g, const char *path, const char *extra);
 
 #endif

@@ -19,7 +19,9 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "config.h"
+#include "control.h"
 #include "gen.h"
 #include "log.h"
 #include "loop.h"
@@ -61,6 +63,9 @@ usage(FILE *out)
 	    "[-v|-q]\n"
 	    "       lifeline --check [-c FILE | --preset NAME]\n"
 	    "       lifeline --print-config [-c FILE | --preset NAME]\n"
+	    "       lifeline link --host HOST [--chat-port N] [--media-port N] "
+	    "[--tls|--no-tls] [--qr]\n"
+	    "       lifeline health [--url URL]\n"
 	    "       lifeline --version | --help\n"
 	    "\n"
 	    "  -c, --config FILE     configuration file (INI); without it "
@@ -222,11 +227,7 @@ check_more(const struct cfg *cfg, FILE *out)
 		}
 		tls_ctx_unref(t);
 	}
-	if (cfg->nstats > 0)
-		fprintf(out,
-		    "%s: warning: [stats] listener not available in this "
-		    "build yet\n",
-		    cfg->source);
+	(void)out;
 	return 0;
 }
 
@@ -264,9 +265,12 @@ drop_privileges(const char *user)
 static void
 write_ports(void)
 {
+	char extra[1024] = "";
+
 	if (m.ports_file == NULL)
 		return;
-	if (gen_write_ports(m.gen, m.ports_file) != 0)
+	control_ports(extra, sizeof(extra));
+	if (gen_write_ports(m.gen, m.ports_file, extra) != 0)
 		log_error("cannot write ports file %s", m.ports_file);
 }
 
@@ -345,6 +349,7 @@ reload(void)
 	resolver_wait(RESOLVE_WAIT_MS);
 	for (unsigned i = 0; i < m.nworkers; i++)
 		worker_apply(m.workers[i], g);
+	control_apply(g);
 	gen_unref(m.gen);
 	m.gen = g;
 	if (m.o.ports_file == NULL)
@@ -427,6 +432,10 @@ main(int argc, char **argv)
 	sigset_t set;
 	int sfd, status;
 
+	if (argc > 1 && strcmp(argv[1], "link") == 0)
+		return cli_link(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "health") == 0)
+		return cli_health(argc - 1, argv + 1);
 	parse_args(argc, argv, &m.o);
 	cfg = load_config(&m.o, err, sizeof(err));
 	if (cfg == NULL) {
@@ -473,6 +482,8 @@ main(int argc, char **argv)
 		fatal(1, "no listener can be started");
 	m.ports_file =
 	    m.o.ports_file != NULL ? m.o.ports_file : m.gen->cfg->ports_file;
+	if (control_bind(m.gen, err, sizeof(err)) != 0)
+		fatal(1, "%s", err);
 	if (drop_privileges(m.gen->cfg->user) != 0)
 		exit(1);
 	if (resolver_start(m.gen, RESOLVER_INTERVAL_MS) != 0)
@@ -484,15 +495,17 @@ main(int argc, char **argv)
 			fatal(1, "cannot start worker %u: %s", i,
 			    strerror(errno));
 	}
+	if (control_start(m.gen, m.workers, m.nworkers) != 0)
+		fatal(
+		    1, "cannot start the control thread: %s", strerror(errno));
 	write_ports();
 	log_info("lifeline %s started: %u worker%s, %zu listener%s",
 	    LIFELINE_VERSION, m.nworkers, m.nworkers == 1 ? "" : "s",
 	    m.gen->nlisteners, m.gen->nlisteners == 1 ? "" : "s");
-	if (m.gen->cfg->nstats > 0)
-		log_warnx("[stats] listener not available in this build yet");
 
 	status = main_loop(sfd);
 
+	control_stop();
 	for (unsigned i = 0; i < m.nworkers; i++)
 		worker_free(m.workers[i]);
 	resolver_stop();

@@ -35,8 +35,14 @@ server_new(const struct cfg_server *cs)
 	return s;
 }
 
-static void
-server_unref(struct upstream_server *s)
+void
+upstream_server_ref(struct upstream_server *s)
+{
+	atomic_fetch_add(&s->refs, 1);
+}
+
+void
+upstream_server_unref(struct upstream_server *s)
 {
 	if (s == NULL || atomic_fetch_sub(&s->refs, 1) != 1)
 		return;
@@ -89,7 +95,7 @@ upstream_free(struct upstream *up)
 	if (up == NULL)
 		return;
 	for (size_t i = 0; i < up->nservers; i++)
-		server_unref(up->servers[i]);
+		upstream_server_unref(up->servers[i]);
 	free(up->servers);
 	free(up);
 }
@@ -178,9 +184,8 @@ upstream_server_down(struct upstream_server *s, uint64_t now)
 	return atomic_load_explicit(&s->down_until, memory_order_relaxed) > now;
 }
 
-/* Copies address number idx of s into ss; false when there is none. */
-static bool
-server_addr(
+bool
+upstream_server_addr(
     struct upstream_server *s, unsigned idx, struct sockaddr_storage *ss)
 {
 	bool ok;
@@ -200,7 +205,7 @@ upstream_next(struct upstream *up, struct upstream_cursor *cur, uint64_t now,
 	if (cur->active) {
 		struct upstream_server *s = up->servers[cur->srv];
 
-		if (server_addr(s, cur->addr + 1U, ss)) {
+		if (upstream_server_addr(s, cur->addr + 1U, ss)) {
 			cur->addr++;
 			return s;
 		}
@@ -215,7 +220,7 @@ upstream_next(struct upstream *up, struct upstream_cursor *cur, uint64_t now,
 			if (cur->pass == 0 && upstream_server_down(s, now))
 				continue;
 			cur->tried |= 1ULL << i;
-			if (!server_addr(s, 0, ss))
+			if (!upstream_server_addr(s, 0, ss))
 				continue;
 			cur->srv = (uint8_t)i;
 			cur->addr = 0;

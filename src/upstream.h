@@ -97,6 +97,13 @@ void upstream_report(
 void upstream_check_report(
     struct upstream_server *s, bool ok, uint64_t now, uint64_t retry_at);
 
+void upstream_server_ref(struct upstream_server *s);
+void upstream_server_unref(struct upstream_server *s);
+
+/* Copies address number idx of s into ss; false when there is none. */
+bool upstream_server_addr(
+    struct upstream_server *s, unsigned idx, struct sockaddr_storage *ss);
+
 /* True while s is marked down. */
 bool upstream_server_down(struct upstream_server *s, uint64_t now);
 

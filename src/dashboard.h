@@ -1,0 +1,11 @@
+/*
+ * dashboard: the operators' page served at "/": one self-contained HTML
+ * document (no external scripts, fonts or images) that polls /stats.json
+ * every 2 seconds and draws what it reads.
+ */
+#ifndef LIFELINE_DASHBOARD_H
+#define LIFELINE_DASHBOARD_H
+
+extern const char dashboard_html[];
+
+#endif
