@@ -8,7 +8,7 @@
 set -eu
 
 build_pkgs="gcc make pkg-config libinih-dev libssl-dev libqrencode-dev"
-test_pkgs="python3 python3-pytest clang-format haproxy nginx iperf3 wrk openssl curl"
+test_pkgs="python3 python3-pytest clang-format haproxy nginx iperf3 wrk openssl curl prometheus chromium zbar-tools"
 bench_pkgs="haproxy nginx iperf3 wrk procps"
 
 case "${1:-build}" in

@@ -51,6 +51,8 @@ void loop_free(struct loop *loop);
 uint64_t loop_now(const struct loop *loop);
 /* Monotonic milliseconds, read from the clock now. */
 uint64_t loop_clock_ms(void);
+/* Monotonic microseconds, read from the clock now. */
+uint64_t loop_clock_us(void);
 
 /* epoll wrappers: return 0 or -errno.  io->fd and io->cb must be set. */
 int loop_io_add(struct loop *loop, struct loop_io *io, uint32_t events);

@@ -105,7 +105,7 @@ struct relay_conn {
 	struct loop_timer timer;
 	struct loop_task task; /* continue relaying, or free */
 	uint64_t deadline; /* header or connect attempt */
-	uint64_t attempt_start; /* of the connect attempt, loop ms */
+	uint64_t attempt_start_us; /* of the connect attempt */
 	enum relay_state state;
 	uint8_t attempts;
 	struct relay_conn *prev, *next; /* worker's list */
@@ -724,7 +724,8 @@ conn_connected(struct relay_conn *c)
 	uint64_t now = loop_now(w->loop);
 	int fd = c->side[SERVER].io.fd;
 
-	upstream_report(c->srv, true, now, now - c->attempt_start);
+	upstream_report(
+	    c->srv, true, now, loop_clock_us() - c->attempt_start_us);
 	set_sockopts(fd);
 	c->state = RELAY_ST_STREAMING;
 	for (int s = 0; s < 2; s++) {
@@ -797,7 +798,7 @@ conn_connect(struct relay_conn *c)
 				conn_close(c, true, RELAY_RES_ERROR);
 				return;
 			}
-			c->attempt_start = now;
+			c->attempt_start_us = loop_clock_us();
 			c->deadline = now + c->gen->cfg->timeouts.connect_ms;
 			conn_arm(c);
 			return;

@@ -327,7 +327,7 @@ render_metrics(struct stats *st, struct sbuf *b)
 			    "lifeline_upstream_connect_seconds_count{upstream="
 			    "\"%s\",server=\"%s\"} %llu\n",
 			    up->cfg->name, s->label,
-			    atomic_load(&s->connect_ms_sum) / 1000.0,
+			    atomic_load(&s->connect_us_sum) / 1e6,
 			    up->cfg->name, s->label, (unsigned long long)cum);
 		}
 	}
@@ -458,7 +458,7 @@ respond(struct stats_client *c, int status, const char *reason,
 	    "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
 	    "Content-Security-Policy: default-src 'self'; style-src "
 	    "'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
-	    "img-src 'self'\r\nConnection: close\r\n\r\n",
+	    "img-src 'self' data:\r\nConnection: close\r\n\r\n",
 	    status, reason, type, blen);
 	if (!head && blen > 0)
 		sb_printf(&c->resp, "%.*s", (int)blen, body);
@@ -583,6 +583,13 @@ client_cb(struct loop_io *io, uint32_t events)
 		client_free(c);
 		return;
 	}
+	/* Binary (a TLS ClientHello, a scanner's probe): no HTTP at all. */
+	if (memchr(c->req + c->rlen, '\0', (size_t)n) != NULL) {
+		c->rlen += (size_t)n;
+		respond(c, 400, "Bad Request", "text/plain", "bad request\n",
+		    12, false);
+		goto reply;
+	}
 	c->rlen += (size_t)n;
 	c->req[c->rlen] = '\0';
 	if (strstr(c->req, "\r\n\r\n") == NULL &&
@@ -594,6 +601,7 @@ client_cb(struct loop_io *io, uint32_t events)
 	} else {
 		handle(c);
 	}
+reply:
 	if (loop_io_mod(c->st->loop, &c->io, EPOLLOUT) != 0) {
 		client_free(c);
 		return;

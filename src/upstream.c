@@ -237,18 +237,18 @@ const unsigned upstream_hist_bounds_ms[UPSTREAM_HIST_BUCKETS - 1] = {
     1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000};
 
 void
-upstream_report(struct upstream_server *s, bool ok, uint64_t now, uint64_t ms)
+upstream_report(struct upstream_server *s, bool ok, uint64_t now, uint64_t us)
 {
 	if (ok) {
 		unsigned b = 0;
 
 		while (b < UPSTREAM_HIST_BUCKETS - 1 &&
-		    ms > upstream_hist_bounds_ms[b])
+		    us > upstream_hist_bounds_ms[b] * 1000ULL)
 			b++;
 		atomic_fetch_add_explicit(
 		    &s->connect_hist[b], 1, memory_order_relaxed);
 		atomic_fetch_add_explicit(
-		    &s->connect_ms_sum, ms, memory_order_relaxed);
+		    &s->connect_us_sum, us, memory_order_relaxed);
 		atomic_store_explicit(&s->fails, 0, memory_order_relaxed);
 		if (atomic_exchange(&s->down_until, 0) != 0)
 			log_info("upstream server %s is up again", s->label);

@@ -39,7 +39,7 @@ struct upstream_server {
 	_Atomic uint64_t down_until; /* loop ms; 0 when up */
 	/* Connect latency of successful attempts, and failed attempts. */
 	_Atomic uint64_t connect_hist[UPSTREAM_HIST_BUCKETS];
-	_Atomic uint64_t connect_ms_sum;
+	_Atomic uint64_t connect_us_sum;
 	_Atomic uint64_t connect_failures;
 };
 
@@ -83,12 +83,12 @@ struct upstream_server *upstream_next(struct upstream *up,
     struct upstream_cursor *cur, uint64_t now, struct sockaddr_storage *ss);
 
 /*
- * Records the outcome of one connection attempt to s at time now that took
- * ms milliseconds (passive health: UPSTREAM_FALL failures in a row mark s
- * down for UPSTREAM_DOWN_MS).
+ * Records the outcome of one connection attempt to s at time now (ms) that
+ * took us microseconds (passive health: UPSTREAM_FALL failures in a row
+ * mark s down for UPSTREAM_DOWN_MS).
  */
 void upstream_report(
-    struct upstream_server *s, bool ok, uint64_t now, uint64_t ms);
+    struct upstream_server *s, bool ok, uint64_t now, uint64_t us);
 
 /*
  * Records an active health check: a failure marks s down at once until
