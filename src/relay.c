@@ -893,7 +893,7 @@ tls_start(struct relay_conn *c)
  * came with it stays in the socket as payload for the relay.
  */
 static void
-header_read(struct relay_conn *c)
+header_read(struct relay_conn *c, uint32_t events)
 {
 	struct worker *w = c->w;
 	uint8_t buf[PP_MAX_HEADER];
@@ -910,8 +910,12 @@ header_read(struct relay_conn *c)
 		return;
 	}
 	r = pp_parse(buf, (size_t)n, &hdr);
-	if (r == PP_NEED_MORE)
+	if (r == PP_NEED_MORE) {
+		/* The client shut its side: the header can never complete. */
+		if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+			conn_close(c, false, RELAY_RES_PROXY_REJECTED);
 		return;
+	}
 	if (r != PP_OK) {
 		log_debug("[listen %s]: bad PROXY header: %s", c->ls->cfg->name,
 		    pp_result_str(r));
@@ -977,7 +981,7 @@ side_cb(struct loop_io *io, uint32_t events)
 		side->rd_ready = side->wr_ready = true;
 	if (c->state == RELAY_ST_HEADER) {
 		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-			header_read(c);
+			header_read(c, events);
 		return;
 	}
 	if (c->state == RELAY_ST_TLS) {
