@@ -1,0 +1,126 @@
+"""The 'whatsapp' preset's own listeners, behind HAProxy as a stand-in load
+balancer.
+
+The preset is printed with --print-config and only its addresses are
+changed for the test (binds to 127.0.0.1:0, upstream servers to local
+recorders, no IPv6 wildcard): every other setting (tls, accept-proxy,
+send-proxy, timeouts, maxconn) is the preset's.  Through HAProxy with
+send-proxy-v2 the -lb listeners (8080, 8443, 8222, 7777 in production)
+must serve, the chat upstream must receive a PROXY v2 header carrying the
+real client's address, and the media upstream none.
+"""
+
+import re
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from conftest import LIFELINE_BIN, Daemon, Server, connect, h_echo
+from test_proxy_protocol import (
+    CLIENT4, exchange, expect_origin, h_pp_echo, haproxy_in_front,
+    only_record)
+
+
+def preset_for_test(name, chat, media):
+    out = subprocess.run([LIFELINE_BIN, "--print-config", "--preset", name],
+                         capture_output=True, text=True, timeout=10,
+                         check=True).stdout
+    lines, section = [], None
+    for line in out.splitlines():
+        m = re.match(r"\[(\w+)(?: (\S+))?\]", line)
+        if m:
+            section = m.groups()
+        if line.startswith("bind = [::]"):
+            continue  # one loopback address per listener is enough here
+        if line.startswith("bind = "):
+            line = "bind = 127.0.0.1:0"
+        if line.startswith("listen = "):
+            line = "listen = 127.0.0.1:0"
+        if line.startswith("server = ") and section[0] == "upstream":
+            # Six chat servers become one local recorder, listed once.
+            line = f"server = {chat if section[1] == 'chat' else media}"
+            if line in lines:
+                continue
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def preset_daemon(tmp_path):
+    chat = Server(h_pp_echo, name="chat")
+    media = Server(h_echo, name="media")
+    conf = preset_for_test("whatsapp", chat.spec, media.spec)
+    assert "send-proxy = v2" in conf and "accept-proxy = on" in conf, conf
+    d = Daemon(tmp_path, conf).start()
+    return d, chat, media
+
+
+@pytest.mark.parametrize("listener", ["http-lb", "jabber-lb", "https-lb"])
+def test_lb_chat_listeners_behind_haproxy(tmp_path, preset_daemon, listener):
+    d, chat, _ = preset_daemon
+    hap = haproxy_in_front(tmp_path, d.addr(listener), "send-proxy-v2",
+                           CLIENT4)
+    s = connect((CLIENT4, hap.ports[0]), source=CLIENT4)
+    me = s.getsockname()[:2]
+    payload = b"WA\x06\x03" + bytes(range(256)) * 40
+    if listener == "https-lb":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        s = ctx.wrap_socket(s)
+        s.sendall(payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = s.recv(65536)
+            assert chunk, "TLS stream ended early"
+            got += chunk
+        assert bytes(got) == payload
+        s.close()
+    else:
+        assert exchange(s, payload) == payload
+    r = only_record(chat)
+    # The chat server learns the real client, not HAProxy's address.
+    expect_origin(r["pp"], "v2", me, (CLIENT4, hap.ports[0]))
+    assert r["data"] == payload
+
+
+def test_lb_media_listener_behind_haproxy(tmp_path, preset_daemon):
+    d, chat, media = preset_daemon
+    hap = haproxy_in_front(tmp_path, d.addr("media-lb"), "send-proxy-v2",
+                           CLIENT4)
+    s = connect((CLIENT4, hap.ports[0]), source=CLIENT4)
+    # The client's own TLS to the media servers, passed through untouched:
+    # here any bytes; the media upstream gets them with no PROXY header.
+    payload = b"\x16\x03\x01" + bytes(range(256)) * 64
+    assert exchange(s, payload) == payload
+    assert chat.accepted == 0
+
+
+@pytest.mark.parametrize("listener", ["http", "jabber", "media"])
+def test_direct_listeners_need_no_header(preset_daemon,
+                                           listener):
+    """The direct listeners take clients with no PROXY header."""
+    d, chat, media = preset_daemon
+    s = connect(d.addr(listener))
+    payload = b"WA\x06\x03hello"
+    assert exchange(s, payload) == payload
+    if listener != "media":
+        r = only_record(chat)
+        assert r["pp"]["command"] == "PROXY"
+
+
+def test_lb_listener_without_header_is_not_served(preset_daemon):
+    """An -lb listener reached directly (no load balancer) relays nothing."""
+    d, chat, _ = preset_daemon
+    s = connect(d.addr("jabber-lb"))
+    s.settimeout(15)
+    s.sendall(b"WA\x06\x03hello")
+    try:
+        s.shutdown(socket.SHUT_WR)
+        data = s.recv(100)
+    except OSError:
+        data = b""
+    assert data == b""
+    assert chat.accepted == 0
