@@ -1,0 +1,885 @@
+#!/usr/bin/python3
+"""The `make bench` driver: lifeline against HAProxy and against no relay.
+
+Started by bench/run.sh (which installs what is missing, raises the fd
+limit, builds bench/loadgen.c and owns the process group).  Everything runs
+on loopback; every listener is on a port the kernel chose (port 0) or, for
+programs that cannot report theirs (HAProxy, nginx, iperf3), on a port
+found free by binding port 0 and releasing it.
+
+Paths compared in every case:
+  direct            the client talks to the server itself
+  haproxy-official  HAProxy with WhatsApp's official proxy settings
+  haproxy-tuned     the same with 16 KiB buffers and `option splice-auto`
+  lifeline          build/lifeline (or $LIFELINE_BIN) with its defaults
+
+Repetitions are interleaved (rep 1 of every path, then rep 2, ...) and the
+path order rotates between repetitions, so slow drifts of a noisy machine
+hit every path alike; the table shows medians.
+
+The markdown report goes to stdout; progress and per-run numbers to stderr.
+Exit status: 0 when every run produced a number, 1 otherwise.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PATHS = ["direct", "haproxy-official", "haproxy-tuned", "lifeline"]
+RELAYS = PATHS[1:]
+LABEL = {
+    "direct": "direct",
+    "haproxy-official": "HAProxy official",
+    "haproxy-tuned": "HAProxy tuned",
+    "lifeline": "lifeline",
+}
+
+FULL = dict(
+    reps=3,
+    iperf_time=4,  # seconds per iperf3 run
+    wrk_time=4,  # seconds per wrk run
+    wrk_conns=32,
+    lat_conns=1000,
+    lat_size=100,
+    lat_interval_ms=100,  # mean pause between a reply and the next request
+    lat_warmup=1.0,
+    lat_time=4.0,
+    idle_conns=5000,
+)
+SMOKE = dict(
+    reps=1,
+    iperf_time=1,
+    wrk_time=1,
+    wrk_conns=8,
+    lat_conns=200,
+    lat_size=100,
+    lat_interval_ms=100,
+    lat_warmup=0.3,
+    lat_time=0.7,
+    idle_conns=100,
+)
+
+T0 = time.monotonic()
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+FAILURES = []
+
+
+def log(msg):
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------
+# processes: every child is tracked and stopped on the way out
+
+
+class Procs:
+    def __init__(self):
+        self.live = []
+
+    def start(self, argv, name, logdir, stdout=None, **kw):
+        errlog = open(os.path.join(logdir, f"{name}.log"), "ab")
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else errlog,
+            stderr=errlog,
+            **kw,
+        )
+        p.bench_name = name
+        p.bench_log = errlog.name
+        errlog.close()
+        self.live.append(p)
+        return p
+
+    def stop(self, p, sig=signal.SIGTERM, grace=10.0):
+        """Signal p, wait up to `grace` seconds, then SIGKILL.  Returns rc."""
+        if p.poll() is None:
+            try:
+                p.send_signal(sig)
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                log(f"{p.bench_name} (pid {p.pid}) ignored {sig!s}; killing")
+                p.kill()
+                p.wait(5)
+            except ProcessLookupError:
+                pass
+        if p in self.live:
+            self.live.remove(p)
+        if p.stdout:
+            p.stdout.close()
+        return p.returncode
+
+    def stop_all(self):
+        for p in reversed(list(self.live)):
+            try:
+                self.stop(p, grace=5.0)
+            except Exception as e:  # keep going: stop the others too
+                print(f"cleanup: {e}", file=sys.stderr)
+
+
+PROCS = Procs()
+
+
+def log_tail(p, n=15):
+    try:
+        with open(p.bench_log, "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+        return "\n".join("    " + x for x in lines[-n:])
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port):
+    """True when some socket listens on 127.0.0.1:port (or 0.0.0.0)."""
+    want = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split(None, 4)
+            if parts[3] == "0A" and parts[1] in want:
+                return True
+    return False
+
+
+def wait_until(pred, timeout, what, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{proc.bench_name} exited ({proc.returncode}) while waiting "
+                             f"for {what}:\n{log_tail(proc)}")
+        time.sleep(0.02)
+    raise BenchError(f"timed out after {timeout}s waiting for {what}")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state): utime is field 14, stime field 15
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def vmrss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def ncpu():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def run(argv, timeout):
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{argv[0]} took longer than {timeout}s")
+    return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+
+
+# --------------------------------------------------------------------------
+# relays
+
+
+class Relay:
+    """One running relay (HAProxy or lifeline) in front of 127.0.0.1:upstream."""
+
+    def __init__(self, kind, upstream_port, ctx):
+        self.kind = kind
+        self.ctx = ctx
+        self.dir = tempfile.mkdtemp(prefix=f"{kind}-", dir=ctx.tmp)
+        name = f"{kind}-{upstream_port}-{len(PROCS.live)}"
+        if kind == "lifeline":
+            conf = os.path.join(self.dir, "lifeline.conf")
+            pf = os.path.join(self.dir, "ports")
+            with open(conf, "w") as f:
+                f.write(LIFELINE_CONF.format(up=upstream_port))
+            self.proc = PROCS.start([ctx.lifeline, "-c", conf, "--ports-file", pf],
+                                    name, ctx.tmp)
+            line = wait_until(lambda: _ports_line(pf), 30, "lifeline's ports file",
+                              self.proc)
+            self.port = int(line.rsplit(":", 1)[1])
+        else:
+            self.port = free_port()
+            cfg = os.path.join(self.dir, "haproxy.cfg")
+            tuned = kind == "haproxy-tuned"
+            with open(cfg, "w") as f:
+                f.write(HAPROXY_CFG.format(
+                    nbthread=ncpu(),
+                    bufsize=16384 if tuned else 4096,
+                    splice="  option splice-auto\n" if tuned else "",
+                    maxconn=ctx.hap_maxconn,
+                    fe_maxconn=ctx.hap_maxconn - 5,
+                    port=self.port,
+                    up=upstream_port))
+            self.proc = PROCS.start(["haproxy", "-db", "-f", cfg], name, ctx.tmp)
+            wait_until(lambda: listening(self.port), 15, f"{kind} to listen", self.proc)
+        self.pid = self.proc.pid
+
+    def stop(self):
+        rc = PROCS.stop(self.proc, grace=40.0)
+        if self.kind == "lifeline" and rc != 0:
+            log(f"warning: lifeline exited {rc} on SIGTERM (expected 0)\n{log_tail(self.proc)}")
+
+
+def _ports_line(pf):
+    try:
+        with open(pf) as f:
+            for line in f:
+                if line.startswith("bench "):
+                    return line.strip()
+    except FileNotFoundError:
+        pass
+    return None
+
+
+LIFELINE_CONF = """\
+[global]
+workers = auto
+maxconn = 27500
+[timeouts]
+connect = 5s
+client = 200s
+server = 200s
+[upstream up]
+server = 127.0.0.1:{up}
+[listen bench]
+bind = 127.0.0.1:0
+upstream = up
+maxconn = 27495
+"""
+
+# WhatsApp/proxy proxy/src/proxy_config.cfg, reduced to one plain listener
+# (like its media frontend on 587) in front of one server.  Left out: the
+# stats listener, TLS, `check inter 60000 observe layer4` health checks
+# (they would open stray connections to iperf3/nginx) and `send-proxy`
+# (our servers do not speak PROXY; lifeline runs without it too).
+HAPROXY_CFG = """\
+global
+  tune.bufsize {bufsize}
+  maxconn {maxconn}
+  nbthread {nbthread}
+  # no `log`: logging is off, as in the official image
+
+defaults
+  mode tcp
+  timeout client-fin 1s
+  timeout server-fin 1s
+  timeout connect 5s
+  timeout client 200s
+  timeout server 200s
+{splice}
+frontend bench
+  maxconn {fe_maxconn}
+  bind 127.0.0.1:{port}
+  default_backend up
+
+backend up
+  server s1 127.0.0.1:{up}
+"""
+
+
+class Paths:
+    """Starts one relay of each kind in front of `upstream_port`."""
+
+    def __init__(self, upstream_port, ctx):
+        self.upstream = upstream_port
+        self.relays = {}
+        try:
+            for k in RELAYS:
+                self.relays[k] = Relay(k, upstream_port, ctx)
+        except BaseException:
+            self.stop()
+            raise
+
+    def port(self, path):
+        return self.upstream if path == "direct" else self.relays[path].port
+
+    def pid(self, path):
+        return None if path == "direct" else self.relays[path].pid
+
+    def check_alive(self):
+        for k, r in self.relays.items():
+            if r.proc.poll() is not None:
+                raise BenchError(f"{k} died (exit {r.proc.returncode}):\n{log_tail(r.proc)}")
+
+    def stop(self):
+        for r in self.relays.values():
+            r.stop()
+        self.relays = {}
+
+
+def rotated(rep):
+    k = rep % len(PATHS)
+    return PATHS[k:] + PATHS[:k]
+
+
+# --------------------------------------------------------------------------
+# results
+
+
+class Results:
+    def __init__(self):
+        self.samples = {}  # (metric, path) -> [values]
+
+    def add(self, metric, path, value):
+        self.samples.setdefault((metric, path), []).append(value)
+
+    def fail(self, metric, path, why):
+        FAILURES.append(f"{metric} / {path}: {why}")
+        log(f"FAILED {metric} / {path}: {why}")
+
+    def median(self, metric, path):
+        v = self.samples.get((metric, path))
+        return statistics.median(v) if v else None
+
+
+R = Results()
+
+
+def attempt(metric, paths, fn):
+    """Run fn(path) for one repetition; record failures without stopping."""
+    for path in paths:
+        try:
+            fn(path)
+        except BenchError as e:
+            R.fail(metric, path, str(e).splitlines()[0])
+            extra = "\n".join(str(e).splitlines()[1:])
+            if extra:
+                print(extra, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------
+# cases 1, 2 and 6: iperf3
+
+
+def case_iperf(ctx):
+    c = ctx.cfg
+    port = free_port()
+    srv = PROCS.start(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)], "iperf3-server",
+                      ctx.tmp)
+    paths = None
+    try:
+        wait_until(lambda: listening(port), 10, "iperf3 server", srv)
+        paths = Paths(port, ctx)
+        runs = [("tput1_up", [], True), ("tput1_down", ["-R"], True),
+                ("tput8", ["-P", "8"], False)]
+        for rep in range(c["reps"]):
+            for metric, extra, cpu in runs:
+                def one(path, metric=metric, extra=extra, cpu=cpu):
+                    pid = paths.pid(path)
+                    cpu0 = cpu_seconds(pid) if pid else None
+                    argv = ["iperf3", "-c", "127.0.0.1", "-p", str(paths.port(path)),
+                            "-t", str(c["iperf_time"]), "-J", "--connect-timeout", "5000"] + extra
+                    rc, out, err = run(argv, c["iperf_time"] + 30)
+                    cpu1 = cpu_seconds(pid) if pid else None
+                    try:
+                        j = json.loads(out)
+                    except ValueError:
+                        raise BenchError(f"iperf3 output is not JSON (rc {rc}): {err.strip()[:200]}")
+                    if rc != 0 or "error" in j:
+                        raise BenchError(f"iperf3 rc {rc}: {j.get('error', err.strip()[:200])}")
+                    recv = j["end"]["sum_received"]
+                    gbps = recv["bits_per_second"] / 1e9
+                    R.add(metric, path, gbps)
+                    msg = f"{metric:11} rep {rep + 1} {path:16} {gbps:7.2f} Gbit/s"
+                    if cpu and pid:
+                        gib = recv["bytes"] / 2**30
+                        if gib > 0:
+                            cps = (cpu1 - cpu0) / gib
+                            R.add("cpu_" + metric[6:], path, cps)
+                            msg += f"  relay CPU {cpu1 - cpu0:.2f}s for {gib:.2f} GiB = {cps:.3f} s/GiB"
+                    log(msg)
+                    paths.check_alive()
+                attempt(metric, rotated(rep), one)
+    finally:
+        if paths:
+            paths.stop()
+        PROCS.stop(srv)
+
+
+# --------------------------------------------------------------------------
+# case 3: new connections per second (wrk -> [relay] -> nginx)
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{
+  worker_connections 4096;
+}}
+http {{
+  access_log off;
+  default_type application/octet-stream;
+  client_body_temp_path {dir}/tmp;
+  proxy_temp_path {dir}/tmp;
+  fastcgi_temp_path {dir}/tmp;
+  uwsgi_temp_path {dir}/tmp;
+  scgi_temp_path {dir}/tmp;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    root {dir}/www;
+  }}
+}}
+"""
+
+
+def case_wrk(ctx):
+    c = ctx.cfg
+    d = tempfile.mkdtemp(prefix="nginx-", dir=ctx.tmp)
+    os.chmod(d, 0o755)
+    os.makedirs(os.path.join(d, "www"))
+    os.makedirs(os.path.join(d, "tmp"))
+    with open(os.path.join(d, "www", "small.txt"), "w") as f:
+        f.write("x" * 1023 + "\n")  # a small static file: 1 KiB
+    for p in ("www", "www/small.txt"):
+        os.chmod(os.path.join(d, p), 0o755 if p == "www" else 0o644)
+    port = free_port()
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(dir=d, port=port, nofile=min(ctx.nofile, 65536)))
+    srv = PROCS.start(["nginx", "-p", d + "/", "-e", os.path.join(d, "error.log"), "-c", conf],
+                      "nginx", ctx.tmp)
+    paths = None
+    try:
+        wait_until(lambda: listening(port), 10, "nginx", srv)
+        paths = Paths(port, ctx)
+        for rep in range(c["reps"]):
+            def one(path):
+                url = f"http://127.0.0.1:{paths.port(path)}/small.txt"
+                argv = ["wrk", "-t1", f"-c{c['wrk_conns']}", f"-d{c['wrk_time']}s",
+                        "--timeout", "5s", "-H", "Connection: close", url]
+                rc, out, err = run(argv, c["wrk_time"] + 30)
+                m = re.search(r"Requests/sec:\s*([\d.]+)", out)
+                if rc != 0 or not m:
+                    raise BenchError(f"wrk rc {rc}: {(err or out).strip()[:200]}")
+                rps = float(m.group(1))
+                bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+                sockerr = re.search(r"Socket errors: (.*)", out)
+                note = ""
+                if sockerr:
+                    note += f"  socket errors: {sockerr.group(1)}"
+                if bad:
+                    raise BenchError(f"wrk: {bad.group(1)} non-2xx responses")
+                R.add("conns", path, rps)
+                log(f"{'conns':11} rep {rep + 1} {path:16} {rps:9.0f} conn/s{note}")
+                paths.check_alive()
+            attempt("conns", rotated(rep), one)
+    finally:
+        if paths:
+            paths.stop()
+        PROCS.stop(srv, sig=signal.SIGQUIT)
+
+
+# --------------------------------------------------------------------------
+# case 4: chat-like latency (loadgen pingpong -> [relay] -> loadgen echo)
+
+
+def case_latency(ctx):
+    c = ctx.cfg
+    srv = PROCS.start([ctx.loadgen, "echo"], "echo-server", ctx.tmp, stdout=subprocess.PIPE)
+    paths = None
+    try:
+        line = srv.stdout.readline().decode().strip()
+        if not line.isdigit():
+            raise BenchError(f"echo server did not report its port:\n{log_tail(srv)}")
+        port = int(line)
+        paths = Paths(port, ctx)
+        for rep in range(c["reps"]):
+            def one(path):
+                argv = [ctx.loadgen, "pingpong", "127.0.0.1", str(paths.port(path)),
+                        str(c["lat_conns"]), str(c["lat_size"]), str(c["lat_interval_ms"]),
+                        str(c["lat_warmup"]), str(c["lat_time"])]
+                rc, out, err = run(argv, c["lat_warmup"] + c["lat_time"] + 60)
+                try:
+                    j = json.loads(out)
+                except ValueError:
+                    raise BenchError(f"loadgen rc {rc}: {err.strip()[:200]}")
+                if rc != 0 or j["errors"] or not j["samples"]:
+                    raise BenchError(f"loadgen rc {rc}: {j['errors']} broken connections, "
+                                     f"{j['samples']} samples {err.strip()[:200]}")
+                R.add("lat_p50", path, j["p50_us"])
+                R.add("lat_p99", path, j["p99_us"])
+                log(f"{'latency':11} rep {rep + 1} {path:16} p50 {j['p50_us']} us  "
+                    f"p99 {j['p99_us']} us  p99.9 {j['p999_us']} us  "
+                    f"({j['samples']} round trips, {j['rate']:.0f}/s)")
+                paths.check_alive()
+            attempt("latency", rotated(rep), one)
+    finally:
+        if paths:
+            paths.stop()
+        PROCS.stop(srv)
+
+
+# --------------------------------------------------------------------------
+# case 5: memory per idle proxied connection
+
+
+def hold_idle(relay_port, upstream, n, deadline_s=60):
+    """Open n client connections to relay_port and accept the relay's n
+    upstream connections on `upstream`.  Returns (clients, accepted)."""
+    sel = selectors.DefaultSelector()
+    upstream.setblocking(False)
+    sel.register(upstream, selectors.EVENT_READ)
+    clients, accepted = [], []
+    deadline = time.monotonic() + deadline_s
+
+    def drain_accepts(timeout):
+        for _key, _ in sel.select(timeout):
+            while True:
+                try:
+                    s, _ = upstream.accept()
+                except BlockingIOError:
+                    break
+                accepted.append(s)
+
+    while len(clients) < n:
+        # Batches keep the relay's accept queue and ours short.
+        for _ in range(min(200, n - len(clients))):
+            s = socket.socket()
+            s.setblocking(False)
+            if s.connect_ex(("127.0.0.1", relay_port)) not in (0, 115):  # EINPROGRESS
+                s.close()
+                raise BenchError("connect to relay failed")
+            clients.append(s)
+        while len(accepted) < len(clients) - 400:
+            drain_accepts(0.05)
+            if time.monotonic() > deadline:
+                break
+        drain_accepts(0)
+        if time.monotonic() > deadline:
+            break
+    while len(accepted) < n and time.monotonic() < deadline:
+        drain_accepts(0.1)
+    sel.close()
+    if len(accepted) < n:
+        for s in clients + accepted:
+            s.close()
+        raise BenchError(f"only {len(accepted)} of {n} connections reached the upstream")
+    # Every client socket must be connected (not refused or reset).
+    for s in clients:
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            for x in clients + accepted:
+                x.close()
+            raise BenchError(f"a client connection failed: {os.strerror(err)}")
+    return clients, accepted
+
+
+def case_memory(ctx):
+    c = ctx.cfg
+    n = c["idle_conns"]
+    for rep in range(c["reps"]):
+        for path in rotated(rep):
+            if path == "direct":
+                continue
+
+            def one(path):
+                up = socket.socket()
+                up.bind(("127.0.0.1", 0))
+                up.listen(4096)
+                relay = None
+                socks = ([], [])
+                try:
+                    relay = Relay(path, up.getsockname()[1], ctx)
+                    time.sleep(0.3)
+                    rss0 = vmrss_kib(relay.pid)
+                    socks = hold_idle(relay.port, up, n)
+                    time.sleep(1.0 if n > 1000 else 0.3)  # let the relay settle
+                    if relay.proc.poll() is not None:
+                        raise BenchError(f"{path} died:\n{log_tail(relay.proc)}")
+                    rss1 = vmrss_kib(relay.pid)
+                    per = (rss1 - rss0) * 1024 / n
+                    R.add("mem", path, per)
+                    log(f"{'memory':11} rep {rep + 1} {path:16} VmRSS {rss0} -> {rss1} KiB "
+                        f"for {n} idle connections = {per:.0f} B each")
+                finally:
+                    for s in socks[0] + socks[1]:
+                        s.close()
+                    up.close()
+                    if relay:
+                        relay.stop()
+            attempt("mem", [path], one)
+
+
+# --------------------------------------------------------------------------
+# case 7: TLS
+
+
+def case_tls(ctx):
+    # ---------------------------------------------------------------------
+    # TLS cases go here (handshakes/s with `openssl s_time -new` against
+    # the 443 listener, HAProxy official RSA-4096 cert vs lifeline) once
+    # lifeline terminates TLS: a later issue.  Add rows to ROWS below.
+    # ---------------------------------------------------------------------
+    pass
+
+
+# --------------------------------------------------------------------------
+# the report
+
+# (case, metric, label, unit, format, higher_is_better, relays_only)
+ROWS = [
+    ("1", "tput1_up", "Throughput, 1 stream, client to server", "Gbit/s", "{:.2f}", True, False),
+    ("1", "tput1_down", "Throughput, 1 stream, server to client (-R)", "Gbit/s", "{:.2f}", True,
+     False),
+    ("2", "tput8", "Throughput, 8 streams", "Gbit/s", "{:.2f}", True, False),
+    ("3", "conns", "New connections (wrk, Connection: close)", "conn/s", "{:.0f}", True, False),
+    ("4", "lat_p50", "Latency p50, {lat_conns} conns x {lat_size} B ping-pong", "us", "{:.0f}",
+     False, False),
+    ("4", "lat_p99", "Latency p99, {lat_conns} conns x {lat_size} B ping-pong", "us", "{:.0f}",
+     False, False),
+    ("4", "lat_p99_added", "Latency p99 added vs direct", "us", "{:.0f}", False, False),
+    ("5", "mem", "Memory per idle connection ({idle_conns} idle, VmRSS delta / N)", "bytes",
+     "{:.0f}", False, True),
+    ("6", "cpu_up", "Relay CPU per GiB, 1 stream, client to server", "CPU s/GiB", "{:.3f}",
+     False, True),
+    ("6", "cpu_down", "Relay CPU per GiB, 1 stream, server to client", "CPU s/GiB", "{:.3f}",
+     False, True),
+]
+
+
+def value(metric, path):
+    if metric == "lat_p99_added":
+        d, v = R.median("lat_p99", "direct"), R.median("lat_p99", path)
+        return None if d is None or v is None else v - d
+    return R.median(metric, path)
+
+
+def ratio(a, b):
+    if a is None or b is None:
+        return "ERR"
+    if b <= 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def table(cfg):
+    out = ["| # | case | unit | " + " | ".join(LABEL[p] for p in PATHS)
+           + " | lifeline / HAProxy official | lifeline / HAProxy tuned | lifeline % of direct |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for case, metric, label, unit, fmt, higher, relays_only in ROWS:
+        cells = []
+        for p in PATHS:
+            if p == "direct" and relays_only:
+                cells.append("n/a")
+                continue
+            v = value(metric, p)
+            cells.append("ERR" if v is None else fmt.format(v))
+        ll = value(metric, "lifeline")
+        r1 = ratio(ll, value(metric, "haproxy-official"))
+        r2 = ratio(ll, value(metric, "haproxy-tuned"))
+        pct = "—"
+        if higher and not relays_only:
+            d = value(metric, "direct")
+            pct = "ERR" if ll is None or not d else f"{100 * ll / d:.0f}%"
+        arrow = "higher is better" if higher else "lower is better"
+        out.append(f"| {case} | {label.format(**cfg)} | {unit} ({arrow}) | " + " | ".join(cells)
+                   + f" | {r1} | {r2} | {pct} |")
+    out.append("| 7 | TLS handshakes | — | *not yet: TLS cases come with the TLS issue "
+               "(see case_tls in bench/bench.py)* | | | | | | |")
+    return "\n".join(out)
+
+
+def targets():
+    """The project's targets, for information: the numbers are not tuned to them."""
+    v = value
+    lines = []
+
+    def chk(name, ok, detail):
+        state = "n/a" if ok is None else ("met" if ok else "MISSED")
+        lines.append(f"- {name}: **{state}** ({detail})")
+
+    def safe(f):
+        try:
+            return f()
+        except (TypeError, ZeroDivisionError):
+            return None
+
+    for m, what in (("tput1_up", "1 stream up"), ("tput1_down", "1 stream down"),
+                    ("tput8", "8 streams")):
+        d, ho, ht, ll = (v(m, p) for p in PATHS)
+        pd = safe(lambda: ll / d)
+        ro = safe(lambda: ll / ho)
+        rt = safe(lambda: ll / ht)
+        chk(f"throughput {what} >= 50% of direct", None if pd is None else pd >= 0.5,
+            "n/a" if pd is None else f"{100 * pd:.0f}%")
+        chk(f"throughput {what} >= 1.5x HAProxy tuned", None if rt is None else rt >= 1.5,
+            "n/a" if rt is None else f"{rt:.2f}x")
+        chk(f"throughput {what} >= 3.5x HAProxy official", None if ro is None else ro >= 3.5,
+            "n/a" if ro is None else f"{ro:.2f}x")
+    r = safe(lambda: v("conns", "lifeline") / v("conns", "haproxy-official"))
+    chk("new conn/s >= 1.3x HAProxy official", None if r is None else r >= 1.3,
+        "n/a" if r is None else f"{r:.2f}x")
+    a, b = v("lat_p99_added", "lifeline"), v("lat_p99_added", "haproxy-official")
+    chk("p99 latency added <= HAProxy official's", None if a is None or b is None else a <= b,
+        f"{a} us vs {b} us")
+    m = v("mem", "lifeline")
+    chk("memory per idle connection <= 512 B", None if m is None else m <= 512,
+        "n/a" if m is None else f"{m:.0f} B")
+    for d in ("up", "down"):
+        r = safe(lambda: v(f"cpu_{d}", "lifeline") / v(f"cpu_{d}", "haproxy-official"))
+        chk(f"CPU per GiB ({d}) <= 0.5x HAProxy official", None if r is None else r <= 0.5,
+            "n/a" if r is None else f"{r:.2f}x")
+    return "\n".join(lines)
+
+
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    hv = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    return (f"machine: {ncpu()} CPUs ({os.cpu_count()} online), {model}; kernel {os.uname().release}; "
+            f"{hv.strip()}; date {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+
+
+# --------------------------------------------------------------------------
+
+
+class Ctx:
+    pass
+
+
+def on_signal(sig, _frame):
+    raise KeyboardInterrupt(f"signal {sig}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="every case once, tiny")
+    ap.add_argument("--lifeline", required=True, help="the lifeline binary")
+    ap.add_argument("--loadgen", required=True, help="the built bench/loadgen.c")
+    ap.add_argument("--tmp", required=True, help="scratch directory (removed by run.sh)")
+    ap.add_argument("--json", help="also write every sample here")
+    ap.add_argument("--cases", default="1,2,3,4,5,6",
+                    help="comma-separated case numbers to run (1,2,6 share one run)")
+    args = ap.parse_args()
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+    ctx = Ctx()
+    ctx.cfg = dict(SMOKE if args.smoke else FULL)
+    ctx.lifeline = os.path.abspath(args.lifeline)
+    ctx.loadgen = os.path.abspath(args.loadgen)
+    ctx.tmp = args.tmp
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    ctx.nofile = soft
+    # HAProxy refuses to start when the fd limit cannot cover its maxsock:
+    # 2 x maxconn, plus maxconn/2 with splicing (maxpipes = maxconn/4).
+    # Where the hard limit is below that for 27500 (and cannot be raised:
+    # no CAP_SYS_RESOURCE), both HAProxy configurations get the same lower
+    # maxconn; no case comes near it.
+    ctx.hap_maxconn = min(27500, (soft - 200) * 2 // 5 // 100 * 100)
+    need = 2 * ctx.cfg["idle_conns"] + 200
+    if soft < need:
+        ctx.cfg["idle_conns"] = max(10, (soft - 200) // 2)
+        log(f"warning: fd limit {soft}: idle connections lowered to {ctx.cfg['idle_conns']}")
+    for exe in (ctx.lifeline, ctx.loadgen):
+        if not os.access(exe, os.X_OK):
+            sys.exit(f"bench: {exe} is not executable")
+    for tool in ("haproxy", "nginx", "iperf3", "wrk"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not found (scripts/deps.sh bench installs it)")
+
+    cases = set(args.cases.split(","))
+    ctx.load_start = open("/proc/loadavg").read().split()[:3]
+    log(("smoke run" if args.smoke else "full run") + f": {ctx.cfg}")
+    log(f"lifeline: {ctx.lifeline}; fd limit {soft}; HAProxy maxconn {ctx.hap_maxconn}; "
+        f"{ncpu()} workers/threads")
+    todo = [(cases & {"1", "2", "6"}, case_iperf), ("3" in cases, case_wrk),
+            ("4" in cases, case_latency), ("5" in cases, case_memory),
+            ("7" in cases, case_tls)]
+    try:
+        for wanted, fn in todo:
+            if not wanted:
+                continue
+            try:
+                fn(ctx)
+            except BenchError as e:
+                FAILURES.append(f"{fn.__name__}: " + str(e).splitlines()[0])
+                print(f"bench: {fn.__name__}: {e}", file=sys.stderr)
+            finally:
+                PROCS.stop_all()
+    except KeyboardInterrupt as e:
+        print(f"bench: interrupted ({e}); stopping everything", file=sys.stderr)
+        PROCS.stop_all()
+        return 130
+    finally:
+        PROCS.stop_all()
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{m}/{p}": v for (m, p), v in R.samples.items()}, f, indent=1)
+    c = ctx.cfg
+    print(f"## lifeline benchmark ({'smoke' if args.smoke else 'full'})\n")
+    print(machine() + "\n")
+    load_end = open("/proc/loadavg").read().split()[:3]
+    print(f"Load average (1/5/15 min) at start {' '.join(ctx.load_start)}, at end "
+          f"{' '.join(load_end)}: the benchmark's own load is about 2; more means the "
+          f"machine was shared and the numbers are noisier.\n")
+    print(f"Medians of {c['reps']} repetition(s), interleaved. iperf3 {c['iperf_time']} s per run; "
+          f"wrk -t1 -c{c['wrk_conns']} {c['wrk_time']} s against nginx (1 worker, 1 KiB file); "
+          f"latency: {c['lat_conns']} connections, {c['lat_size']} B request/response, a mean "
+          f"{c['lat_interval_ms']} ms pause between round trips on each, "
+          f"{c['lat_time']} s measured after {c['lat_warmup']} s warm-up; memory: "
+          f"{c['idle_conns']} idle connections. Relays: {ncpu()} threads/workers; HAProxy "
+          f"maxconn {ctx.hap_maxconn} (fd limit {ctx.nofile}). Ratios: lifeline's value "
+          f"divided by HAProxy's (for latency, memory and CPU lower is better).\n")
+    print(table(c))
+    print("\nTargets (information only):\n")
+    print(targets())
+    if FAILURES:
+        print("\nFailures:\n")
+        for f in FAILURES:
+            print(f"- {f}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

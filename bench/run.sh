@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# make bench: lifeline against HAProxy (official and tuned settings) and
+# against no relay at all, on loopback.  See bench/bench.py for the cases.
+#
+#   bench/run.sh            the full benchmark (3 repetitions, < 10 min)
+#   bench/run.sh --smoke    every case once, tiny (< ~30 s)
+#   bench/run.sh --cases 3,4   only some cases (1,2,6 share one run)
+#   bench/run.sh --json FILE   also write every sample
+#
+# LIFELINE_BIN picks the binary (default build/lifeline, rebuilt with
+# `make` first when LIFELINE_BIN is unset).  The markdown report goes to
+# stdout, progress to stderr.  Every process this starts runs in one
+# process group that is killed on exit, error, Ctrl-C or SIGTERM.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+for a in "$@"; do
+	case "$a" in
+	-h | --help)
+		sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+		exit 0
+		;;
+	esac
+done
+
+# Haproxy, nginx, iperf3, wrk: installed when missing, kept from starting.
+scripts/deps.sh bench
+
+if [ -n "${LIFELINE_BIN:-}" ]; then
+	bin=$LIFELINE_BIN
+else
+	bin=build/lifeline
+	if ! make -s all >&2; then
+		[ -x "$bin" ] || { echo "bench: build failed and no $bin" >&2; exit 1; }
+		echo "bench: build failed; using the existing $bin" >&2
+	fi
+fi
+[ -x "$bin" ] || { echo "bench: $bin is not executable" >&2; exit 1; }
+
+# Descriptors: 5,000 idle relayed connections need 10,000 in the relay and
+# as many in the client.  Ask for 65536; settle for the hard limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/lifeline-bench.XXXXXX")
+chmod 755 "$tmp" # nginx workers (user nobody) read the files under it
+pgid=""
+cleanup() {
+	rc=$?
+	trap - EXIT INT TERM HUP
+	if [ -n "$pgid" ] && kill -0 -- "-$pgid" 2>/dev/null; then
+		kill -TERM -- "-$pgid" 2>/dev/null || true
+		for _ in $(seq 50); do
+			kill -0 -- "-$pgid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL -- "-$pgid" 2>/dev/null || true
+	fi
+	rm -rf "$tmp"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+cc -O2 -Wall -Wextra -o "$tmp/loadgen" bench/loadgen.c
+
+# The driver and everything it starts get their own process group (job
+# control), so the trap can end them all, whatever state they are in.
+set -m
+/usr/bin/python3 bench/bench.py --lifeline "$bin" --loadgen "$tmp/loadgen" \
+	--tmp "$tmp" "$@" &
+pgid=$!
+set +m
+set +e
+wait "$pgid"
+rc=$?
+set -e
+exit "$rc"
