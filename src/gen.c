@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,7 +49,7 @@ lstate_unref(struct lstate *st)
 static int
 listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 {
-	int fd, on = 1, saved;
+	int fd, on = 1, saved, ka_idle = 60, ka_intvl = 10, ka_cnt = 6;
 
 	fd = socket(
 	    ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -56,6 +57,20 @@ listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 		return -errno;
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0)
+		goto fail;
+	/*
+	 * Accepted sockets inherit these: Nagle off (chat is small messages)
+	 * and keep-alive, so that clients whose network vanished without a
+	 * FIN (a shutdown, a dropped route) do not hold a slot for long.
+	 */
+	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &ka_idle,
+	        sizeof(ka_idle)) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &ka_intvl,
+	        sizeof(ka_intvl)) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &ka_cnt, sizeof(ka_cnt)) !=
+	        0)
 		goto fail;
 	/* [::] must not take IPv4 too: 0.0.0.0 is bound on its own. */
 	if (ss->ss_family == AF_INET6 &&

@@ -291,16 +291,17 @@ static void conn_connect(struct relay_conn *c);
 static void conn_close(
     struct relay_conn *c, bool abort_peers, enum relay_result result);
 
+/*
+ * Client sockets inherit TCP_NODELAY and keep-alive from their listening
+ * socket (gen.c); an upstream socket only needs Nagle off: its idle time
+ * is bounded by the `server` timeout.
+ */
 static void
-set_sockopts(int fd)
+upstream_sockopts(int fd)
 {
-	int on = 1, idle = 60, intvl = 10, cnt = 6;
+	int on = 1;
 
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
-	(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
 /*
@@ -451,9 +452,13 @@ pump(struct relay_conn *c, int d, int *budget)
 		}
 		if (dir->pending == 0 && src->eof) {
 			pipe_give(w, &dir->p, false);
-			/* ENOTCONN when the peer is gone: the next write says.
+			/*
+			 * When the other way is done too, close(2) follows at
+			 * once and sends the FIN itself.  ENOTCONN when the
+			 * peer is gone: the next write says.
 			 */
-			(void)shutdown(dst->io.fd, SHUT_WR);
+			if (!src->shut)
+				(void)shutdown(dst->io.fd, SHUT_WR);
 			dst->shut = true;
 			return 0;
 		}
@@ -530,7 +535,8 @@ pump_tls_in(struct relay_conn *c, int *budget)
 		}
 		if (dir->pending == 0 && src->eof) {
 			buf_give(w, dir);
-			(void)shutdown(dst->io.fd, SHUT_WR);
+			if (!src->shut)
+				(void)shutdown(dst->io.fd, SHUT_WR);
 			dst->shut = true;
 			return 0;
 		}
@@ -726,14 +732,17 @@ conn_connected(struct relay_conn *c)
 
 	upstream_report(
 	    c->srv, true, now, loop_clock_us() - c->attempt_start_us);
-	set_sockopts(fd);
+	upstream_sockopts(fd);
 	c->state = RELAY_ST_STREAMING;
-	for (int s = 0; s < 2; s++) {
-		/* Try both ways once: an edge may predate registration. */
-		c->side[s].rd_ready = true;
-		c->side[s].wr_ready = true;
-		c->side[s].last = now;
-	}
+	/*
+	 * The client's edge may have been spent before streaming (by the
+	 * PROXY header or TLS handshake reads): try it once.  The upstream's
+	 * flags came from its own events since the connect began.
+	 */
+	c->side[CLIENT].rd_ready = true;
+	c->side[CLIENT].wr_ready = true;
+	c->side[SERVER].wr_ready = true;
+	c->side[CLIENT].last = c->side[SERVER].last = now;
 	send_proxy_header(c, fd);
 	if (c->side[SERVER].eof) {
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
@@ -1073,7 +1082,6 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	w->conns = c;
 	w->nconns++;
 	RELAY_CNT_ADD(&w->cnt, active, 1);
-	set_sockopts(fd);
 	if (loop_io_add(w->loop, &c->side[CLIENT].io,
 	        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != 0) {
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
