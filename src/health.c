@@ -219,8 +219,11 @@ health_apply(struct health *h, struct gen *g)
 				k->interval_ms = up->cfg->check_interval_ms;
 				/*
 				 * Servers start up (relays report failures
-				 * from the first connection); the first check
-				 * comes one interval later, like the others.
+				 * from the first connection, and a server
+				 * that fails 3 in a row is marked down); the
+				 * first check comes one interval later, like
+				 * the others, so that starting many relays
+				 * does not hit the upstreams all at once.
 				 */
 				loop_timer_set(h->loop, &k->timer,
 				    loop_now(h->loop) +

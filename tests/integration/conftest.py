@@ -442,6 +442,9 @@ def make_config(upstreams, listeners, global_=None, timeouts=None, extra=""):
         spec = dict(spec)
         servers = spec.pop("server")
         spec.setdefault("send-proxy", "none")
+        # Health checks connect to upstreams too; tests that count the
+        # connections an upstream receives must not see them.
+        spec.setdefault("check-interval", "1h")
         out += ["", f"[upstream {name}]"]
         out += [f"server = {s}" for s in servers]
         out += [f"{k} = {v}" for k, v in spec.items()]
