@@ -13,6 +13,11 @@ Paths compared in every case:
   haproxy-tuned     the same with 16 KiB buffers and `option splice-auto`
   lifeline          build/lifeline (or $LIFELINE_BIN) with its defaults
 
+Case 7 (TLS) has its own paths and table: HAProxy with the official
+settings and the official kind of certificate (RSA-4096), the same HAProxy
+with an EC P-256 certificate, and lifeline with `tls = on` (its default
+in-memory EC P-256 certificate).  Its load generator is bench/tlsclient.c.
+
 Repetitions are interleaved (rep 1 of every path, then rep 2, ...) and the
 path order rotates between repetitions, so slow drifts of a noisy machine
 hit every path alike; the table shows medians.
@@ -56,6 +61,9 @@ FULL = dict(
     lat_warmup=1.0,
     lat_time=4.0,
     idle_conns=5000,
+    hs_threads=4,  # tlsclient threads looping connect + handshake + close
+    hs_time=4,  # seconds per handshake run
+    tls_mib=512,  # MiB per TLS throughput run
 )
 SMOKE = dict(
     reps=1,
@@ -68,6 +76,9 @@ SMOKE = dict(
     lat_warmup=0.3,
     lat_time=0.7,
     idle_conns=100,
+    hs_threads=4,
+    hs_time=0.5,
+    tls_mib=32,
 )
 
 T0 = time.monotonic()
@@ -217,7 +228,10 @@ def run(argv, timeout):
 class Relay:
     """One running relay (HAProxy or lifeline) in front of 127.0.0.1:upstream."""
 
-    def __init__(self, kind, upstream_port, ctx):
+    def __init__(self, kind, upstream_port, ctx, tls_pem=None):
+        """tls_pem: for HAProxy, the cert+key PEM of a TLS (`ssl crt`)
+        listener; for lifeline, any true value makes its listener `tls = on`
+        (its default in-memory EC P-256 certificate)."""
         self.kind = kind
         self.ctx = ctx
         self.dir = tempfile.mkdtemp(prefix=f"{kind}-", dir=ctx.tmp)
@@ -226,7 +240,8 @@ class Relay:
             conf = os.path.join(self.dir, "lifeline.conf")
             pf = os.path.join(self.dir, "ports")
             with open(conf, "w") as f:
-                f.write(LIFELINE_CONF.format(up=upstream_port))
+                f.write(LIFELINE_CONF.format(up=upstream_port,
+                                             tls="tls = on\n" if tls_pem else ""))
             self.proc = PROCS.start([ctx.lifeline, "-c", conf, "--ports-file", pf],
                                     name, ctx.tmp)
             line = wait_until(lambda: _ports_line(pf), 30, "lifeline's ports file",
@@ -244,6 +259,7 @@ class Relay:
                     maxconn=ctx.hap_maxconn,
                     fe_maxconn=ctx.hap_maxconn - 5,
                     port=self.port,
+                    bindopts=f" ssl crt {tls_pem}" if tls_pem else "",
                     up=upstream_port))
             self.proc = PROCS.start(["haproxy", "-db", "-f", cfg], name, ctx.tmp)
             wait_until(lambda: listening(self.port), 15, f"{kind} to listen", self.proc)
@@ -280,7 +296,7 @@ server = 127.0.0.1:{up}
 bind = 127.0.0.1:0
 upstream = up
 maxconn = 27495
-"""
+{tls}"""
 
 # WhatsApp/proxy proxy/src/proxy_config.cfg, reduced to one plain listener
 # (like its media frontend on 587) in front of one server.  Left out: the
@@ -304,7 +320,7 @@ defaults
 {splice}
 frontend bench
   maxconn {fe_maxconn}
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{bindopts}
   default_backend up
 
 backend up
@@ -642,13 +658,146 @@ def case_memory(ctx):
 # case 7: TLS
 
 
+TLS_PATHS = ["haproxy-official", "haproxy-ec256", "lifeline"]
+TLS_LABEL = {
+    "haproxy-official": "HAProxy official (RSA-4096)",
+    "haproxy-ec256": "HAProxy official, EC P-256",
+    "lifeline": "lifeline (EC P-256)",
+}
+
+
+def make_certs(ctx):
+    """The HAProxy certificates, generated at every run like the official
+    image's: self-signed, cert and key in one PEM.  Returns {path: pem}."""
+    pems = {}
+    for path, newkey in (("haproxy-official", ["rsa:4096"]),
+                         ("haproxy-ec256", ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"])):
+        d = os.path.join(ctx.tmp, f"cert-{path}")
+        os.makedirs(d, exist_ok=True)
+        crt, key, pem = (os.path.join(d, x) for x in ("crt.pem", "key.pem", "all.pem"))
+        t = time.monotonic()
+        rc, _out, err = run(["openssl", "req", "-x509", "-newkey"] + newkey
+                            + ["-nodes", "-keyout", key, "-out", crt, "-days", "30",
+                               "-subj", "/CN=proxy.whatsapp.net"], 120)
+        if rc != 0:
+            raise BenchError(f"openssl req ({newkey[0]}) failed: {err.strip()[:200]}")
+        with open(pem, "w") as f:
+            f.write(open(crt).read() + open(key).read())
+        pems[path] = pem
+        log(f"certificate {newkey[0]} for {path}: {time.monotonic() - t:.1f} s")
+    return pems
+
+
+class TlsPaths(Paths):
+    """One TLS relay per TLS path in front of `upstream_port`."""
+
+    def __init__(self, upstream_port, ctx, pems):
+        self.upstream = upstream_port
+        self.relays = {}
+        try:
+            for k in TLS_PATHS:
+                self.relays[k] = Relay("lifeline" if k == "lifeline" else k, upstream_port,
+                                       ctx, tls_pem=pems.get(k, True))
+        except BaseException:
+            self.stop()
+            raise
+
+
+def tls_rotated(rep):
+    k = rep % len(TLS_PATHS)
+    return TLS_PATHS[k:] + TLS_PATHS[:k]
+
+
+def tlsclient(ctx, args, timeout):
+    rc, out, err = run([ctx.tlsclient] + [str(a) for a in args], timeout)
+    try:
+        j = json.loads(out)
+    except ValueError:
+        raise BenchError(f"tlsclient {args[0]} rc {rc}: {err.strip()[:200]}")
+    if rc != 0:
+        raise BenchError(f"tlsclient {args[0]} rc {rc}: {j} {err.strip()[:200]}")
+    return j
+
+
 def case_tls(ctx):
-    # ---------------------------------------------------------------------
-    # TLS cases go here (handshakes/s with `openssl s_time -new` against
-    # the 443 listener, HAProxy official RSA-4096 cert vs lifeline) once
-    # lifeline terminates TLS: a later issue.  Add rows to ROWS below.
-    # ---------------------------------------------------------------------
-    pass
+    """Case 7: TLS termination.  HAProxy with the official settings and the
+    official kind of certificate (RSA-4096), HAProxy with the same settings
+    and an EC P-256 certificate (lifeline's default key type), lifeline with
+    `tls = on` and its default in-memory EC P-256 certificate.
+
+    Handshakes: bench/tlsclient.c, `hs_threads` threads each looping
+    connect + handshake + close (full: no ticket offered; resumed: the
+    ticket of a first handshake), counted per wall-clock second, relay CPU
+    per full handshake from /proc.  Upstream: loadgen's echo server (the
+    client closes right after its handshake; a relay may or may not have
+    connected upstream by then, the same for every path).
+    Throughput: one TLS connection sending (up) or receiving (down)
+    `tls_mib` MiB through the relay to/from a plain TCP sink/source."""
+    c = ctx.cfg
+    pems = make_certs(ctx)
+    srv = PROCS.start([ctx.loadgen, "echo"], "tls-echo-server", ctx.tmp, stdout=subprocess.PIPE)
+    paths = None
+    try:
+        line = srv.stdout.readline().decode().strip()
+        if not line.isdigit():
+            raise BenchError(f"echo server did not report its port:\n{log_tail(srv)}")
+        paths = TlsPaths(int(line), ctx, pems)
+        for rep in range(c["reps"]):
+            def hs(path, resume, metric):
+                pid = paths.pid(path)
+                cpu0 = cpu_seconds(pid)
+                j = tlsclient(ctx, ["hs", "127.0.0.1", paths.port(path), c["hs_threads"],
+                                    c["hs_time"], "resume" if resume else "full"],
+                              c["hs_time"] + 60)
+                cpu1 = cpu_seconds(pid)
+                if not j["handshakes"]:
+                    raise BenchError(f"no handshake completed ({j['errors']} errors)")
+                if resume and j["resumed"] < 0.99 * j["handshakes"]:
+                    raise BenchError(f"only {j['resumed']} of {j['handshakes']} resumed")
+                if not resume and j["resumed"]:
+                    raise BenchError(f"{j['resumed']} full handshakes were resumed")
+                R.add(metric, path, j["rate"])
+                cpu_us = (cpu1 - cpu0) * 1e6 / j["handshakes"]
+                if not resume:
+                    R.add("tls_hs_cpu", path, cpu_us)
+                log(f"{metric:11} rep {rep + 1} {path:16} {j['rate']:8.0f} handshakes/s  "
+                    f"relay CPU {cpu_us:.0f} us each ({j['handshakes']} in {j['seconds']} s, "
+                    f"{j['errors']} errors)")
+                paths.check_alive()
+            attempt("tls_hs", tls_rotated(rep), lambda p: hs(p, False, "tls_hs"))
+            attempt("tls_resume", tls_rotated(rep), lambda p: hs(p, True, "tls_resume"))
+    finally:
+        if paths:
+            paths.stop()
+        PROCS.stop(srv)
+
+    srv = PROCS.start([ctx.tlsclient, "serve"], "tls-sink-server", ctx.tmp,
+                      stdout=subprocess.PIPE)
+    paths = None
+    try:
+        line = srv.stdout.readline().decode().strip()
+        if not line.isdigit():
+            raise BenchError(f"sink server did not report its port:\n{log_tail(srv)}")
+        paths = TlsPaths(int(line), ctx, pems)
+        for rep in range(c["reps"]):
+            for d in ("up", "down"):
+                def one(path, d=d):
+                    pid = paths.pid(path)
+                    cpu0 = cpu_seconds(pid)
+                    j = tlsclient(ctx, ["tput", "127.0.0.1", paths.port(path), c["tls_mib"], d],
+                                  120)
+                    cpu1 = cpu_seconds(pid)
+                    per_gib = (cpu1 - cpu0) / (j["bytes"] / 2**30)
+                    R.add(f"tls_{d}", path, j["gbps"])
+                    R.add(f"tls_cpu_{d}", path, per_gib)
+                    log(f"{'tls_' + d:11} rep {rep + 1} {path:16} {j['gbps']:6.2f} Gbit/s  "
+                        f"relay {per_gib:.3f} CPU s/GiB")
+                    paths.check_alive()
+                attempt(f"tls_{d}", tls_rotated(rep), one)
+    finally:
+        if paths:
+            paths.stop()
+        PROCS.stop(srv)
 
 
 # --------------------------------------------------------------------------
@@ -712,8 +861,40 @@ def table(cfg):
         arrow = "higher is better" if higher else "lower is better"
         out.append(f"| {case} | {label.format(**cfg)} | {unit} ({arrow}) | " + " | ".join(cells)
                    + f" | {r1} | {r2} | {pct} |")
-    out.append("| 7 | TLS handshakes | — | *not yet: TLS cases come with the TLS issue "
-               "(see case_tls in bench/bench.py)* | | | | | | |")
+    return "\n".join(out)
+
+
+# (case, metric, label, unit, format, higher_is_better)
+TLS_ROWS = [
+    ("7", "tls_hs", "TLS full handshakes ({hs_threads} client threads, no resumption)",
+     "handshakes/s", "{:.0f}", True),
+    ("7", "tls_hs_cpu", "Relay CPU per full TLS handshake", "CPU us", "{:.0f}", False),
+    ("7", "tls_resume", "TLS resumed handshakes (session ticket)", "handshakes/s", "{:.0f}",
+     True),
+    ("7", "tls_up", "TLS throughput, 1 stream, client to server", "Gbit/s", "{:.2f}", True),
+    ("7", "tls_down", "TLS throughput, 1 stream, server to client", "Gbit/s", "{:.2f}", True),
+    ("7", "tls_cpu_up", "Relay CPU per GiB, TLS, client to server", "CPU s/GiB", "{:.3f}",
+     False),
+    ("7", "tls_cpu_down", "Relay CPU per GiB, TLS, server to client", "CPU s/GiB", "{:.3f}",
+     False),
+]
+
+
+def tls_table(cfg):
+    out = ["| # | case | unit | " + " | ".join(TLS_LABEL[p] for p in TLS_PATHS)
+           + " | lifeline / HAProxy official | lifeline / HAProxy EC P-256 |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]
+    for case, metric, label, unit, fmt, higher in TLS_ROWS:
+        cells = []
+        for p in TLS_PATHS:
+            v = value(metric, p)
+            cells.append("ERR" if v is None else fmt.format(v))
+        ll = value(metric, "lifeline")
+        r1 = ratio(ll, value(metric, "haproxy-official"))
+        r2 = ratio(ll, value(metric, "haproxy-ec256"))
+        arrow = "higher is better" if higher else "lower is better"
+        out.append(f"| {case} | {label.format(**cfg)} | {unit} ({arrow}) | " + " | ".join(cells)
+                   + f" | {r1} | {r2} |")
     return "\n".join(out)
 
 
@@ -757,6 +938,15 @@ def targets():
         r = safe(lambda: v(f"cpu_{d}", "lifeline") / v(f"cpu_{d}", "haproxy-official"))
         chk(f"CPU per GiB ({d}) <= 0.5x HAProxy official", None if r is None else r <= 0.5,
             "n/a" if r is None else f"{r:.2f}x")
+    for other, want, what in (("haproxy-official", 4.0, "HAProxy official (RSA-4096)"),
+                              ("haproxy-ec256", 1.0, "HAProxy official with EC P-256")):
+        r = safe(lambda: v("tls_hs", "lifeline") / v("tls_hs", other))
+        chk(f"TLS full handshakes/s >= {want:g}x {what}", None if r is None else r >= want,
+            "n/a" if r is None else f"{r:.2f}x")
+    for d in ("up", "down"):
+        r = safe(lambda: v(f"tls_{d}", "lifeline") / v(f"tls_{d}", "haproxy-official"))
+        chk(f"TLS throughput 1 stream {d} >= 1.2x HAProxy official",
+            None if r is None else r >= 1.2, "n/a" if r is None else f"{r:.2f}x")
     return "\n".join(lines)
 
 
@@ -793,7 +983,8 @@ def main():
     ap.add_argument("--loadgen", required=True, help="the built bench/loadgen.c")
     ap.add_argument("--tmp", required=True, help="scratch directory (removed by run.sh)")
     ap.add_argument("--json", help="also write every sample here")
-    ap.add_argument("--cases", default="1,2,3,4,5,6",
+    ap.add_argument("--tlsclient", required=True, help="the built bench/tlsclient.c")
+    ap.add_argument("--cases", default="1,2,3,4,5,6,7",
                     help="comma-separated case numbers to run (1,2,6 share one run)")
     args = ap.parse_args()
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -803,6 +994,7 @@ def main():
     ctx.cfg = dict(SMOKE if args.smoke else FULL)
     ctx.lifeline = os.path.abspath(args.lifeline)
     ctx.loadgen = os.path.abspath(args.loadgen)
+    ctx.tlsclient = os.path.abspath(args.tlsclient)
     ctx.tmp = args.tmp
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -819,10 +1011,10 @@ def main():
     if soft < need:
         ctx.cfg["idle_conns"] = max(10, (soft - 200) // 2)
         log(f"warning: fd limit {soft}: idle connections lowered to {ctx.cfg['idle_conns']}")
-    for exe in (ctx.lifeline, ctx.loadgen):
+    for exe in (ctx.lifeline, ctx.loadgen, ctx.tlsclient):
         if not os.access(exe, os.X_OK):
             sys.exit(f"bench: {exe} is not executable")
-    for tool in ("haproxy", "nginx", "iperf3", "wrk"):
+    for tool in ("haproxy", "nginx", "iperf3", "wrk", "openssl"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found (scripts/deps.sh bench installs it)")
 
@@ -871,6 +1063,15 @@ def main():
           f"maxconn {ctx.hap_maxconn} (fd limit {ctx.nofile}). Ratios: lifeline's value "
           f"divided by HAProxy's (for latency, memory and CPU lower is better).\n")
     print(table(c))
+    if "7" in cases:
+        print(f"\nCase 7, TLS termination (`tls = on` for lifeline, `bind ... ssl crt` for "
+              f"HAProxy with the official settings: tune.bufsize 4096, mode tcp; "
+              f"self-signed certificates generated at start). Handshakes: bench/tlsclient.c, "
+              f"{c['hs_threads']} threads looping connect + handshake + close for "
+              f"{c['hs_time']} s, per wall-clock second; throughput: one TLS connection "
+              f"moving {c['tls_mib']} MiB to/from a plain TCP sink/source. TLS 1.3, X25519, "
+              f"OpenSSL defaults on the client.\n")
+        print(tls_table(c))
     print("\nTargets (information only):\n")
     print(targets())
     if FAILURES:

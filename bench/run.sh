@@ -3,8 +3,8 @@
 # against no relay at all, on loopback.  See bench/bench.py for the cases.
 #
 #   bench/run.sh            the full benchmark (3 repetitions, < 10 min)
-#   bench/run.sh --smoke    every case once, tiny (< ~30 s)
-#   bench/run.sh --cases 3,4   only some cases (1,2,6 share one run)
+#   bench/run.sh --smoke    every case once, tiny (< ~40 s)
+#   bench/run.sh --cases 3,4   only some cases (1,2,6 share one run; 7 is TLS)
 #   bench/run.sh --json FILE   also write every sample
 #
 # LIFELINE_BIN picks the binary (default build/lifeline, rebuilt with
@@ -66,12 +66,13 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 cc -O2 -Wall -Wextra -o "$tmp/loadgen" bench/loadgen.c
+cc -O2 -Wall -Wextra -pthread -o "$tmp/tlsclient" bench/tlsclient.c -lssl -lcrypto
 
 # The driver and everything it starts get their own process group (job
 # control), so the trap can end them all, whatever state they are in.
 set -m
 /usr/bin/python3 bench/bench.py --lifeline "$bin" --loadgen "$tmp/loadgen" \
-	--tmp "$tmp" "$@" &
+	--tlsclient "$tmp/tlsclient" --tmp "$tmp" "$@" &
 pgid=$!
 set +m
 set +e

@@ -306,9 +306,13 @@ use_generated(SSL_CTX *ssl, const struct tls_ctx *t, char *err, size_t errlen)
 		openssl_err(err, errlen, "generating a certificate");
 		goto fail;
 	}
+	/*
+	 * The leaf alone is served, as the official image does: clients do
+	 * not verify the proxy, and a second certificate only costs every
+	 * handshake bytes and a signature check.
+	 */
 	if (SSL_CTX_use_certificate(ssl, leaf) != 1 ||
-	    SSL_CTX_use_PrivateKey(ssl, key) != 1 ||
-	    SSL_CTX_add1_chain_cert(ssl, ca) != 1) {
+	    SSL_CTX_use_PrivateKey(ssl, key) != 1) {
 		openssl_err(err, errlen, "using the generated certificate");
 		goto fail;
 	}

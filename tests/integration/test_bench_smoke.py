@@ -1,8 +1,11 @@
 """`bench/run.sh --smoke`: the benchmark runs end to end and reports.
 
-No speed is asserted: only that it exits 0 and that its table has a row
+No speed is asserted: only that it exits 0 and that its tables have a row
 for every case with a number for every path measured (direct has no relay
-process, so the memory and CPU rows say n/a there).
+process, so the memory and CPU rows say n/a there) and a ratio (a signed
+number: an added latency can be negative when a relay beats direct by noise)
+or n/a in the ratio columns.  Case 7 (TLS) has its own table: its paths are
+HAProxy with an RSA-4096 and with an EC P-256 certificate, and lifeline.
 """
 
 import os
@@ -13,12 +16,16 @@ import subprocess
 from conftest import LIFELINE_BIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Below conftest's hard per-test bound (150 s); the smoke run takes ~25 s.
+# Below conftest's hard per-test bound (150 s); the smoke run takes ~30 s.
 TIMEOUT = 130
 PATH_COLUMNS = ["direct", "HAProxy official", "HAProxy tuned", "lifeline"]
+TLS_PATH_COLUMNS = ["HAProxy official (RSA-4096)", "HAProxy official, EC P-256",
+                    "lifeline (EC P-256)"]
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+RATIO = re.compile(r"^(-?\d+\.\d+x|n/a)$")
 # case number -> how many rows it has
 CASES = {"1": 2, "2": 1, "3": 1, "4": 3, "5": 1, "6": 2}
+TLS_CASES = {"7": 7}
 RELAYS_ONLY = {"5", "6"}
 
 
@@ -41,32 +48,48 @@ def _run_smoke():
     return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-def _table(text):
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("|")]
-    assert len(lines) >= 3, f"no table in the output:\n{text}"
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = []
-    for ln in lines[2:]:
-        rows.append(dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))))
-    return header, rows
+def _tables(text):
+    """Every markdown table in text (runs of lines starting with '|'), as
+    (header, rows) pairs."""
+    tables, block = [], []
+    for ln in text.splitlines() + [""]:
+        if ln.strip().startswith("|"):
+            block.append(ln.strip())
+            continue
+        if block:
+            assert len(block) >= 3, f"a table without rows:\n{text}"
+            header = [c.strip() for c in block[0].strip("|").split("|")]
+            rows = [dict(zip(header, (c.strip() for c in b.strip("|").split("|"))))
+                    for b in block[2:]]
+            tables.append((header, rows))
+            block = []
+    return tables
 
 
-def test_bench_smoke():
-    rc, out, err = _run_smoke()
-    assert rc == 0, f"bench/run.sh --smoke exited {rc}\nstdout:\n{out}\nstderr:\n{err[-4000:]}"
-    header, rows = _table(out)
-    for col in PATH_COLUMNS:
+def _check(out, header, rows, columns, ratio_columns, cases):
+    for col in columns + ratio_columns:
         assert col in header, f"no column {col!r} in {header}"
-    for case, nrows in CASES.items():
+    for case, nrows in cases.items():
         mine = [r for r in rows if r.get("#") == case]
         assert len(mine) == nrows, f"case {case}: {len(mine)} rows, want {nrows}:\n{out}"
         for r in mine:
-            for col in PATH_COLUMNS:
+            for col in columns:
                 v = r[col]
                 if col == "direct" and case in RELAYS_ONLY:
                     assert v == "n/a", f"case {case} {r['case']}: direct is {v!r}"
                 else:
                     assert NUMBER.match(v), f"case {case} {r['case']}: {col} is {v!r}"
-            for col in ("lifeline / HAProxy official", "lifeline / HAProxy tuned"):
-                assert re.match(r"^(\d+\.\d+x|n/a)$", r[col]), \
-                    f"case {case} {r['case']}: {col} is {r[col]!r}"
+            for col in ratio_columns:
+                assert RATIO.match(r[col]), f"case {case} {r['case']}: {col} is {r[col]!r}"
+
+
+def test_bench_smoke():
+    rc, out, err = _run_smoke()
+    assert rc == 0, f"bench/run.sh --smoke exited {rc}\nstdout:\n{out}\nstderr:\n{err[-4000:]}"
+    tables = _tables(out)
+    assert len(tables) == 2, f"want 2 tables (cases 1-6, case 7), got {len(tables)}:\n{out}"
+    (header, rows), (tls_header, tls_rows) = tables
+    _check(out, header, rows, PATH_COLUMNS,
+           ["lifeline / HAProxy official", "lifeline / HAProxy tuned"], CASES)
+    _check(out, tls_header, tls_rows, TLS_PATH_COLUMNS,
+           ["lifeline / HAProxy official", "lifeline / HAProxy EC P-256"], TLS_CASES)
