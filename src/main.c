@@ -209,7 +209,7 @@ count_workers(const struct cfg *cfg)
  * key; returns 0, or -1 after printing the problem.
  */
 static int
-check_more(const struct cfg *cfg, FILE *out)
+check_more(const struct cfg *cfg)
 {
 	char err[CFG_ERRLEN];
 
@@ -227,7 +227,6 @@ check_more(const struct cfg *cfg, FILE *out)
 		}
 		tls_ctx_unref(t);
 	}
-	(void)out;
 	return 0;
 }
 
@@ -443,7 +442,7 @@ main(int argc, char **argv)
 		return m.o.check ? 1 : 2;
 	}
 	if (m.o.check) {
-		if (check_more(cfg, stdout) != 0) {
+		if (check_more(cfg) != 0) {
 			cfg_free(cfg);
 			return 1;
 		}
