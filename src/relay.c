@@ -502,145 +502,156 @@ pump(struct relay_conn *c, int d, int *budget)
 	return 0;
 }
 
-/* Client to upstream through TLS: decrypt into a buffer, send it on. */
+/* What a read or write through a side's transport did, when not bytes. */
+enum {
+	IO_EOF = 0, /* reads only: the peer finished */
+	IO_WANT_READ = -1, /* retry when the socket is readable */
+	IO_WANT_WRITE = -2, /* retry when the socket is writable */
+	IO_ERROR = -3, /* the connection must be aborted */
+};
+
+static ssize_t
+tls_io_result(size_t n, enum tls_status st)
+{
+	if (n > 0)
+		return (ssize_t)n;
+	switch (st) {
+	case TLS_EOF:
+		return IO_EOF;
+	case TLS_WANT_READ:
+		return IO_WANT_READ;
+	case TLS_WANT_WRITE:
+		return IO_WANT_WRITE;
+	default:
+		return IO_ERROR;
+	}
+}
+
+/*
+ * The buffered transports: the client side of a TLS listener goes through
+ * OpenSSL, the other side through recv/send.  Return bytes (> 0) or IO_*.
+ */
+static ssize_t
+side_read(struct relay_conn *c, int s, void *buf, size_t len)
+{
+	enum tls_status st = TLS_FAIL;
+	ssize_t n;
+
+	if (s == CLIENT && c->tls != NULL) {
+		size_t got = tls_read(c->tls, buf, len, &st);
+
+		return tls_io_result(got, st);
+	}
+	n = recv(c->side[s].io.fd, buf, len, 0);
+	if (n >= 0)
+		return n;
+	/* Workers block every signal: no EINTR here. */
+	if (errno == EAGAIN)
+		return IO_WANT_READ;
+	return IO_ERROR;
+}
+
+static ssize_t
+side_write(struct relay_conn *c, int s, const void *buf, size_t len)
+{
+	enum tls_status st = TLS_FAIL;
+	ssize_t n;
+
+	if (s == CLIENT && c->tls != NULL) {
+		size_t put = tls_write(c->tls, buf, len, &st);
+
+		n = tls_io_result(put, st);
+		/* A write waits for writability, whatever TLS asked for. */
+		return n == IO_WANT_READ ? IO_WANT_WRITE : n;
+	}
+	n = send(c->side[s].io.fd, buf, len, MSG_NOSIGNAL);
+	if (n > 0)
+		return n;
+	if (n < 0 && errno == EAGAIN)
+		return IO_WANT_WRITE;
+	return IO_ERROR;
+}
+
+/*
+ * Direction d through a 16 KiB buffer (connections with a TLS client):
+ * read from side[d] into dir[d].buf, write it to side[!d].  Returns 0, or
+ * -1 when the connection must be aborted.  Spends *budget.
+ */
 static int
-pump_tls_in(struct relay_conn *c, int *budget)
+pump_buf(struct relay_conn *c, int d, int *budget)
 {
 	struct worker *w = c->w;
-	struct relay_side *src = &c->side[CLIENT], *dst = &c->side[SERVER];
-	struct relay_dir *dir = &c->dir[CLIENT];
+	struct relay_side *src = &c->side[d], *dst = &c->side[!d];
+	struct relay_dir *dir = &c->dir[d];
 	uint64_t now = loop_now(w->loop);
 
 	if (dst->shut)
 		return 0;
 	while (*budget > 0) {
 		bool progress = false;
+		ssize_t n;
 
 		if (dir->pending > 0 && dst->wr_ready) {
-			ssize_t n = send(dst->io.fd, dir->buf + dir->off,
-			    dir->pending, MSG_NOSIGNAL);
-
+			n = side_write(
+			    c, !d, dir->buf + dir->off, dir->pending);
 			if (n > 0) {
 				dir->off += (uint32_t)n;
 				dir->pending -= (uint32_t)n;
 				dst->last = now;
-				RELAY_CNT_ADD(c->lc, bytes_in, (uint64_t)n);
+				if (d == CLIENT)
+					RELAY_CNT_ADD(
+					    c->lc, bytes_in, (uint64_t)n);
+				else
+					RELAY_CNT_ADD(
+					    c->lc, bytes_out, (uint64_t)n);
 				progress = true;
-			} else if (n < 0 && errno == EAGAIN) {
+			} else if (n == IO_WANT_WRITE) {
 				dst->wr_ready = false;
-			} else if (n < 0 && errno != EINTR) {
+			} else {
 				return -1;
 			}
 			(*budget)--;
 		}
 		if (dir->pending == 0 && src->eof) {
 			buf_give(w, dir);
+			/* Toward a TLS client: close_notify before the FIN. */
+			if (d == SERVER && c->tls != NULL) {
+				enum tls_status st;
+
+				if (!dst->wr_ready)
+					return 0;
+				st = tls_close_notify(c->tls);
+				if (st == TLS_WANT_WRITE) {
+					dst->wr_ready = false;
+					return 0;
+				}
+				if (st != TLS_DONE)
+					return -1;
+			}
+			/* As in pump(): close(2) may send the FIN itself. */
 			if (!src->shut)
 				(void)shutdown(dst->io.fd, SHUT_WR);
 			dst->shut = true;
 			return 0;
 		}
 		if (dir->pending == 0 && !src->eof && src->rd_ready) {
-			enum tls_status st = TLS_FAIL;
-			size_t n;
-
 			if (buf_take(w, dir) != 0)
 				return -1;
-			n = tls_read(c->tls, dir->buf, RELAY_TLS_BUF, &st);
+			n = side_read(c, d, dir->buf, RELAY_TLS_BUF);
 			if (n > 0) {
 				dir->off = 0;
 				dir->pending = (uint32_t)n;
 				src->last = now;
 				progress = true;
-			} else if (st == TLS_EOF) {
+			} else if (n == IO_EOF) {
 				src->eof = true;
 				src->last = now;
 				progress = true;
-			} else if (st == TLS_WANT_READ) {
+			} else if (n == IO_WANT_READ) {
 				src->rd_ready = false;
-			} else if (st == TLS_WANT_WRITE) {
+			} else if (n == IO_WANT_WRITE) {
 				src->wr_ready = false;
 			} else {
-				return -1;
-			}
-			(*budget)--;
-		}
-		if (!progress)
-			break;
-	}
-	if (dir->pending == 0)
-		buf_give(w, dir);
-	return 0;
-}
-
-/* Upstream to client through TLS: read into a buffer, encrypt it out. */
-static int
-pump_tls_out(struct relay_conn *c, int *budget)
-{
-	struct worker *w = c->w;
-	struct relay_side *src = &c->side[SERVER], *dst = &c->side[CLIENT];
-	struct relay_dir *dir = &c->dir[SERVER];
-	uint64_t now = loop_now(w->loop);
-
-	if (dst->shut)
-		return 0;
-	while (*budget > 0) {
-		bool progress = false;
-
-		if (dir->pending > 0 && dst->wr_ready) {
-			enum tls_status st = TLS_FAIL;
-			size_t n = tls_write(
-			    c->tls, dir->buf + dir->off, dir->pending, &st);
-
-			if (n > 0) {
-				dir->off += (uint32_t)n;
-				dir->pending -= (uint32_t)n;
-				dst->last = now;
-				RELAY_CNT_ADD(c->lc, bytes_out, (uint64_t)n);
-				progress = true;
-			} else if (st == TLS_WANT_WRITE ||
-			    st == TLS_WANT_READ) {
-				dst->wr_ready = false;
-			} else {
-				return -1;
-			}
-			(*budget)--;
-		}
-		if (dir->pending == 0 && src->eof) {
-			enum tls_status st;
-
-			buf_give(w, dir);
-			if (!dst->wr_ready)
-				return 0;
-			st = tls_close_notify(c->tls);
-			if (st == TLS_WANT_WRITE) {
-				dst->wr_ready = false;
-				return 0;
-			}
-			if (st != TLS_DONE)
-				return -1;
-			(void)shutdown(dst->io.fd, SHUT_WR);
-			dst->shut = true;
-			return 0;
-		}
-		if (dir->pending == 0 && !src->eof && src->rd_ready) {
-			ssize_t n;
-
-			if (buf_take(w, dir) != 0)
-				return -1;
-			n = recv(src->io.fd, dir->buf, RELAY_TLS_BUF, 0);
-			if (n > 0) {
-				dir->off = 0;
-				dir->pending = (uint32_t)n;
-				src->last = now;
-				progress = true;
-			} else if (n == 0) {
-				src->eof = true;
-				src->last = now;
-				progress = true;
-			} else if (errno == EAGAIN) {
-				src->rd_ready = false;
-			} else if (errno != EINTR) {
 				return -1;
 			}
 			(*budget)--;
@@ -662,8 +673,8 @@ conn_run(struct relay_conn *c)
 	int r;
 
 	if (c->tls != NULL)
-		r = pump_tls_in(c, &budget) != 0 ||
-		    pump_tls_out(c, &budget) != 0;
+		r = pump_buf(c, CLIENT, &budget) != 0 ||
+		    pump_buf(c, SERVER, &budget) != 0;
 	else
 		r = pump(c, CLIENT, &budget) != 0 ||
 		    pump(c, SERVER, &budget) != 0;
