@@ -132,8 +132,11 @@ install: $(BIN)
 clean:
 	rm -rf build build-san build-fuzz
 
+FORMAT_FILES = src/*.c src/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c \
+	bench/*.c
+
 format:
-	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h
+	clang-format -i $(FORMAT_FILES)
 
 format-check:
-	clang-format --dry-run -Werror src/*.c src/*.h tests/unit/*.c tests/unit/*.h
+	clang-format --dry-run -Werror $(FORMAT_FILES)

@@ -35,22 +35,30 @@
 #include <unistd.h>
 
 static volatile sig_atomic_t stop;
-static void on_term(int sig) { (void)sig; stop = 1; }
+static void
+on_term(int sig)
+{
+	(void)sig;
+	stop = 1;
+}
 
-static uint64_t now_ns(void)
+static uint64_t
+now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void die(const char *what)
+static void
+die(const char *what)
 {
 	fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
 	exit(1);
 }
 
-static void raise_nofile(void)
+static void
+raise_nofile(void)
 {
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -59,7 +67,8 @@ static void raise_nofile(void)
 	}
 }
 
-static void set_nonblock(int fd)
+static void
+set_nonblock(int fd)
 {
 	int fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
@@ -68,7 +77,8 @@ static void set_nonblock(int fd)
 
 /* ------------------------------------------------------------------ echo */
 
-static int run_echo(void)
+static int
+run_echo(void)
 {
 	int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (ls < 0)
@@ -77,7 +87,8 @@ static int run_echo(void)
 	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 	struct sockaddr_in sa = {.sin_family = AF_INET};
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (bind(ls, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(ls, 4096) < 0)
+	if (bind(ls, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+	    listen(ls, 4096) < 0)
 		die("bind/listen");
 	socklen_t sl = sizeof sa;
 	getsockname(ls, (struct sockaddr *)&sa, &sl);
@@ -97,17 +108,22 @@ static int run_echo(void)
 			int fd = evs[i].data.fd;
 			if (fd == ls) {
 				for (;;) {
-					int c = accept4(ls, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+					int c = accept4(ls, NULL, NULL,
+					    SOCK_NONBLOCK | SOCK_CLOEXEC);
 					if (c < 0)
 						break;
-					setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-					struct epoll_event cev = {.events = EPOLLIN | EPOLLRDHUP, .data.fd = c};
+					setsockopt(c, IPPROTO_TCP, TCP_NODELAY,
+					    &one, sizeof one);
+					struct epoll_event cev = {
+					    .events = EPOLLIN | EPOLLRDHUP,
+					    .data.fd = c};
 					epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
 				}
 				continue;
 			}
 			ssize_t r = read(fd, buf, sizeof buf);
-			if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+			if (r == 0 ||
+			    (r < 0 && errno != EAGAIN && errno != EINTR)) {
 				close(fd);
 				continue;
 			}
@@ -115,12 +131,16 @@ static int run_echo(void)
 				continue;
 			ssize_t off = 0;
 			while (off < r) {
-				ssize_t w = write(fd, buf + off, (size_t)(r - off));
+				ssize_t w =
+				    write(fd, buf + off, (size_t)(r - off));
 				if (w > 0) {
 					off += w;
-				} else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-					/* Rare with small messages: wait for room. */
-					struct epoll_event oev = {.events = EPOLLOUT};
+				} else if (w < 0 &&
+				    (errno == EAGAIN || errno == EINTR)) {
+					/* Rare with small messages: wait for
+					 * room. */
+					struct epoll_event oev = {
+					    .events = EPOLLOUT};
 					int tmp = epoll_create1(0);
 					epoll_ctl(tmp, EPOLL_CTL_ADD, fd, &oev);
 					epoll_wait(tmp, &oev, 1, 1000);
@@ -140,8 +160,8 @@ static int run_echo(void)
 struct conn {
 	int fd;
 	size_t sent, got; /* progress of the current message */
-	uint64_t t_send;  /* when its first byte was written */
-	int busy;         /* a message is in flight */
+	uint64_t t_send; /* when its first byte was written */
+	int busy; /* a message is in flight */
 };
 
 struct tev {
@@ -152,7 +172,8 @@ struct tev {
 static struct tev *heap;
 static int heap_n;
 
-static void heap_push(uint64_t at, int idx)
+static void
+heap_push(uint64_t at, int idx)
 {
 	int i = heap_n++;
 	while (i > 0) {
@@ -166,7 +187,8 @@ static void heap_push(uint64_t at, int idx)
 	heap[i].idx = idx;
 }
 
-static struct tev heap_pop(void)
+static struct tev
+heap_pop(void)
 {
 	struct tev top = heap[0], last = heap[--heap_n];
 	int i = 0;
@@ -186,14 +208,16 @@ static struct tev heap_pop(void)
 	return top;
 }
 
-static int cmp_u32(const void *a, const void *b)
+static int
+cmp_u32(const void *a, const void *b)
 {
 	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
 	return x < y ? -1 : x > y;
 }
 
 static uint64_t rnd_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd(void)
+static uint64_t
+rnd(void)
 {
 	rnd_state ^= rnd_state << 13;
 	rnd_state ^= rnd_state >> 7;
@@ -201,23 +225,27 @@ static uint64_t rnd(void)
 	return rnd_state;
 }
 
-static int run_pingpong(int argc, char **argv)
+static int
+run_pingpong(int argc, char **argv)
 {
 	if (argc != 9) {
-		fprintf(stderr, "usage: loadgen pingpong HOST PORT CONNS SIZE INTERVAL_MS "
-				"WARMUP_S DURATION_S\n");
+		fprintf(stderr,
+		    "usage: loadgen pingpong HOST PORT CONNS SIZE INTERVAL_MS "
+		    "WARMUP_S DURATION_S\n");
 		return 2;
 	}
 	const char *host = argv[2];
 	int port = atoi(argv[3]), nconn = atoi(argv[4]);
 	size_t size = (size_t)atoi(argv[5]);
-	double interval_ms = atof(argv[6]), warmup_s = atof(argv[7]), dur_s = atof(argv[8]);
+	double interval_ms = atof(argv[6]), warmup_s = atof(argv[7]),
+	       dur_s = atof(argv[8]);
 	if (nconn <= 0 || size == 0 || size > 65536 || interval_ms < 0)
 		return 2;
 	raise_nofile();
 	rnd_state ^= (uint64_t)getpid() * 0x2545f4914f6cdd1dull;
 
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	struct sockaddr_in sa = {
+	    .sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
 	if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
 		fprintf(stderr, "loadgen: bad host %s\n", host);
 		return 2;
@@ -236,14 +264,16 @@ static int run_pingpong(int argc, char **argv)
 		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0)
 			die("socket");
-		/* Blocking connect: on loopback it completes at the relay's accept
-		 * queue; slow relays only delay the start, never the timings. */
+		/* Blocking connect: on loopback it completes at the relay's
+		 * accept queue; slow relays only delay the start, never the
+		 * timings. */
 		if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
 			die("connect");
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 		set_nonblock(fd);
 		cs[i].fd = fd;
-		struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = (uint32_t)i};
+		struct epoll_event ev = {
+		    .events = EPOLLIN | EPOLLRDHUP, .data.u32 = (uint32_t)i};
 		if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
 			die("epoll_ctl");
 	}
@@ -283,8 +313,9 @@ static int run_pingpong(int argc, char **argv)
 			}
 			c->sent = w > 0 ? (size_t)w : 0;
 			if (c->sent < size) {
-				struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP,
-							 .data.u32 = (uint32_t)t.idx};
+				struct epoll_event ev = {
+				    .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP,
+				    .data.u32 = (uint32_t)t.idx};
 				epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
 			}
 		}
@@ -307,21 +338,27 @@ static int run_pingpong(int argc, char **argv)
 			struct conn *c = &cs[i];
 			if (c->fd < 0)
 				continue;
-			if ((evs[k].events & EPOLLOUT) && c->busy && c->sent < size) {
-				ssize_t w = write(c->fd, msg + c->sent, size - c->sent);
+			if ((evs[k].events & EPOLLOUT) && c->busy &&
+			    c->sent < size) {
+				ssize_t w =
+				    write(c->fd, msg + c->sent, size - c->sent);
 				if (w > 0)
 					c->sent += (size_t)w;
 				if (c->sent == size) {
-					struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,
-								 .data.u32 = (uint32_t)i};
-					epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+					struct epoll_event ev = {
+					    .events = EPOLLIN | EPOLLRDHUP,
+					    .data.u32 = (uint32_t)i};
+					epoll_ctl(
+					    ep, EPOLL_CTL_MOD, c->fd, &ev);
 				}
 			}
-			if (!(evs[k].events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)))
+			if (!(evs[k].events &
+			        (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)))
 				continue;
 			ssize_t r = read(c->fd, rbuf, 65536);
 			if (r <= 0) {
-				if (r < 0 && (errno == EAGAIN || errno == EINTR))
+				if (r < 0 &&
+				    (errno == EAGAIN || errno == EINTR))
 					continue;
 				errors++;
 				close(c->fd);
@@ -336,14 +373,19 @@ static int run_pingpong(int argc, char **argv)
 				if (c->t_send >= t_meas && t <= t_end) {
 					if (nsamp == cap) {
 						cap *= 2;
-						samp = realloc(samp, cap * sizeof *samp);
+						samp = realloc(
+						    samp, cap * sizeof *samp);
 						if (!samp)
 							die("realloc");
 					}
 					uint64_t us = (t - c->t_send) / 1000;
-					samp[nsamp++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+					samp[nsamp++] = us > UINT32_MAX
+					    ? UINT32_MAX
+					    : (uint32_t)us;
 				}
-				uint64_t pause = interval_ns ? interval_ns / 2 + rnd() % interval_ns : 0;
+				uint64_t pause = interval_ns
+				    ? interval_ns / 2 + rnd() % interval_ns
+				    : 0;
 				heap_push(t + pause, i);
 			}
 		}
@@ -353,7 +395,8 @@ static int run_pingpong(int argc, char **argv)
 	uint64_t tend = now_ns();
 	long stuck = 0;
 	for (int i = 0; i < nconn; i++) {
-		if (cs[i].fd >= 0 && cs[i].busy && tend - cs[i].t_send > 5000000000ull)
+		if (cs[i].fd >= 0 && cs[i].busy &&
+		    tend - cs[i].t_send > 5000000000ull)
 			stuck++;
 		if (cs[i].fd >= 0)
 			close(cs[i].fd);
@@ -361,15 +404,20 @@ static int run_pingpong(int argc, char **argv)
 	errors += stuck;
 	qsort(samp, nsamp, sizeof *samp, cmp_u32);
 #define PCT(p) (nsamp ? samp[(size_t)((double)(nsamp - 1) * (p))] : 0)
-	printf("{\"conns\": %d, \"size\": %zu, \"interval_ms\": %g, \"samples\": %zu, "
-	       "\"completed\": %ld, \"rate\": %.1f, \"errors\": %ld, \"p50_us\": %u, "
-	       "\"p90_us\": %u, \"p99_us\": %u, \"p999_us\": %u, \"max_us\": %u}\n",
-	       nconn, size, interval_ms, nsamp, completed, dur_s > 0 ? (double)nsamp / dur_s : 0.0,
-	       errors, PCT(0.50), PCT(0.90), PCT(0.99), PCT(0.999), nsamp ? samp[nsamp - 1] : 0);
+	printf("{\"conns\": %d, \"size\": %zu, \"interval_ms\": %g, "
+	       "\"samples\": %zu, "
+	       "\"completed\": %ld, \"rate\": %.1f, \"errors\": %ld, "
+	       "\"p50_us\": %u, "
+	       "\"p90_us\": %u, \"p99_us\": %u, \"p999_us\": %u, \"max_us\": "
+	       "%u}\n",
+	    nconn, size, interval_ms, nsamp, completed,
+	    dur_s > 0 ? (double)nsamp / dur_s : 0.0, errors, PCT(0.50),
+	    PCT(0.90), PCT(0.99), PCT(0.999), nsamp ? samp[nsamp - 1] : 0);
 	return errors ? 1 : 0;
 }
 
-int main(int argc, char **argv)
+int
+main(int argc, char **argv)
 {
 	struct sigaction sa = {.sa_handler = on_term};
 	sigaction(SIGTERM, &sa, NULL);
@@ -379,7 +427,8 @@ int main(int argc, char **argv)
 		return run_echo();
 	if (argc >= 2 && strcmp(argv[1], "pingpong") == 0)
 		return run_pingpong(argc, argv);
-	fprintf(stderr, "usage: loadgen echo | loadgen pingpong HOST PORT CONNS SIZE "
-			"INTERVAL_MS WARMUP_S DURATION_S\n");
+	fprintf(stderr,
+	    "usage: loadgen echo | loadgen pingpong HOST PORT CONNS SIZE "
+	    "INTERVAL_MS WARMUP_S DURATION_S\n");
 	return 2;
 }

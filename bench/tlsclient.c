@@ -43,14 +43,16 @@
 
 #define CHUNK (256 * 1024)
 
-static double now(void)
+static double
+now(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static int full_io(int fd, void *buf, size_t n, int wr)
+static int
+full_io(int fd, void *buf, size_t n, int wr)
 {
 	char *p = buf;
 	while (n > 0) {
@@ -67,7 +69,8 @@ static int full_io(int fd, void *buf, size_t n, int wr)
 
 /* ------------------------------------------------------------- serve */
 
-static void *serve_one(void *arg)
+static void *
+serve_one(void *arg)
 {
 	int fd = (int)(intptr_t)arg;
 	unsigned char hdr[9];
@@ -106,7 +109,8 @@ out:
 	return NULL;
 }
 
-static int run_serve(void)
+static int
+run_serve(void)
 {
 	struct sockaddr_in a = {.sin_family = AF_INET};
 	socklen_t len = sizeof a;
@@ -115,7 +119,8 @@ static int run_serve(void)
 
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 1024) < 0 ||
+	if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 ||
+	    listen(ls, 1024) < 0 ||
 	    getsockname(ls, (struct sockaddr *)&a, &len) < 0) {
 		perror("serve: bind/listen");
 		return 1;
@@ -129,13 +134,15 @@ static int run_serve(void)
 		int fd = accept(ls, NULL, NULL);
 		pthread_t t;
 		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE)
+			if (errno == EINTR || errno == ECONNABORTED ||
+			    errno == EMFILE)
 				continue;
 			perror("serve: accept");
 			return 1;
 		}
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-		if (pthread_create(&t, &at, serve_one, (void *)(intptr_t)fd) != 0)
+		if (pthread_create(&t, &at, serve_one, (void *)(intptr_t)fd) !=
+		    0)
 			close(fd);
 	}
 }
@@ -145,7 +152,8 @@ static int run_serve(void)
 static struct sockaddr_in target;
 static SSL_CTX *ctx;
 
-static int tcp_connect(void)
+static int
+tcp_connect(void)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
 	struct timeval tv = {.tv_sec = 10};
@@ -162,7 +170,8 @@ static int tcp_connect(void)
 }
 
 /* A TLS connection; sess, when set, is offered for resumption. */
-static SSL *tls_connect(int *fdp, SSL_SESSION *sess)
+static SSL *
+tls_connect(int *fdp, SSL_SESSION *sess)
 {
 	int fd = tcp_connect();
 	SSL *ssl;
@@ -182,7 +191,8 @@ static SSL *tls_connect(int *fdp, SSL_SESSION *sess)
 	return ssl;
 }
 
-static void tls_close(SSL *ssl, int fd)
+static void
+tls_close(SSL *ssl, int fd)
 {
 	/* No close_notify (the same for every path), but marked as shut down
 	 * so that SSL_free() keeps the session resumable, as s_time does. */
@@ -197,7 +207,8 @@ struct hs_arg {
 	long done, reused, errors;
 };
 
-static void *hs_thread(void *p)
+static void *
+hs_thread(void *p)
 {
 	struct hs_arg *a = p;
 	SSL_SESSION *sess = NULL;
@@ -207,8 +218,10 @@ static void *hs_thread(void *p)
 		char c = 'x';
 		SSL *ssl = tls_connect(&fd, NULL);
 		/* The echoed byte comes after the server's session tickets. */
-		if (ssl == NULL || SSL_write(ssl, &c, 1) != 1 || SSL_read(ssl, &c, 1) != 1 ||
-		    (sess = SSL_get1_session(ssl)) == NULL || !SSL_SESSION_is_resumable(sess)) {
+		if (ssl == NULL || SSL_write(ssl, &c, 1) != 1 ||
+		    SSL_read(ssl, &c, 1) != 1 ||
+		    (sess = SSL_get1_session(ssl)) == NULL ||
+		    !SSL_SESSION_is_resumable(sess)) {
 			fprintf(stderr, "hs: no resumable session\n");
 			a->errors++;
 			if (ssl)
@@ -233,7 +246,8 @@ static void *hs_thread(void *p)
 	return NULL;
 }
 
-static int run_hs(int nthreads, double seconds, int resume)
+static int
+run_hs(int nthreads, double seconds, int resume)
 {
 	struct hs_arg *args = calloc(nthreads, sizeof *args);
 	pthread_t *th = calloc(nthreads, sizeof *th);
@@ -252,13 +266,15 @@ static int run_hs(int nthreads, double seconds, int resume)
 		errors += args[i].errors;
 	}
 	t1 = now();
-	printf("{\"handshakes\": %ld, \"resumed\": %ld, \"errors\": %ld, \"seconds\": %.3f, "
+	printf("{\"handshakes\": %ld, \"resumed\": %ld, \"errors\": %ld, "
+	       "\"seconds\": %.3f, "
 	       "\"rate\": %.1f}\n",
-	       done, reused, errors, t1 - t0, done / (t1 - t0));
+	    done, reused, errors, t1 - t0, done / (t1 - t0));
 	return errors > done / 100 ? 1 : 0;
 }
 
-static int run_tput(long mib, int up)
+static int
+run_tput(long mib, int up)
 {
 	uint64_t total = (uint64_t)mib << 20, left = total;
 	unsigned char hdr[9];
@@ -295,26 +311,29 @@ static int run_tput(long mib, int up)
 		}
 	}
 	t1 = now();
-	printf("{\"bytes\": %llu, \"seconds\": %.4f, \"gbps\": %.3f}\n", (unsigned long long)total,
-	       t1 - t0, total * 8 / (t1 - t0) / 1e9);
+	printf("{\"bytes\": %llu, \"seconds\": %.4f, \"gbps\": %.3f}\n",
+	    (unsigned long long)total, t1 - t0, total * 8 / (t1 - t0) / 1e9);
 	tls_close(ssl, fd);
 	return 0;
 fail:
 	fprintf(stderr, "tput: connection broke with %llu of %llu bytes left\n",
-		(unsigned long long)left, (unsigned long long)total);
+	    (unsigned long long)left, (unsigned long long)total);
 	ERR_print_errors_fp(stderr);
 	tls_close(ssl, fd);
 	return 1;
 }
 
-static void usage(void)
+static void
+usage(void)
 {
-	fprintf(stderr, "usage: tlsclient serve | tlsclient hs HOST PORT THREADS SECONDS "
-			"full|resume | tlsclient tput HOST PORT MIB up|down\n");
+	fprintf(stderr,
+	    "usage: tlsclient serve | tlsclient hs HOST PORT THREADS SECONDS "
+	    "full|resume | tlsclient tput HOST PORT MIB up|down\n");
 	exit(2);
 }
 
-int main(int argc, char **argv)
+int
+main(int argc, char **argv)
 {
 	signal(SIGPIPE, SIG_IGN);
 	if (argc == 2 && strcmp(argv[1], "serve") == 0)
@@ -329,7 +348,8 @@ int main(int argc, char **argv)
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	if (strcmp(argv[1], "hs") == 0 && argc == 7)
-		return run_hs(atoi(argv[4]), atof(argv[5]), strcmp(argv[6], "resume") == 0);
+		return run_hs(atoi(argv[4]), atof(argv[5]),
+		    strcmp(argv[6], "resume") == 0);
 	if (strcmp(argv[1], "tput") == 0 && argc == 6)
 		return run_tput(atol(argv[4]), strcmp(argv[5], "up") == 0);
 	usage();
