@@ -412,6 +412,31 @@ conn_arm(struct relay_conn *c)
 	loop_timer_set(c->w->loop, &c->timer, conn_deadline(c));
 }
 
+/* Counts n bytes of direction d delivered to its destination at now. */
+static void
+dir_sent(struct relay_conn *c, int d, size_t n, uint64_t now)
+{
+	c->side[!d].last = now;
+	if (d == CLIENT)
+		RELAY_CNT_ADD(c->lc, bytes_in, (uint64_t)n);
+	else
+		RELAY_CNT_ADD(c->lc, bytes_out, (uint64_t)n);
+}
+
+/*
+ * Direction d is done (its source sent FIN, all of it delivered): FIN to
+ * its destination.  When the other way is done too, close(2) follows at
+ * once and sends the FIN itself.  ENOTCONN when the peer is gone: the next
+ * write says.
+ */
+static void
+dir_finish(struct relay_conn *c, int d)
+{
+	if (!c->side[d].shut)
+		(void)shutdown(c->side[!d].io.fd, SHUT_WR);
+	c->side[!d].shut = true;
+}
+
 /*
  * Moves what it can in direction d.  Returns 0, or -1 when a socket failed
  * (the connection must be aborted).  Spends *budget.
@@ -435,13 +460,7 @@ pump(struct relay_conn *c, int d, int *budget)
 			    dir->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 			if (n > 0) {
 				dir->pending -= (uint32_t)n;
-				dst->last = now;
-				if (d == CLIENT)
-					RELAY_CNT_ADD(
-					    c->lc, bytes_in, (uint64_t)n);
-				else
-					RELAY_CNT_ADD(
-					    c->lc, bytes_out, (uint64_t)n);
+				dir_sent(c, d, (size_t)n, now);
 				progress = true;
 			} else if (n < 0 && errno == EAGAIN) {
 				dst->wr_ready = false;
@@ -452,14 +471,7 @@ pump(struct relay_conn *c, int d, int *budget)
 		}
 		if (dir->pending == 0 && src->eof) {
 			pipe_give(w, &dir->p, false);
-			/*
-			 * When the other way is done too, close(2) follows at
-			 * once and sends the FIN itself.  ENOTCONN when the
-			 * peer is gone: the next write says.
-			 */
-			if (!src->shut)
-				(void)shutdown(dst->io.fd, SHUT_WR);
-			dst->shut = true;
+			dir_finish(c, d);
 			return 0;
 		}
 		if (!src->eof && src->rd_ready &&
@@ -597,13 +609,7 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 			if (n > 0) {
 				dir->off += (uint32_t)n;
 				dir->pending -= (uint32_t)n;
-				dst->last = now;
-				if (d == CLIENT)
-					RELAY_CNT_ADD(
-					    c->lc, bytes_in, (uint64_t)n);
-				else
-					RELAY_CNT_ADD(
-					    c->lc, bytes_out, (uint64_t)n);
+				dir_sent(c, d, (size_t)n, now);
 				progress = true;
 			} else if (n == IO_WANT_WRITE) {
 				dst->wr_ready = false;
@@ -628,10 +634,7 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 				if (st != TLS_DONE)
 					return -1;
 			}
-			/* As in pump(): close(2) may send the FIN itself. */
-			if (!src->shut)
-				(void)shutdown(dst->io.fd, SHUT_WR);
-			dst->shut = true;
+			dir_finish(c, d);
 			return 0;
 		}
 		if (dir->pending == 0 && !src->eof && src->rd_ready) {
