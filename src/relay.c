@@ -870,6 +870,39 @@ origin_set(union relay_sa *dst, const struct sockaddr_storage *ss)
 		memcpy(&dst->in6, ss, sizeof(dst->in6));
 }
 
+/*
+ * Takes what the client sent along with its Finished before dialing.  A
+ * client that has already hung up without sending a byte (a scanner, a
+ * probe, a phone that changed its mind) is closed here, and no upstream is
+ * dialed for nothing.  Bytes read wait in the buffer for the upstream.
+ * Returns 0 to go on, -1 when the connection was closed.
+ */
+static int
+tls_first_read(struct relay_conn *c)
+{
+	struct worker *w = c->w;
+	struct relay_dir *dir = &c->dir[CLIENT];
+	ssize_t n;
+
+	if (buf_take(w, dir) != 0) {
+		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		conn_close(c, true, RELAY_RES_ERROR);
+		return -1;
+	}
+	n = side_read(c, CLIENT, dir->buf, RELAY_TLS_BUF);
+	if (n > 0) {
+		dir->off = 0;
+		dir->pending = (uint32_t)n;
+		c->side[CLIENT].last = loop_now(w->loop);
+		return 0;
+	}
+	buf_give(w, dir);
+	if (n == IO_WANT_READ || n == IO_WANT_WRITE)
+		return 0;
+	conn_close(c, n == IO_ERROR, RELAY_RES_ERROR);
+	return -1;
+}
+
 /* Advances the TLS handshake; on success, goes on to connect upstream. */
 static void
 tls_step(struct relay_conn *c)
@@ -888,7 +921,8 @@ tls_step(struct relay_conn *c)
 	if (tls_conn_resumed(c->tls))
 		RELAY_CNT_ADD(c->lc, tls_resumed, 1);
 	c->state = RELAY_ST_CONNECTING;
-	conn_connect(c);
+	if (tls_first_read(c) == 0)
+		conn_connect(c);
 }
 
 /* Starts the TLS handshake, with its own `handshake` deadline. */

@@ -49,6 +49,19 @@ static struct {
 	struct ticket_key cur, prev;
 } tk = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
+/*
+ * The ticket cipher, fetched once: EVP_aes_256_cbc() would be looked up by
+ * name in the provider store at every ticket sealed or opened.
+ */
+static EVP_CIPHER *ticket_cipher;
+static pthread_once_t ticket_cipher_once = PTHREAD_ONCE_INIT;
+
+static void
+ticket_cipher_fetch(void)
+{
+	ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+}
+
 static void
 openssl_err(char *err, size_t errlen, const char *what)
 {
@@ -124,18 +137,21 @@ ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv,
 	pthread_mutex_unlock(&tk.lock);
 	if (!k.valid)
 		return enc ? -1 : 0;
+	pthread_once(&ticket_cipher_once, ticket_cipher_fetch);
+	if (ticket_cipher == NULL)
+		return -1;
 	if (enc) {
 		if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
 			return -1;
 		memcpy(key_name, k.name, 16);
-		if (EVP_EncryptInit_ex(
-		        ctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1 ||
+		if (EVP_EncryptInit_ex(ctx, ticket_cipher, NULL, k.aes, iv) !=
+		        1 ||
 		    ticket_mac_init(hctx, k.hmac) != 1)
 			return -1;
 		return 1;
 	}
 	if (ticket_mac_init(hctx, k.hmac) != 1 ||
-	    EVP_DecryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1)
+	    EVP_DecryptInit_ex(ctx, ticket_cipher, NULL, k.aes, iv) != 1)
 		return -1;
 	return ret;
 }
@@ -387,6 +403,12 @@ tls_ctx_new(const struct cfg_listen *cl, char *err, size_t errlen)
 	SSL_CTX_set_mode(ssl,
 	    SSL_MODE_ENABLE_PARTIAL_WRITE |
 	        SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+	/*
+	 * Read what the socket holds, not a record header then its body: a
+	 * ClientHello, and the client's Finished with the data after it, each
+	 * take one read(2) instead of two or four.
+	 */
+	SSL_CTX_set_read_ahead(ssl, 1);
 	/* Resumption through tickets only: no per-session server memory. */
 	SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_num_tickets(ssl, 1);

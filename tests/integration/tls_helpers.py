@@ -473,14 +473,15 @@ class BackgroundTlsDuplex:
 
 
 def manual_tls(raw, prefix=b"", piece=None, gap=0.0, sni="a.example",
-               timeout=10.0, ctx=None, early=b""):
+               timeout=10.0, ctx=None, early=b"", close=False):
     """Handshake over a connected blocking socket with memory BIOs.
 
     `prefix` is sent in the same write as the ClientHello (a PROXY header);
     with `piece`, the first flight goes out in writes of that many bytes,
     `gap` seconds apart.  `early` application data goes out in the same
-    write as the client's Finished.  Returns an object with
-    send(bytes)/recv_exact(n)."""
+    write as the client's Finished; with `close`, so do a close_notify and
+    the FIN (shutdown(SHUT_WR)) right after.  Returns an object with
+    send(bytes)/recv_exact(n)/recv_to_eof()."""
     inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = (ctx or client_ctx()).wrap_bio(inc, out, server_hostname=sni)
     try:
@@ -514,9 +515,16 @@ def manual_tls(raw, prefix=b"", piece=None, gap=0.0, sni="a.example",
         inc.write(b)
     if early:
         obj.write(early)
+    if close:
+        try:
+            obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
     pending = out.read()
     if pending:
         raw.sendall(pending)
+    if close:
+        raw.shutdown(socket.SHUT_WR)
 
     class Conn:
         version = obj.version()
@@ -538,5 +546,24 @@ def manual_tls(raw, prefix=b"", piece=None, gap=0.0, sni="a.example",
                         raise EOFError(f"EOF after {len(got)} of {n} bytes")
                     inc.write(b)
             return bytes(got)
+
+        @staticmethod
+        def recv_to_eof():
+            """Plaintext until the TCP stream ends: (bytes, close_notify
+            seen)."""
+            got = bytearray()
+            notify = False
+            while True:
+                try:
+                    got += obj.read(65536)
+                    continue
+                except ssl.SSLZeroReturnError:
+                    notify = True
+                except ssl.SSLWantReadError:
+                    pass
+                b = raw.recv(65536)
+                if not b:
+                    return bytes(got), notify
+                inc.write(b)
 
     return Conn
