@@ -1,14 +1,21 @@
 /*
- * relay: connection state machine and the splice(2) copy loop.
+ * relay: connection state machine and the copy loops.
  *
- * A direction d copies from side[d] to side[!d] through dir[d]'s pipe:
- * socket -> pipe -> socket, never through user space.  A pipe is taken
- * from the worker's pool when bytes arrive and given back as soon as it is
- * empty, so an idle connection holds two sockets and this struct only.
+ * A direction d copies from side[d] to side[!d].  It starts through a
+ * 16 KiB buffer (recv/send: a chat message costs a read and a write); when
+ * one read fills the buffer, the direction is bulk and from then on goes
+ * through dir[d]'s pipe: socket -> pipe -> socket by splice(2), never
+ * through user space.  Buffers and pipes are taken from the worker's pools
+ * when bytes arrive and given back as soon as they are empty, so an idle
+ * connection holds two sockets and this struct only.  A TLS client's bytes
+ * always go through the buffer (OpenSSL must see them).
  *
  * Sockets are registered edge-triggered; rd_ready/wr_ready remember an
- * edge until a syscall says EAGAIN.  Invariants:
- *  - dir[d].pending bytes sit in dir[d]'s pipe, never more than its cap;
+ * edge until a syscall says EAGAIN, or until a short recv/send says the
+ * socket is empty/full (then the next edge is sure to come; a FIN already
+ * reported keeps reading until 0).  Invariants:
+ *  - dir[d].pending bytes sit in dir[d]'s buffer, or in its pipe once
+ *    bulk, never more than its size;
  *  - side[s].eof: s sent FIN (read returned 0); we never read s again;
  *  - side[s].shut: we sent FIN to s, after dir[!s] was empty and
  *    side[!s].eof; nothing is written to s again;
@@ -39,8 +46,8 @@
 #define RELAY_POOL_MAX 256
 /* splice(2) calls per connection per wake-up, for fairness. */
 #define RELAY_BUDGET 16
-/* A TLS direction's buffer: one TLS record's worth. */
-#define RELAY_TLS_BUF 16384
+/* A direction's buffer: one TLS record's worth; a full read turns bulk. */
+#define RELAY_BUF 16384
 #define RELAY_BUF_POOL_MAX 64
 
 #define container_of(ptr, type, member)                                        \
@@ -64,20 +71,25 @@ struct relay_side {
 	struct relay_conn *c; /* borrowed: back pointer */
 	uint64_t last; /* last I/O, loop ms */
 	bool rd_ready, wr_ready;
-	bool eof; /* peer sent FIN */
+	bool rdhup; /* an event said the peer sent FIN (or failed) */
+	bool eof; /* peer sent FIN, read returned 0 */
 	bool shut; /* we sent FIN */
 };
 
 /*
- * One direction's bytes in flight: in a pipe (plain to plain), or in a
- * buffer at buf + off (a TLS client: bytes pass through user space to be
- * decrypted or encrypted).
+ * One direction's bytes in flight: in a buffer at buf + off, or in a pipe
+ * once the direction is bulk.  A plain direction starts with the buffer
+ * (recv/send: a chat message costs two syscalls and no pipe) and turns
+ * bulk for good when a read fills the buffer; from then on bytes go
+ * socket -> pipe -> socket by splice(2).  A TLS client's bytes always pass
+ * through the buffer, to be decrypted or encrypted.
  */
 struct relay_dir {
 	struct relay_pipe p;
-	uint8_t *buf; /* owned, RELAY_TLS_BUF bytes, or NULL */
+	uint8_t *buf; /* owned, RELAY_BUF bytes, or NULL */
 	uint32_t off;
-	uint32_t pending;
+	uint32_t pending; /* in buf, or in the pipe when bulk */
+	bool bulk;
 };
 
 /* The original connection's addresses, from an inbound PROXY header. */
@@ -204,7 +216,7 @@ buf_take(struct worker *w, struct relay_dir *dir)
 	if (pool->nbufs > 0)
 		dir->buf = pool->bufs[--pool->nbufs];
 	else
-		dir->buf = malloc(RELAY_TLS_BUF);
+		dir->buf = malloc(RELAY_BUF);
 	dir->off = 0;
 	return dir->buf != NULL ? 0 : -1;
 }
@@ -584,10 +596,23 @@ side_write(struct relay_conn *c, int s, const void *buf, size_t len)
 	return IO_ERROR;
 }
 
+/* True when side s's bytes go through OpenSSL, not straight to the socket. */
+static bool
+side_tls(const struct relay_conn *c, int s)
+{
+	return s == CLIENT && c->tls != NULL;
+}
+
 /*
- * Direction d through a 16 KiB buffer (connections with a TLS client):
- * read from side[d] into dir[d].buf, write it to side[!d].  Returns 0, or
- * -1 when the connection must be aborted.  Spends *budget.
+ * Direction d through its buffer: read from side[d] into dir[d].buf, write
+ * it to side[!d].  Returns 0, or -1 when the connection must be aborted.
+ * Spends *budget.  Stops, the buffer given back, when the direction has
+ * turned bulk.
+ *
+ * On a plain socket a short read means it is empty and a short write that
+ * it is full (edge-triggered epoll reports the next arrival or the next
+ * room): the EAGAIN call that would only say so is skipped.  Unless a FIN
+ * was reported: then reading goes on until it returns 0.
  */
 static int
 pump_buf(struct relay_conn *c, int d, int *budget)
@@ -604,13 +629,16 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 		ssize_t n;
 
 		if (dir->pending > 0 && dst->wr_ready) {
-			n = side_write(
-			    c, !d, dir->buf + dir->off, dir->pending);
+			uint32_t want = dir->pending;
+
+			n = side_write(c, !d, dir->buf + dir->off, want);
 			if (n > 0) {
 				dir->off += (uint32_t)n;
 				dir->pending -= (uint32_t)n;
 				dir_sent(c, d, (size_t)n, now);
 				progress = true;
+				if ((uint32_t)n < want && !side_tls(c, !d))
+					dst->wr_ready = false;
 			} else if (n == IO_WANT_WRITE) {
 				dst->wr_ready = false;
 			} else {
@@ -637,15 +665,23 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 			dir_finish(c, d);
 			return 0;
 		}
+		if (dir->pending == 0 && dir->bulk)
+			break;
 		if (dir->pending == 0 && !src->eof && src->rd_ready) {
 			if (buf_take(w, dir) != 0)
 				return -1;
-			n = side_read(c, d, dir->buf, RELAY_TLS_BUF);
+			n = side_read(c, d, dir->buf, RELAY_BUF);
 			if (n > 0) {
 				dir->off = 0;
 				dir->pending = (uint32_t)n;
 				src->last = now;
 				progress = true;
+				if (!side_tls(c, d) && n < RELAY_BUF &&
+				    !src->rdhup)
+					src->rd_ready = false;
+				/* A full read: a bulk transfer, for splice. */
+				if (n == RELAY_BUF && c->tls == NULL)
+					dir->bulk = true;
 			} else if (n == IO_EOF) {
 				src->eof = true;
 				src->last = now;
@@ -667,6 +703,22 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 	return 0;
 }
 
+/* Direction d through its buffer, or its pipe once bulk. */
+static int
+pump_dir(struct relay_conn *c, int d, int *budget)
+{
+	struct relay_dir *dir = &c->dir[d];
+
+	if (!dir->bulk || dir->buf != NULL) {
+		if (pump_buf(c, d, budget) != 0)
+			return -1;
+		/* The buffer may have just drained into a bulk direction. */
+		if (!dir->bulk || dir->buf != NULL || *budget <= 0)
+			return 0;
+	}
+	return pump(c, d, budget);
+}
+
 static void
 conn_run(struct relay_conn *c)
 {
@@ -675,12 +727,8 @@ conn_run(struct relay_conn *c)
 
 	int r;
 
-	if (c->tls != NULL)
-		r = pump_buf(c, CLIENT, &budget) != 0 ||
-		    pump_buf(c, SERVER, &budget) != 0;
-	else
-		r = pump(c, CLIENT, &budget) != 0 ||
-		    pump(c, SERVER, &budget) != 0;
+	r = pump_dir(c, CLIENT, &budget) != 0 ||
+	    pump_dir(c, SERVER, &budget) != 0;
 	if (r != 0) {
 		RELAY_CNT_ADD(&c->w->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
@@ -889,7 +937,7 @@ tls_first_read(struct relay_conn *c)
 		conn_close(c, true, RELAY_RES_ERROR);
 		return -1;
 	}
-	n = side_read(c, CLIENT, dir->buf, RELAY_TLS_BUF);
+	n = side_read(c, CLIENT, dir->buf, RELAY_BUF);
 	if (n > 0) {
 		dir->off = 0;
 		dir->pending = (uint32_t)n;
@@ -1031,6 +1079,8 @@ side_cb(struct loop_io *io, uint32_t events)
 		return;
 	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		side->rd_ready = true;
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		side->rdhup = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		side->wr_ready = true;
 	/* TLS may need to read to write and the reverse: retry both ways. */
@@ -1053,22 +1103,22 @@ side_cb(struct loop_io *io, uint32_t events)
 				conn_close(c, true, RELAY_RES_ERROR);
 			return;
 		}
-		if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
+		/* A failed connect reports EPOLLERR: SO_ERROR says why. */
+		if (events & (EPOLLHUP | EPOLLERR)) {
 			int err = 0;
 			socklen_t len = sizeof(err);
 
-			if (getsockopt(
-			        io->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
-				err = errno;
-			if (err == 0 && !(events & (EPOLLHUP | EPOLLERR))) {
-				conn_connected(c);
-			} else {
-				if (log_enabled(LOG_DEBUG))
-					log_debug("connect to upstream %s: %s",
-					    c->srv->label,
-					    strerror(err ? err : ECONNRESET));
-				conn_attempt_failed(c);
+			if (log_enabled(LOG_DEBUG)) {
+				if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR,
+				        &err, &len) != 0)
+					err = errno;
+				log_debug("connect to upstream %s: %s",
+				    c->srv->label,
+				    strerror(err ? err : ECONNRESET));
 			}
+			conn_attempt_failed(c);
+		} else if (events & EPOLLOUT) {
+			conn_connected(c);
 		}
 		return;
 	}

@@ -351,3 +351,54 @@ def test_upstream_host_name_localhost(tmp_path):
     for i in range(3):
         r = duplex_client(d.addr("plain"), 50 + i, 200000, 300000)
         check_duplex(r, srv)
+
+
+def test_short_message_and_fin_together(tmp_path, echo):
+    """A short message with the FIN right behind it (often in the same
+    read): the daemon reads a short message without asking the socket again,
+    so it must still notice the FIN, or the reply would never end."""
+    d = start_daemon(tmp_path, make_config(
+        {"up": [echo.spec]}, {"plain": {"upstream": "up"}}))
+    for i in range(100):
+        payload = bytes([i % 251]) * (1 + i * 37)
+        s = connect(d.addr("plain"))
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(5)
+        got = b""
+        while True:
+            b = s.recv(65536)  # a lost FIN: socket.timeout after 5 s
+            if not b:
+                break
+            got += b
+        assert got == payload, (i, len(got), len(payload))
+        s.close()
+    echo.wait_done(100)
+    assert echo.errors() == []
+
+
+def test_chat_then_bulk_then_chat_one_connection(tmp_path, echo):
+    """One connection: small messages (buffered), a bulk burst (the
+    direction turns to splice), then small messages again: every reply is
+    whole and in order."""
+    d = start_daemon(tmp_path, make_config(
+        {"up": [echo.spec]}, {"plain": {"upstream": "up"}}))
+    s = connect(d.addr("plain"))
+    rng = random.Random(7)
+    sizes = [1, 100, 1500, 16383, 16384, 16385, 3 * MiB + 5, 100, 1, 70000, 2]
+    for n in sizes:
+        payload = rng.randbytes(n)
+        result = {}
+
+        def reader():
+            result["got"] = recv_exact(s, n)
+
+        t = start_thread(reader)
+        s.sendall(payload)
+        join(t, 30)
+        assert result.get("got") == payload, n
+    s.shutdown(socket.SHUT_WR)
+    assert read_until_closed(s, 5)[:2] == ("eof", 0)
+    rec = echo.wait_done(1)[0]
+    assert rec["error"] is None
+    assert rec["bytes"] == sum(sizes)
