@@ -44,7 +44,7 @@
 #define RELAY_PIPE_SIZE (256 * 1024)
 #define RELAY_POOL_RESERVE 2
 #define RELAY_POOL_MAX 256
-/* splice(2) calls per connection per wake-up, for fairness. */
+/* I/O calls per connection per wake-up, for fairness. */
 #define RELAY_BUDGET 16
 /* A direction's buffer: one TLS record's worth; a full read turns bulk. */
 #define RELAY_BUF 16384
@@ -71,7 +71,12 @@ struct relay_side {
 	struct relay_conn *c; /* borrowed: back pointer */
 	uint64_t last; /* last I/O, loop ms */
 	bool rd_ready, wr_ready;
-	bool rdhup; /* an event said the peer sent FIN (or failed) */
+	/*
+	 * An event reported a FIN, an error or urgent data: a short read no
+	 * longer proves the socket empty (recv stops at the urgent mark), so
+	 * reads go on until 0 or EAGAIN.
+	 */
+	bool drain;
 	bool eof; /* peer sent FIN, read returned 0 */
 	bool shut; /* we sent FIN */
 };
@@ -120,6 +125,7 @@ struct relay_conn {
 	uint64_t attempt_start_us; /* of the connect attempt */
 	enum relay_state state;
 	uint8_t attempts;
+	uint8_t turn; /* the direction conn_run serves first */
 	struct relay_conn *prev, *next; /* worker's list */
 };
 
@@ -677,7 +683,7 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 				src->last = now;
 				progress = true;
 				if (!side_tls(c, d) && n < RELAY_BUF &&
-				    !src->rdhup)
+				    !src->drain)
 					src->rd_ready = false;
 				/* A full read: a bulk transfer, for splice. */
 				if (n == RELAY_BUF && c->tls == NULL)
@@ -724,11 +730,13 @@ conn_run(struct relay_conn *c)
 {
 	int budget = RELAY_BUDGET;
 	bool shut_before = c->side[0].shut || c->side[1].shut;
-
+	/* Each direction goes first in turn: neither starves the other. */
+	int first = c->turn;
 	int r;
 
-	r = pump_dir(c, CLIENT, &budget) != 0 ||
-	    pump_dir(c, SERVER, &budget) != 0;
+	c->turn = (uint8_t)!c->turn;
+	r = pump_dir(c, first, &budget) != 0 ||
+	    pump_dir(c, !first, &budget) != 0;
 	if (r != 0) {
 		RELAY_CNT_ADD(&c->w->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
@@ -862,9 +870,13 @@ conn_connect(struct relay_conn *c)
 		    addr_len((struct sockaddr *)&ss));
 		if (r == 0 || errno == EINPROGRESS) {
 			c->side[SERVER].io.fd = fd;
+			/* Nothing carries over from a failed attempt. */
+			c->side[SERVER].rd_ready = c->side[SERVER].wr_ready =
+			    false;
+			c->side[SERVER].drain = c->side[SERVER].eof = false;
 			if (loop_io_add(w->loop, &c->side[SERVER].io,
-			        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) !=
-			    0) {
+			        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI |
+			            EPOLLET) != 0) {
 				RELAY_CNT_ADD(&w->cnt, errors, 1);
 				conn_close(c, true, RELAY_RES_ERROR);
 				return;
@@ -1077,10 +1089,10 @@ side_cb(struct loop_io *io, uint32_t events)
 
 	if (c->state == RELAY_ST_CLOSED)
 		return;
-	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+	if (events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		side->rd_ready = true;
-	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-		side->rdhup = true;
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
+		side->drain = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		side->wr_ready = true;
 	/* TLS may need to read to write and the reverse: retry both ways. */
@@ -1181,7 +1193,7 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	w->nconns++;
 	RELAY_CNT_ADD(&w->cnt, active, 1);
 	if (loop_io_add(w->loop, &c->side[CLIENT].io,
-	        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != 0) {
+	        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET) != 0) {
 		RELAY_CNT_ADD(&w->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;

@@ -70,7 +70,7 @@ struct relay_pool {
 	struct relay_pipe *v; /* owned array */
 	size_t n, cap;
 	size_t low; /* fewest idle pipes since the last trim */
-	uint8_t **bufs; /* owned array of owned idle TLS buffers */
+	uint8_t **bufs; /* owned array of owned idle relay buffers */
 	size_t nbufs;
 };
 

@@ -137,9 +137,8 @@ ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv,
 	pthread_mutex_unlock(&tk.lock);
 	if (!k.valid)
 		return enc ? -1 : 0;
-	pthread_once(&ticket_cipher_once, ticket_cipher_fetch);
 	if (ticket_cipher == NULL)
-		return -1;
+		return enc ? -1 : 0; /* no tickets: full handshakes */
 	if (enc) {
 		if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
 			return -1;
@@ -411,6 +410,11 @@ tls_ctx_new(const struct cfg_listen *cl, char *err, size_t errlen)
 	SSL_CTX_set_read_ahead(ssl, 1);
 	/* Resumption through tickets only: no per-session server memory. */
 	SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_OFF);
+	pthread_once(&ticket_cipher_once, ticket_cipher_fetch);
+	if (ticket_cipher == NULL) {
+		openssl_err(err, errlen, "fetching AES-256-CBC for tickets");
+		goto fail;
+	}
 	SSL_CTX_set_num_tickets(ssl, 1);
 	SSL_CTX_set_tlsext_ticket_key_evp_cb(ssl, ticket_cb);
 	if ((t->generated ? use_generated(ssl, t, err, errlen)

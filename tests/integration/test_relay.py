@@ -402,3 +402,27 @@ def test_chat_then_bulk_then_chat_one_connection(tmp_path, echo):
     rec = echo.wait_done(1)[0]
     assert rec["error"] is None
     assert rec["bytes"] == sum(sizes)
+
+
+def test_urgent_byte_does_not_stall_the_stream(tmp_path, echo):
+    """TCP urgent data (telnet's Synch, FTP's ABOR): recv stops short at the
+    urgent mark, so a short read cannot be taken to mean an empty socket.
+    The urgent byte itself is out of band (not relayed, as with splice);
+    the bytes after it must come through without the client sending more."""
+    d = start_daemon(tmp_path, make_config(
+        {"up": [echo.spec]}, {"plain": {"upstream": "up"}}))
+    for i in range(20):
+        s = connect(d.addr("plain"))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        s.send(b"AB" * (i + 1))
+        s.send(b"!", socket.MSG_OOB)
+        s.send(b"CD" * (i + 1))
+        want = b"AB" * (i + 1) + b"CD" * (i + 1)
+        s.settimeout(3)
+        got = b""
+        while len(got) < len(want):
+            b = s.recv(4096)  # a stalled stream: socket.timeout
+            assert b, f"EOF after {got!r}"
+            got += b
+        assert got == want
+        s.close()
