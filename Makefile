@@ -61,7 +61,7 @@ $(BUILD)/unit/test_addr: tests/unit/test_addr.c $(BUILD)/obj/addr.o
 $(BUILD)/unit/test_proxyproto: tests/unit/test_proxyproto.c $(BUILD)/obj/proxyproto.o
 $(BUILD)/unit/test_pp_parse: tests/unit/test_pp_parse.c $(BUILD)/obj/proxyproto.o
 $(BUILD)/unit/test_loop: tests/unit/test_loop.c $(BUILD)/obj/loop.o
-$(UNIT_BINS): tests/unit/harness.h
+$(UNIT_BINS): tests/unit/harness.h tests/pp_equal.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) -Isrc $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ \
 		$(filter %.c %.o,$^) $(INIH_LIBS)
@@ -76,11 +76,11 @@ FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRCS))
 FUZZ_LIB_SRCS := src/proxyproto.c src/addr.c
 FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -Isrc
 
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h)
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h) tests/pp_equal.h
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_LIB_SRCS)
 
-build-fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h)
+build-fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h) tests/pp_equal.h
 	@mkdir -p build-fuzz
 	$(CC) $(FUZZ_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< tests/fuzz/replay.c $(FUZZ_LIB_SRCS)
 
@@ -132,7 +132,7 @@ install: $(BIN)
 clean:
 	rm -rf build build-san build-fuzz
 
-FORMAT_FILES = src/*.c src/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c \
+FORMAT_FILES = src/*.c src/*.h tests/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c \
 	bench/*.c
 
 format:

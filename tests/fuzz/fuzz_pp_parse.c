@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../pp_equal.h"
 #include "proxyproto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -32,38 +33,6 @@ fail(const char *why, size_t k, enum pp_result r, enum pp_result want)
 	fprintf(stderr, "fuzz_pp_parse: %s (prefix %zu: %s, whole: %s)\n", why,
 	    k, pp_result_str(r), pp_result_str(want));
 	abort();
-}
-
-static bool
-sa_eq(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-	if (a->ss_family != b->ss_family)
-		return false;
-	if (a->ss_family == AF_INET) {
-		const struct sockaddr_in *x = (const struct sockaddr_in *)a;
-		const struct sockaddr_in *y = (const struct sockaddr_in *)b;
-
-		return x->sin_port == y->sin_port &&
-		    x->sin_addr.s_addr == y->sin_addr.s_addr;
-	}
-	if (a->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
-		const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
-
-		return x->sin6_port == y->sin6_port &&
-		    memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-	}
-	return false;
-}
-
-static bool
-hdr_eq(const struct pp_header *a, const struct pp_header *b)
-{
-	if (a->version != b->version || a->local != b->local ||
-	    a->has_addr != b->has_addr || a->len != b->len)
-		return false;
-	return !a->has_addr ||
-	    (sa_eq(&a->src, &b->src) && sa_eq(&a->dst, &b->dst));
 }
 
 static uint8_t sentinel[sizeof(struct pp_header)];
@@ -217,7 +186,7 @@ check_prefix(const uint8_t *buf, size_t k, enum pp_result whole,
 		if (k < wh->len && r != PP_NEED_MORE)
 			fail("short prefix of a valid header not need_more", k,
 			    r, whole);
-		if (k >= wh->len && (r != PP_OK || !hdr_eq(&out, wh)))
+		if (k >= wh->len && (r != PP_OK || !pp_header_equal(&out, wh)))
 			fail("prefix holding the header differs", k, r, whole);
 	} else if (r != PP_NEED_MORE && r != whole) {
 		fail("prefix verdict differs from the whole", k, r, whole);
@@ -246,7 +215,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_rebuild(&whole_hdr);
 		/* Exactly the header, nothing after it: same answer. */
 		if (parse_exact(buf, whole_hdr.len, &out) != PP_OK ||
-		    !hdr_eq(&out, &whole_hdr))
+		    !pp_header_equal(&out, &whole_hdr))
 			fail("header alone parses differently", whole_hdr.len,
 			    PP_ERR_NOT_PROXY, whole);
 	}

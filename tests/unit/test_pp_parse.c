@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "../pp_equal.h"
 #include "proxyproto.h"
 
 static const uint8_t sig[12] = {
@@ -71,39 +72,6 @@ want_addr(struct pp_header *h, int version, size_t len, const char *src,
 	h->has_addr = true;
 	set_sa(&h->src, src, sport);
 	set_sa(&h->dst, dst, dport);
-}
-
-static bool
-sa_eq(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-	if (a->ss_family != b->ss_family)
-		return false;
-	if (a->ss_family == AF_INET) {
-		const struct sockaddr_in *x = (const struct sockaddr_in *)a;
-		const struct sockaddr_in *y = (const struct sockaddr_in *)b;
-
-		return x->sin_port == y->sin_port &&
-		    x->sin_addr.s_addr == y->sin_addr.s_addr;
-	}
-	if (a->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
-		const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
-
-		return x->sin6_port == y->sin6_port &&
-		    memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-	}
-	return false;
-}
-
-static bool
-hdr_eq(const struct pp_header *a, const struct pp_header *b)
-{
-	if (a->version != b->version || a->local != b->local ||
-	    a->has_addr != b->has_addr || a->len != b->len)
-		return false;
-	if (a->has_addr)
-		return sa_eq(&a->src, &b->src) && sa_eq(&a->dst, &b->dst);
-	return true;
 }
 
 static void
@@ -181,7 +149,7 @@ check_vec(const char *name, const uint8_t *buf, size_t n, enum pp_result want,
 		fprintf(stderr, "  [%s] whole (%zu bytes): got %s, want %s\n",
 		    name, n, pp_result_str(r), pp_result_str(want));
 		ok = false;
-	} else if (r == PP_OK && !hdr_eq(&out, want_hdr)) {
+	} else if (r == PP_OK && !pp_header_equal(&out, want_hdr)) {
 		fprintf(stderr, "  [%s] whole: wrong header\n", name);
 		print_hdr("got ", &out);
 		print_hdr("want", want_hdr);
@@ -210,7 +178,7 @@ check_vec(const char *name, const uint8_t *buf, size_t n, enum pp_result want,
 			    "need_more then %s\n",
 			    name, k, n, pp_result_str(r), pp_result_str(want));
 			ok = false;
-		} else if (r == PP_OK && !hdr_eq(&out, want_hdr)) {
+		} else if (r == PP_OK && !pp_header_equal(&out, want_hdr)) {
 			fprintf(stderr, "  [%s] prefix %zu: wrong header\n",
 			    name, k);
 			print_hdr("got ", &out);
@@ -245,7 +213,8 @@ check_vec(const char *name, const uint8_t *buf, size_t n, enum pp_result want,
 	ok = true;
 	for (k = n; k <= n + sizeof(payload); k++) {
 		r = parse_copy(ext, k, &out, &untouched);
-		if (r != want || (r == PP_OK && !hdr_eq(&out, want_hdr))) {
+		if (r != want ||
+		    (r == PP_OK && !pp_header_equal(&out, want_hdr))) {
 			fprintf(stderr,
 			    "  [%s] with %zu payload bytes: got %s, want %s\n",
 			    name, k - n, pp_result_str(r), pp_result_str(want));
@@ -464,7 +433,7 @@ test_regressions(void)
 
 		CHECK_INT(parse_copy(b, n + 3, &out, &untouched), PP_OK);
 		CHECK_INT(out.len, 28);
-		CHECK(hdr_eq(&out, &h));
+		CHECK(pp_header_equal(&out, &h));
 		/* A CRC TLV in the payload is not checked either. */
 		n = v2(b, 0x21, 0x11, 12, body4, 12);
 		memcpy(b + n, "\x03\x00\x04\x00\x00\x00\x00", 7);
