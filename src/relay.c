@@ -610,6 +610,35 @@ side_tls(const struct relay_conn *c, int s)
 }
 
 /*
+ * One read from side[d] into dir[d]'s buffer (taken from the pool): the
+ * bytes become pending, a short read on a plain socket clears its edge,
+ * and a full one turns a plain direction bulk.  Returns what side_read
+ * returned, or IO_ERROR when no buffer could be had.
+ */
+static ssize_t
+dir_fill(struct relay_conn *c, int d, uint64_t now)
+{
+	struct relay_side *src = &c->side[d];
+	struct relay_dir *dir = &c->dir[d];
+	ssize_t n;
+
+	if (buf_take(c->w, dir) != 0)
+		return IO_ERROR;
+	n = side_read(c, d, dir->buf, RELAY_BUF);
+	if (n <= 0)
+		return n;
+	dir->off = 0;
+	dir->pending = (uint32_t)n;
+	src->last = now;
+	if (!side_tls(c, d) && n < RELAY_BUF && !src->drain)
+		src->rd_ready = false;
+	/* A full read: a bulk transfer, for splice. */
+	if (n == RELAY_BUF && c->tls == NULL)
+		dir->bulk = true;
+	return n;
+}
+
+/*
  * Direction d through its buffer: read from side[d] into dir[d].buf, write
  * it to side[!d].  Returns 0, or -1 when the connection must be aborted.
  * Spends *budget.  Stops, the buffer given back, when the direction has
@@ -674,20 +703,9 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 		if (dir->pending == 0 && dir->bulk)
 			break;
 		if (dir->pending == 0 && !src->eof && src->rd_ready) {
-			if (buf_take(w, dir) != 0)
-				return -1;
-			n = side_read(c, d, dir->buf, RELAY_BUF);
+			n = dir_fill(c, d, now);
 			if (n > 0) {
-				dir->off = 0;
-				dir->pending = (uint32_t)n;
-				src->last = now;
 				progress = true;
-				if (!side_tls(c, d) && n < RELAY_BUF &&
-				    !src->drain)
-					src->rd_ready = false;
-				/* A full read: a bulk transfer, for splice. */
-				if (n == RELAY_BUF && c->tls == NULL)
-					dir->bulk = true;
 			} else if (n == IO_EOF) {
 				src->eof = true;
 				src->last = now;
@@ -715,14 +733,10 @@ pump_dir(struct relay_conn *c, int d, int *budget)
 {
 	struct relay_dir *dir = &c->dir[d];
 
-	if (!dir->bulk || dir->buf != NULL) {
-		if (pump_buf(c, d, budget) != 0)
-			return -1;
-		/* The buffer may have just drained into a bulk direction. */
-		if (!dir->bulk || dir->buf != NULL || *budget <= 0)
-			return 0;
-	}
-	return pump(c, d, budget);
+	if ((!dir->bulk || dir->buf != NULL) && pump_buf(c, d, budget) != 0)
+		return -1;
+	/* Bulk, and the buffer (if any) has drained: the pipe from now on. */
+	return dir->bulk && dir->buf == NULL ? pump(c, d, budget) : 0;
 }
 
 static void
@@ -940,23 +954,11 @@ origin_set(union relay_sa *dst, const struct sockaddr_storage *ss)
 static int
 tls_first_read(struct relay_conn *c)
 {
-	struct worker *w = c->w;
-	struct relay_dir *dir = &c->dir[CLIENT];
-	ssize_t n;
+	ssize_t n = dir_fill(c, CLIENT, loop_now(c->w->loop));
 
-	if (buf_take(w, dir) != 0) {
-		RELAY_CNT_ADD(&w->cnt, errors, 1);
-		conn_close(c, true, RELAY_RES_ERROR);
-		return -1;
-	}
-	n = side_read(c, CLIENT, dir->buf, RELAY_BUF);
-	if (n > 0) {
-		dir->off = 0;
-		dir->pending = (uint32_t)n;
-		c->side[CLIENT].last = loop_now(w->loop);
+	if (n > 0)
 		return 0;
-	}
-	buf_give(w, dir);
+	buf_give(c->w, &c->dir[CLIENT]);
 	if (n == IO_WANT_READ || n == IO_WANT_WRITE)
 		return 0;
 	conn_close(c, n == IO_ERROR, RELAY_RES_ERROR);

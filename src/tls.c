@@ -137,8 +137,6 @@ ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv,
 	pthread_mutex_unlock(&tk.lock);
 	if (!k.valid)
 		return enc ? -1 : 0;
-	if (ticket_cipher == NULL)
-		return enc ? -1 : 0; /* no tickets: full handshakes */
 	if (enc) {
 		if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
 			return -1;
