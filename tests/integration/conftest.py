@@ -588,6 +588,18 @@ def h_echo(c, rec):
     c.shutdown(socket.SHUT_WR)
 
 
+def recv_hashed(c):
+    """Read until EOF; return (bytes read, their sha256 hex)."""
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        d = c.recv(65536)
+        if not d:
+            return n, h.hexdigest()
+        h.update(d)
+        n += len(d)
+
+
 def h_sink(c, rec):
     """Hash everything received until EOF."""
     h = hashlib.sha256()
@@ -730,6 +742,17 @@ def check_duplex(client_result, server):
     assert client_result["down_len"] == r["sent_len"], \
         f"conn {cid}: client got {client_result['down_len']} of {r['sent_len']} bytes"
     assert client_result["down_sha"] == r["sent_sha"], f"conn {cid}: download corrupted"
+
+
+def check_all_duplex(client_results, server):
+    """check_duplex for each result; reports every mismatch at once."""
+    bad = []
+    for r in client_results:
+        try:
+            check_duplex(r, server)
+        except AssertionError as e:
+            bad.append(str(e))
+    assert bad == [], (bad, server.errors())
 
 
 class BackgroundDuplex:

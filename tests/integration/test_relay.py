@@ -9,8 +9,8 @@ import time
 import pytest
 
 from conftest import (
-    BackgroundDuplex, Server, check_duplex, chunks, connect, duplex_client,
-    h_duplex, h_sink, join, make_config, make_source, read_until_closed,
+    BackgroundDuplex, Server, check_all_duplex, check_duplex, chunks, connect,
+    duplex_client, h_duplex, h_sink, join, make_config, make_source, read_until_closed,
     recv_exact, rst_close, start_daemon, start_thread, try_echo, wait_for)
 
 MiB = 1 << 20
@@ -48,13 +48,7 @@ def test_50_concurrent_random_sizes_and_chunking(tmp_path, duplex):
     for t in threads:
         join(t, 60)
     assert not errors, errors
-    mismatches = []
-    for r in results:
-        try:
-            check_duplex(r, duplex)
-        except AssertionError as e:
-            mismatches.append(str(e))
-    assert mismatches == [], (mismatches, duplex.errors())
+    check_all_duplex(results, duplex)
     assert duplex.accepted == 50
 
 

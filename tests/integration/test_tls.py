@@ -16,8 +16,8 @@ import pytest
 
 import conftest
 from conftest import (
-    Server, check_duplex, connect, h_echo, join, make_config, read_until_closed,
-    start_thread, wait_for)
+    Server, check_all_duplex, check_duplex, connect, h_echo, join, make_config,
+    read_until_closed, recv_hashed, start_thread, wait_for)
 from tls_helpers import (
     MiB, BackgroundTlsDuplex, TlsPump, client_ctx, client_hello, der_to_pem,
     h_pp2_echo, make_cert, manual_tls, peer_cert_der, run, san_entries, served_cn,
@@ -197,13 +197,7 @@ def test_50_concurrent_tls_relays_random_sizes(tmp_path, duplex):
     for t in threads:
         join(t, 60 * SLOW)
     assert not errors, errors
-    bad = []
-    for r in results:
-        try:
-            check_duplex(r, duplex)
-        except AssertionError as e:
-            bad.append(str(e))
-    assert bad == [], (bad, duplex.errors())
+    check_all_duplex(results, duplex)
     extra = [(r["peer"], r.get("id"), repr(r["error"])) for r in duplex.records
              if r.get("id") is None]
     assert duplex.accepted == 50, \
@@ -219,15 +213,7 @@ def test_half_close_client_first(tmp_path, fin):
     A, B = 300000, 200000
 
     def handler(c, rec):
-        h = hashlib.sha256()
-        n = 0
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            h.update(d)
-            n += len(d)
-        rec["got"], rec["sha"] = n, h.hexdigest()
+        rec["got"], rec["sha"] = recv_hashed(c)
         reply = os.urandom(B)
         rec["reply_sha"] = hashlib.sha256(reply).hexdigest()
         c.sendall(reply)
@@ -264,15 +250,7 @@ def test_half_close_upstream_first(tmp_path):
     def handler(c, rec):
         c.sendall(reply)
         c.shutdown(socket.SHUT_WR)
-        h = hashlib.sha256()
-        n = 0
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            h.update(d)
-            n += len(d)
-        rec["got"], rec["sha"] = n, h.hexdigest()
+        rec["got"], rec["sha"] = recv_hashed(c)
 
     srv = Server(handler, name="half-close-up")
     d = start_tls_daemon(tmp_path, tls_config(srv.spec))
