@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages lifeline needs, only those missing.
-#   deps.sh build   compiler and C headers (libc6-dev: gcc only recommends it), make, pkg-config, libinih, OpenSSL, libqrencode
+#   deps.sh build   compiler, C headers (libc6-dev: gcc only recommends
+#                   it), make, pkg-config, libinih, OpenSSL, libqrencode
 #   deps.sh test    the above plus what the test suite drives
 #   deps.sh bench   the above plus what `make bench` compares against
 # Services that Debian would start on install (nginx, haproxy, iperf3) are
