@@ -59,11 +59,13 @@ listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0)
 		goto fail;
 	/*
-	 * Accepted sockets inherit these: Nagle off (chat is small messages)
-	 * and keep-alive, so that clients whose network vanished without a
-	 * FIN (a shutdown, a dropped route) do not hold a slot for long.
+	 * Accepted sockets inherit these: Nagle off (chat is small messages);
+	 * keep-alive, so that clients whose network vanished without a FIN (a
+	 * shutdown, a dropped route) do not hold a slot for long; urgent data
+	 * inline, so that an urgent byte is relayed in its place, not dropped.
 	 */
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on)) != 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) != 0 ||
 	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &ka_idle,
 	        sizeof(ka_idle)) != 0 ||

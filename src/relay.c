@@ -30,6 +30,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -49,6 +51,10 @@
 /* A direction's buffer: one TLS record's worth; a full read turns bulk. */
 #define RELAY_BUF 16384
 #define RELAY_BUF_POOL_MAX 64
+/* How long a connection closed after a TLS alert reads the client's rest. */
+#define RELAY_LINGER_MS 1000
+/* Bytes thrown away per call while lingering (MSG_TRUNC: not copied). */
+#define RELAY_DISCARD (1 << 20)
 
 #define container_of(ptr, type, member)                                        \
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
@@ -58,6 +64,13 @@ enum relay_state {
 	RELAY_ST_TLS, /* TLS handshake with the client */
 	RELAY_ST_CONNECTING,
 	RELAY_ST_STREAMING,
+	/*
+	 * After a TLS protocol error: the alert is out and our FIN follows it;
+	 * the client's bytes are read and thrown away for at most
+	 * RELAY_LINGER_MS or until its FIN, so that no RST destroys the alert
+	 * before the client has read it.  The upstream is gone already.
+	 */
+	RELAY_ST_LINGER,
 	RELAY_ST_CLOSED,
 };
 
@@ -77,6 +90,12 @@ struct relay_side {
 	 * reads go on until 0 or EAGAIN.
 	 */
 	bool drain;
+	/*
+	 * EPOLLPRI: urgent data is on its way.  splice(2) stops at the urgent
+	 * mark for good (EAGAIN while bytes wait); a recv(2) reads through it
+	 * (SO_OOBINLINE: the byte stays in the stream) and clears the mark.
+	 */
+	bool urgent;
 	bool eof; /* peer sent FIN, read returned 0 */
 	bool shut; /* we sent FIN */
 };
@@ -299,6 +318,22 @@ relay_pool_cleanup(struct worker *w)
 	pool->nbufs = 0;
 }
 
+/* What a read or write through a side's transport did, when not bytes. */
+enum {
+	IO_EOF = 0, /* reads only: the peer finished */
+	IO_WANT_READ = -1, /* retry when the socket is readable */
+	IO_WANT_WRITE = -2, /* retry when the socket is writable */
+	IO_ERROR = -3, /* the connection must be aborted */
+	IO_ALERT = -4, /* TLS protocol error: an alert went to the client */
+};
+
+/* What moving a direction's bytes came to. */
+enum {
+	PUMP_OK = 0, /* moved what it could; the connection goes on */
+	PUMP_CUT = -1, /* a socket failed: RST to both peers */
+	PUMP_ALERT = -2, /* TLS protocol error: linger, RST upstream */
+};
+
 /* Connection life. */
 
 static void conn_free_task(struct loop_task *t);
@@ -308,11 +343,14 @@ static void side_cb(struct loop_io *io, uint32_t events);
 static void conn_connect(struct relay_conn *c);
 static void conn_close(
     struct relay_conn *c, bool abort_peers, enum relay_result result);
+static ssize_t dir_fill(struct relay_conn *c, int d, uint64_t now);
+static void linger_read(struct relay_conn *c);
 
 /*
- * Client sockets inherit TCP_NODELAY and keep-alive from their listening
- * socket (gen.c); an upstream socket only needs Nagle off: its idle time
- * is bounded by the `server` timeout.
+ * Client sockets inherit TCP_NODELAY, keep-alive and SO_OOBINLINE from
+ * their listening socket (gen.c).  An upstream socket needs Nagle off (its
+ * idle time is bounded by the `server` timeout) and urgent data inline, so
+ * that an urgent byte is relayed in its place instead of dropped.
  */
 static void
 upstream_sockopts(int fd)
@@ -320,12 +358,53 @@ upstream_sockopts(int fd)
 	int on = 1;
 
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+	(void)setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
+}
+
+/* Closes a side's socket; with RST instead of FIN when abort. */
+static void
+side_close(struct relay_side *side, bool abort)
+{
+	if (side->io.fd < 0)
+		return;
+	if (abort) {
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+		(void)setsockopt(
+		    side->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
+	/* close(2) also removes the fd from the epoll set. */
+	close(side->io.fd);
+	side->io.fd = -1;
+}
+
+/* Gives back c's pipes, buffers and TLS state. */
+static void
+conn_release(struct relay_conn *c)
+{
+	for (int d = 0; d < 2; d++) {
+		pipe_give(c->w, &c->dir[d].p, c->dir[d].pending > 0);
+		buf_give(c->w, &c->dir[d]);
+		c->dir[d].pending = 0;
+	}
+	tls_conn_free(c->tls);
+	c->tls = NULL;
+}
+
+/* Counts how c ended, once. */
+static void
+conn_count(struct relay_conn *c, enum relay_result result)
+{
+	/* A connection that reached upstream was relayed, however it ended. */
+	if (c->state == RELAY_ST_STREAMING && result == RELAY_RES_ERROR)
+		result = RELAY_RES_RELAYED;
+	RELAY_CNT_ADD(c->lc, closed[result], 1);
 }
 
 /*
  * Ends c: closes both sockets (with RST when abort_peers), gives back its
- * pipes and buffers, counts it under result, and queues its memory to be
- * freed after this loop iteration.
+ * pipes and buffers, counts it under result (unless a linger counted it
+ * already), and queues its memory to be freed after this loop iteration.
  */
 static void
 conn_close(struct relay_conn *c, bool abort_peers, enum relay_result result)
@@ -334,32 +413,12 @@ conn_close(struct relay_conn *c, bool abort_peers, enum relay_result result)
 
 	if (c->state == RELAY_ST_CLOSED)
 		return;
-	/* A connection that reached upstream was relayed, however it ended. */
-	if (c->state == RELAY_ST_STREAMING && result == RELAY_RES_ERROR)
-		result = RELAY_RES_RELAYED;
-	RELAY_CNT_ADD(c->lc, closed[result], 1);
+	if (c->state != RELAY_ST_LINGER)
+		conn_count(c, result);
 	c->state = RELAY_ST_CLOSED;
-	for (int s = 0; s < 2; s++) {
-		struct relay_side *side = &c->side[s];
-
-		if (side->io.fd < 0)
-			continue;
-		if (abort_peers) {
-			struct linger lg = {.l_onoff = 1, .l_linger = 0};
-
-			(void)setsockopt(side->io.fd, SOL_SOCKET, SO_LINGER,
-			    &lg, sizeof(lg));
-		}
-		/* close(2) also removes the fd from the epoll set. */
-		close(side->io.fd);
-		side->io.fd = -1;
-	}
-	for (int d = 0; d < 2; d++) {
-		pipe_give(w, &c->dir[d].p, c->dir[d].pending > 0);
-		buf_give(w, &c->dir[d]);
-	}
-	tls_conn_free(c->tls);
-	c->tls = NULL;
+	for (int s = 0; s < 2; s++)
+		side_close(&c->side[s], abort_peers);
+	conn_release(c);
 	loop_timer_del(w->loop, &c->timer);
 	loop_task_cancel(w->loop, &c->task);
 
@@ -399,6 +458,16 @@ relay_close_all(struct worker *w)
 		conn_close(w->conns, true, RELAY_RES_ERROR);
 }
 
+/*
+ * True when side s cannot be idle: bytes it sent wait in the relay for
+ * the other side, and nothing waits for s.
+ */
+static bool
+conn_excused(const struct relay_conn *c, int s)
+{
+	return c->dir[s].pending > 0 && c->dir[!s].pending == 0;
+}
+
 /* The earliest moment a timeout ends this connection. */
 static uint64_t
 conn_deadline(const struct relay_conn *c)
@@ -419,7 +488,16 @@ conn_deadline(const struct relay_conn *c)
 		    ? (half ? t->client_fin_ms : t->client_ms)
 		    : (half ? t->server_fin_ms : t->server_ms);
 
-		dl[s] = side->last + to;
+		/*
+		 * Backpressure is not idleness: while s's bytes wait for the
+		 * other side, s's clock stops and the other side's own clock
+		 * (which only runs on what it takes) measures the stall.
+		 * Unless both ways are stuck: then both clocks run.
+		 */
+		if (conn_excused(c, s))
+			dl[s] = UINT64_MAX;
+		else
+			dl[s] = side->last + to;
 	}
 	return dl[0] < dl[1] ? dl[0] : dl[1];
 }
@@ -434,6 +512,8 @@ conn_arm(struct relay_conn *c)
 static void
 dir_sent(struct relay_conn *c, int d, size_t n, uint64_t now)
 {
+	/* Both ends of a moving direction are busy, not idle. */
+	c->side[d].last = now;
 	c->side[!d].last = now;
 	if (d == CLIENT)
 		RELAY_CNT_ADD(c->lc, bytes_in, (uint64_t)n);
@@ -456,8 +536,37 @@ dir_finish(struct relay_conn *c, int d)
 }
 
 /*
- * Moves what it can in direction d.  Returns 0, or -1 when a socket failed
- * (the connection must be aborted).  Spends *budget.
+ * splice(2) never reads past an urgent mark: one recv(2) into dir[d]'s
+ * buffer takes the urgent byte (inline) and what follows, and clears the
+ * mark; the buffer drains before splicing resumes.  Or it confirms a FIN.
+ * Returns PUMP_*.
+ */
+static int
+pump_recv(struct relay_conn *c, int d, uint64_t now)
+{
+	struct relay_side *src = &c->side[d];
+	ssize_t n;
+
+	src->urgent = false;
+	n = dir_fill(c, d, now);
+	if (n > 0)
+		return PUMP_OK;
+	buf_give(c->w, &c->dir[d]);
+	if (n == IO_EOF) {
+		src->eof = true;
+		src->last = now;
+		return PUMP_OK;
+	}
+	if (n == IO_WANT_READ) {
+		src->rd_ready = false;
+		return PUMP_OK;
+	}
+	return PUMP_CUT;
+}
+
+/*
+ * Moves what it can in direction d through its pipe.  Returns PUMP_*.
+ * Spends *budget.
  */
 static int
 pump(struct relay_conn *c, int d, int *budget)
@@ -468,7 +577,7 @@ pump(struct relay_conn *c, int d, int *budget)
 	uint64_t now = loop_now(w->loop);
 
 	if (dst->shut)
-		return 0;
+		return PUMP_OK;
 	while (*budget > 0) {
 		bool progress = false;
 		ssize_t n;
@@ -483,21 +592,21 @@ pump(struct relay_conn *c, int d, int *budget)
 			} else if (n < 0 && errno == EAGAIN) {
 				dst->wr_ready = false;
 			} else if (n < 0 && errno != EINTR) {
-				return -1;
+				return PUMP_CUT;
 			}
 			(*budget)--;
 		}
 		if (dir->pending == 0 && src->eof) {
 			pipe_give(w, &dir->p, false);
 			dir_finish(c, d);
-			return 0;
+			return PUMP_OK;
 		}
 		if (!src->eof && src->rd_ready &&
 		    (dir->p.rd < 0 || dir->pending < dir->p.cap)) {
 			if (dir->p.rd < 0 && pipe_take(w, &dir->p) != 0) {
 				log_debug(
 				    "no pipe for a relay: %s", strerror(errno));
-				return -1;
+				return PUMP_CUT;
 			}
 			n = splice(src->io.fd, NULL, dir->p.wr, NULL,
 			    dir->p.cap - dir->pending,
@@ -506,22 +615,36 @@ pump(struct relay_conn *c, int d, int *budget)
 				dir->pending += (uint32_t)n;
 				src->last = now;
 				progress = true;
-			} else if (n == 0) {
-				src->eof = true;
-				src->last = now;
-				progress = true;
+			} else if (n == 0 || (errno == EAGAIN && src->urgent)) {
+				/*
+				 * splice stops at an urgent mark: EAGAIN, or 0
+				 * once the peer's FIN is in too, so 0 is no
+				 * proof of EOF.  Once the pipe is empty, one
+				 * recv(2) reads on, or confirms the FIN.
+				 */
+				int r;
+
+				if (dir->pending > 0)
+					goto next;
+				pipe_give(w, &dir->p, false);
+				r = pump_recv(c, d, now);
+				if (r != PUMP_OK || dir->buf != NULL)
+					return r;
+				progress = true; /* a FIN, or nothing */
 			} else if (errno == EAGAIN) {
 				/*
 				 * With bytes in the pipe, EAGAIN may mean the
-				 * pipe is out of slots, not that the socket is
-				 * empty: keep the edge and try again once the
-				 * pipe drains.
+				 * pipe is out of slots (or splice stopped at an
+				 * urgent mark), not that the socket is empty:
+				 * keep the edge and try again once the pipe
+				 * drains.
 				 */
 				if (dir->pending == 0)
 					src->rd_ready = false;
 			} else if (errno != EINTR) {
-				return -1;
+				return PUMP_CUT;
 			}
+		next:
 			(*budget)--;
 		}
 		if (!progress)
@@ -529,16 +652,8 @@ pump(struct relay_conn *c, int d, int *budget)
 	}
 	if (dir->pending == 0)
 		pipe_give(w, &dir->p, false);
-	return 0;
+	return PUMP_OK;
 }
-
-/* What a read or write through a side's transport did, when not bytes. */
-enum {
-	IO_EOF = 0, /* reads only: the peer finished */
-	IO_WANT_READ = -1, /* retry when the socket is readable */
-	IO_WANT_WRITE = -2, /* retry when the socket is writable */
-	IO_ERROR = -3, /* the connection must be aborted */
-};
 
 static ssize_t
 tls_io_result(size_t n, enum tls_status st)
@@ -552,6 +667,8 @@ tls_io_result(size_t n, enum tls_status st)
 		return IO_WANT_READ;
 	case TLS_WANT_WRITE:
 		return IO_WANT_WRITE;
+	case TLS_ALERT:
+		return IO_ALERT;
 	default:
 		return IO_ERROR;
 	}
@@ -640,9 +757,8 @@ dir_fill(struct relay_conn *c, int d, uint64_t now)
 
 /*
  * Direction d through its buffer: read from side[d] into dir[d].buf, write
- * it to side[!d].  Returns 0, or -1 when the connection must be aborted.
- * Spends *budget.  Stops, the buffer given back, when the direction has
- * turned bulk.
+ * it to side[!d].  Returns PUMP_*.  Spends *budget.  Stops, the buffer given
+ * back, when the direction has turned bulk.
  *
  * On a plain socket a short read means it is empty and a short write that
  * it is full (edge-triggered epoll reports the next arrival or the next
@@ -658,7 +774,7 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 	uint64_t now = loop_now(w->loop);
 
 	if (dst->shut)
-		return 0;
+		return PUMP_OK;
 	while (*budget > 0) {
 		bool progress = false;
 		ssize_t n;
@@ -677,7 +793,7 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 			} else if (n == IO_WANT_WRITE) {
 				dst->wr_ready = false;
 			} else {
-				return -1;
+				return n == IO_ALERT ? PUMP_ALERT : PUMP_CUT;
 			}
 			(*budget)--;
 		}
@@ -688,17 +804,17 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 				enum tls_status st;
 
 				if (!dst->wr_ready)
-					return 0;
+					return PUMP_OK;
 				st = tls_close_notify(c->tls);
 				if (st == TLS_WANT_WRITE) {
 					dst->wr_ready = false;
-					return 0;
+					return PUMP_OK;
 				}
 				if (st != TLS_DONE)
-					return -1;
+					return PUMP_CUT;
 			}
 			dir_finish(c, d);
-			return 0;
+			return PUMP_OK;
 		}
 		if (dir->pending == 0 && dir->bulk)
 			break;
@@ -715,7 +831,7 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 			} else if (n == IO_WANT_WRITE) {
 				src->wr_ready = false;
 			} else {
-				return -1;
+				return n == IO_ALERT ? PUMP_ALERT : PUMP_CUT;
 			}
 			(*budget)--;
 		}
@@ -724,19 +840,119 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 	}
 	if (dir->pending == 0)
 		buf_give(w, dir);
-	return 0;
+	return PUMP_OK;
 }
 
-/* Direction d through its buffer, or its pipe once bulk. */
+/*
+ * Direction d through its buffer, or its pipe once bulk (and the buffer,
+ * if any, has drained).  A bulk direction goes back to the buffer for one
+ * read at an urgent mark.  Returns PUMP_*.
+ */
 static int
 pump_dir(struct relay_conn *c, int d, int *budget)
 {
 	struct relay_dir *dir = &c->dir[d];
+	int r;
 
-	if ((!dir->bulk || dir->buf != NULL) && pump_buf(c, d, budget) != 0)
-		return -1;
-	/* Bulk, and the buffer (if any) has drained: the pipe from now on. */
-	return dir->bulk && dir->buf == NULL ? pump(c, d, budget) : 0;
+	for (;;) {
+		if (!dir->bulk || dir->buf != NULL) {
+			r = pump_buf(c, d, budget);
+			if (r != PUMP_OK || !dir->bulk || dir->buf != NULL)
+				return r;
+		}
+		r = pump(c, d, budget);
+		if (r != PUMP_OK || dir->buf == NULL || *budget <= 0)
+			return r;
+	}
+}
+
+/*
+ * Throws away what the client sends while lingering; closes at its FIN or
+ * error.  Reading to EAGAIN keeps the kernel from answering with RST.
+ */
+static void
+linger_read(struct relay_conn *c)
+{
+	int fd = c->side[CLIENT].io.fd;
+
+	for (int i = 0; i < RELAY_BUDGET; i++) {
+		ssize_t n =
+		    recv(fd, NULL, RELAY_DISCARD, MSG_TRUNC | MSG_DONTWAIT);
+
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			conn_close(c, false, RELAY_RES_ERROR);
+			return;
+		}
+	}
+	loop_task_queue(c->w->loop, &c->task);
+}
+
+/*
+ * After a TLS protocol error (OpenSSL has written its alert): RST to the
+ * upstream, whose stream was cut; FIN to the client after the alert, then
+ * its rest is read and dropped for at most RELAY_LINGER_MS, so that it can
+ * read the alert instead of a reset.  Counts c under result now.
+ */
+static void
+conn_linger(struct relay_conn *c, enum relay_result result)
+{
+	struct worker *w = c->w;
+
+	conn_count(c, result);
+	c->state = RELAY_ST_LINGER;
+	side_close(&c->side[SERVER], true);
+	conn_release(c);
+	loop_task_cancel(w->loop, &c->task);
+	if (shutdown(c->side[CLIENT].io.fd, SHUT_WR) != 0) {
+		conn_close(c, false, result);
+		return;
+	}
+	c->deadline = loop_now(w->loop) + RELAY_LINGER_MS;
+	conn_arm(c);
+	linger_read(c);
+}
+
+/*
+ * True when a timeout may end c with FIN: no byte held in the relay or
+ * unsent in a socket, and neither direction half-finished.  Anything else
+ * is a cut stream, and ends with RST.
+ */
+static bool
+conn_idle_clean(const struct relay_conn *c)
+{
+	for (int s = 0; s < 2; s++) {
+		const struct relay_side *side = &c->side[s];
+		int q = 0;
+
+		if (c->dir[s].pending > 0 || side->eof || side->shut)
+			return false;
+		if (ioctl(side->io.fd, SIOCOUTQ, &q) != 0 || q > 0)
+			return false;
+	}
+	return true;
+}
+
+/* Reads and drops what a client sent before we close it with FIN. */
+static void
+discard_input(int fd)
+{
+	(void)recv(fd, NULL, RELAY_DISCARD, MSG_TRUNC | MSG_DONTWAIT);
+}
+
+/* The `client` or `server` timeout ended a streaming connection. */
+static void
+conn_timeout(struct relay_conn *c)
+{
+	if (!conn_idle_clean(c)) {
+		conn_close(c, true, RELAY_RES_TIMEOUT);
+		return;
+	}
+	/* Toward a TLS client, close_notify first (best effort). */
+	if (c->tls != NULL)
+		(void)tls_close_notify(c->tls);
+	conn_close(c, false, RELAY_RES_TIMEOUT);
 }
 
 static void
@@ -749,9 +965,15 @@ conn_run(struct relay_conn *c)
 	int r;
 
 	c->turn = (uint8_t)!c->turn;
-	r = pump_dir(c, first, &budget) != 0 ||
-	    pump_dir(c, !first, &budget) != 0;
-	if (r != 0) {
+	r = pump_dir(c, first, &budget);
+	if (r == PUMP_OK)
+		r = pump_dir(c, !first, &budget);
+	if (r == PUMP_ALERT) {
+		RELAY_CNT_ADD(&c->w->cnt, errors, 1);
+		conn_linger(c, RELAY_RES_ERROR);
+		return;
+	}
+	if (r != PUMP_OK) {
 		RELAY_CNT_ADD(&c->w->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
@@ -774,6 +996,8 @@ conn_continue_task(struct loop_task *t)
 
 	if (c->state == RELAY_ST_STREAMING)
 		conn_run(c);
+	else if (c->state == RELAY_ST_LINGER)
+		linger_read(c);
 }
 
 static void
@@ -816,7 +1040,6 @@ conn_connected(struct relay_conn *c)
 
 	upstream_report(
 	    c->srv, true, now, loop_clock_us() - c->attempt_start_us);
-	upstream_sockopts(fd);
 	c->state = RELAY_ST_STREAMING;
 	/*
 	 * The client's edge may have been spent before streaming (by the
@@ -880,6 +1103,7 @@ conn_connect(struct relay_conn *c)
 			conn_close(c, true, RELAY_RES_ERROR);
 			return;
 		}
+		upstream_sockopts(fd);
 		r = connect(fd, (struct sockaddr *)&ss,
 		    addr_len((struct sockaddr *)&ss));
 		if (r == 0 || errno == EINPROGRESS) {
@@ -888,6 +1112,7 @@ conn_connect(struct relay_conn *c)
 			c->side[SERVER].rd_ready = c->side[SERVER].wr_ready =
 			    false;
 			c->side[SERVER].drain = c->side[SERVER].eof = false;
+			c->side[SERVER].urgent = false;
 			if (loop_io_add(w->loop, &c->side[SERVER].io,
 			        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI |
 			            EPOLLET) != 0) {
@@ -919,20 +1144,29 @@ conn_timer_cb(struct loop_timer *t)
 		loop_timer_set(c->w->loop, &c->timer, dl);
 		return;
 	}
-	if (c->state == RELAY_ST_HEADER) {
+	switch (c->state) {
+	case RELAY_ST_HEADER:
+		/* Nothing relayed yet: FIN, like an ordinary server. */
+		discard_input(c->side[CLIENT].io.fd);
 		conn_close(c, false, RELAY_RES_TIMEOUT);
-		return;
-	}
-	if (c->state == RELAY_ST_TLS) {
+		break;
+	case RELAY_ST_TLS:
+		discard_input(c->side[CLIENT].io.fd);
 		conn_close(c, false, RELAY_RES_TLS_FAILED);
-		return;
-	}
-	if (c->state == RELAY_ST_CONNECTING) {
+		break;
+	case RELAY_ST_CONNECTING:
 		log_debug("connect to upstream %s timed out", c->srv->label);
 		conn_attempt_failed(c);
-		return;
+		break;
+	case RELAY_ST_STREAMING:
+		conn_timeout(c);
+		break;
+	case RELAY_ST_LINGER:
+		conn_close(c, false, RELAY_RES_ERROR);
+		break;
+	case RELAY_ST_CLOSED:
+		break;
 	}
-	conn_close(c, false, RELAY_RES_TIMEOUT);
 }
 
 static void
@@ -961,7 +1195,10 @@ tls_first_read(struct relay_conn *c)
 	buf_give(c->w, &c->dir[CLIENT]);
 	if (n == IO_WANT_READ || n == IO_WANT_WRITE)
 		return 0;
-	conn_close(c, n == IO_ERROR, RELAY_RES_ERROR);
+	if (n == IO_ALERT)
+		conn_linger(c, RELAY_RES_ERROR);
+	else
+		conn_close(c, n == IO_ERROR, RELAY_RES_ERROR);
 	return -1;
 }
 
@@ -974,9 +1211,13 @@ tls_step(struct relay_conn *c)
 	if (st == TLS_WANT_READ || st == TLS_WANT_WRITE)
 		return;
 	if (st != TLS_DONE) {
-		log_debug(
-		    "[listen %s]: TLS handshake failed", c->ls->cfg->name);
-		conn_close(c, false, RELAY_RES_TLS_FAILED);
+		log_debug("[listen %s]: TLS handshake failed: %s",
+		    c->ls->cfg->name, tls_status_str(st));
+		/* An alert went out: let the client read it. */
+		if (st == TLS_ALERT)
+			conn_linger(c, RELAY_RES_TLS_FAILED);
+		else
+			conn_close(c, false, RELAY_RES_TLS_FAILED);
 		return;
 	}
 	RELAY_CNT_ADD(c->lc, tls_handshakes, 1);
@@ -1091,10 +1332,16 @@ side_cb(struct loop_io *io, uint32_t events)
 
 	if (c->state == RELAY_ST_CLOSED)
 		return;
+	if (c->state == RELAY_ST_LINGER) {
+		linger_read(c);
+		return;
+	}
 	if (events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		side->rd_ready = true;
 	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
 		side->drain = true;
+	if (events & EPOLLPRI)
+		side->urgent = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		side->wr_ready = true;
 	/* TLS may need to read to write and the reverse: retry both ways. */

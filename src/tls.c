@@ -113,7 +113,6 @@ ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv,
 	struct ticket_key k;
 	int ret = 1;
 
-	(void)s;
 	pthread_mutex_lock(&tk.lock);
 	if (!tk.cur.valid ||
 	    time(NULL) - tk.cur.created >= TLS_TICKET_ROTATE_S) {
@@ -128,6 +127,13 @@ ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv,
 		k = tk.cur;
 	} else if (tk.cur.valid && memcmp(key_name, tk.cur.name, 16) == 0) {
 		k = tk.cur;
+		/*
+		 * TLS 1.3 clients use each ticket once (RFC 8446 C.4): a
+		 * resumption must bring a fresh one, or every other
+		 * connection is a full handshake.
+		 */
+		if (SSL_version(s) >= TLS1_3_VERSION)
+			ret = 2;
 	} else if (tk.prev.valid && memcmp(key_name, tk.prev.name, 16) == 0) {
 		k = tk.prev;
 		ret = 2;
@@ -494,6 +500,7 @@ static enum tls_status
 status_of(struct tls_conn *tc, int ret)
 {
 	int e = SSL_get_error(tc->ssl, ret);
+	unsigned long why = ERR_peek_error();
 
 	ERR_clear_error();
 	switch (e) {
@@ -503,6 +510,15 @@ status_of(struct tls_conn *tc, int ret)
 		return TLS_WANT_WRITE;
 	case SSL_ERROR_ZERO_RETURN:
 		return TLS_EOF;
+	case SSL_ERROR_SSL:
+		/*
+		 * A FIN without close_notify is the peer gone, not a protocol
+		 * error: no alert went out, and none could be read.
+		 */
+		if (ERR_GET_LIB(why) == ERR_LIB_SSL &&
+		    ERR_GET_REASON(why) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+			return TLS_FAIL;
+		return TLS_ALERT;
 	default:
 		return TLS_FAIL;
 	}
@@ -578,6 +594,8 @@ tls_status_str(enum tls_status st)
 		return "want_write";
 	case TLS_EOF:
 		return "eof";
+	case TLS_ALERT:
+		return "alert";
 	case TLS_FAIL:
 		return "fail";
 	}

@@ -25,8 +25,10 @@ enum tls_status {
 	TLS_DONE = 0, /* handshake finished, or shutdown alert sent */
 	TLS_WANT_READ, /* retry when the socket is readable */
 	TLS_WANT_WRITE, /* retry when the socket is writable */
-	TLS_EOF, /* the peer closed (close_notify or TCP FIN) */
-	TLS_FAIL, /* protocol or socket error: close the connection */
+	TLS_EOF, /* the peer closed (close_notify) */
+	TLS_ALERT, /* protocol error: OpenSSL sent the peer a fatal alert */
+	TLS_FAIL, /* socket error or EOF without close_notify: the peer is gone
+	           */
 };
 
 /*

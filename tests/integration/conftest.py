@@ -30,6 +30,8 @@ IO_TIMEOUT = 20.0
 START_TIMEOUT = 15.0
 # Hard bound per test: dump all stacks and abort the run if exceeded.
 TEST_HARD_TIMEOUT = 150
+# Timing tolerance factor: the sanitizer build (build-san) runs slower.
+SLOW = 2.0 if "san" in os.path.basename(os.path.dirname(LIFELINE_BIN)) else 1.0
 
 # Shared pool of random bytes; payloads are random slices of it, so data is
 # incompressible and position-dependent without paying os.urandom per test.

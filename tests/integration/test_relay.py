@@ -228,8 +228,9 @@ def _make_streamer(send):
         try:
             while send and not stop.is_set():
                 c.sendall(buf)
-        except OSError:
-            pass
+        except OSError as e:
+            # A reset is reported once, to whichever call comes first.
+            rec["send_end"] = type(e).__name__
         t.join(15)
     return handler
 
@@ -255,6 +256,8 @@ def test_rst_from_client_mid_stream(tmp_path, duplex, flow):
     t0 = time.monotonic()
     rec = streamer.wait_done(timeout=10)[0]
     assert "end_at" in rec, rec
+    assert "ConnectionResetError" in (rec["end"], rec.get("send_end")), \
+        f"upstream saw {rec['end']} after the client's reset"
     assert rec["end_at"] - t0 < 2.0, \
         f"upstream side closed {rec['end_at'] - t0:.2f}s after the client reset"
     n = d.wait_fds_at_most(base, timeout=5)
@@ -285,22 +288,30 @@ def test_rst_from_upstream_mid_stream(tmp_path, duplex, flow):
     base = _warm_baseline(d, d.addr("plain"))
     s = connect(d.addr("rst"))
     stop = threading.Event()
+    send_end = []
 
     def sender():
         try:
             while not stop.is_set():
                 s.sendall(b"c" * 65536)
-        except OSError:
-            pass
+        except OSError as e:
+            # A reset is reported once, to whichever call comes first.
+            send_end.append(type(e).__name__)
 
     t = start_thread(sender) if flow != "upstream-sends" else None
     try:
         how, n, _ = read_until_closed(s, 10)
         closed_at = time.monotonic()
+    except (ConnectionResetError, BrokenPipeError):
+        how, closed_at = "reset", time.monotonic()
     finally:
         stop.set()
     if t is not None:
         join(t, 10)
+    # The upstream's reset cut the stream: the client must see one too,
+    # never a FIN that would claim the stream complete.
+    assert how == "reset" or "ConnectionResetError" in send_end, \
+        f"client saw {how} after the upstream's reset"
     rec = srv.wait_done()[0]
     assert "rst_at" in rec, rec
     assert closed_at - rec["rst_at"] < 2.0, \
@@ -401,8 +412,9 @@ def test_chat_then_bulk_then_chat_one_connection(tmp_path, echo):
 def test_urgent_byte_does_not_stall_the_stream(tmp_path, echo):
     """TCP urgent data (telnet's Synch, FTP's ABOR): recv stops short at the
     urgent mark, so a short read cannot be taken to mean an empty socket.
-    The urgent byte itself is out of band (not relayed, as with splice);
-    the bytes after it must come through without the client sending more."""
+    The urgent byte is relayed inline, in its place (SO_OOBINLINE), and the
+    bytes after it come through without the client sending more.  The
+    spliced path: test_endings.py's test_urgent_byte_relayed_in_order."""
     d = start_daemon(tmp_path, make_config(
         {"up": [echo.spec]}, {"plain": {"upstream": "up"}}))
     for i in range(20):
@@ -411,7 +423,7 @@ def test_urgent_byte_does_not_stall_the_stream(tmp_path, echo):
         s.send(b"AB" * (i + 1))
         s.send(b"!", socket.MSG_OOB)
         s.send(b"CD" * (i + 1))
-        want = b"AB" * (i + 1) + b"CD" * (i + 1)
+        want = b"AB" * (i + 1) + b"!" + b"CD" * (i + 1)
         s.settimeout(3)
         got = b""
         while len(got) < len(want):
