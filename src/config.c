@@ -67,8 +67,12 @@ static const char preset_whatsapp[] =
     "[listen media]\n"
     "bind = 0.0.0.0:587\nbind = [::]:587\nupstream = media\n"
     "maxconn = 27495\n"
-    "[listen media-lb]\n"
+    /* 7777 relays media directly, as in the official Docker image. */
+    "[listen media-alt]\n"
     "bind = 0.0.0.0:7777\nbind = [::]:7777\nupstream = media\n"
+    "maxconn = 27495\n"
+    "[listen media-lb]\n"
+    "bind = 0.0.0.0:8587\nbind = [::]:8587\nupstream = media\n"
     "accept-proxy = on\nmaxconn = 27495\n";
 
 static const char preset_minimal[] =

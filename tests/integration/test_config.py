@@ -207,7 +207,8 @@ def test_print_config_round_trip(tmp_path, echo):
 
 WHATSAPP_LISTENERS = {
     "http": 80, "http-lb": 8080, "https": 443, "https-lb": 8443,
-    "jabber": 5222, "jabber-lb": 8222, "media": 587, "media-lb": 7777,
+    "jabber": 5222, "jabber-lb": 8222, "media": 587, "media-alt": 7777,
+    "media-lb": 8587,
 }
 
 

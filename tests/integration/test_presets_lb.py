@@ -5,7 +5,7 @@ The preset is printed with --print-config and only its addresses are
 changed for the test (binds to 127.0.0.1:0, upstream servers to local
 recorders, no IPv6 wildcard): every other setting (tls, accept-proxy,
 send-proxy, timeouts, maxconn) is the preset's.  Through HAProxy with
-send-proxy-v2 the -lb listeners (8080, 8443, 8222, 7777 in production)
+send-proxy-v2 the -lb listeners (8080, 8443, 8222, 8587 in production)
 must serve, the chat upstream must receive a PROXY v2 header carrying the
 real client's address, and the media upstream none.
 """
@@ -100,15 +100,19 @@ def test_lb_media_listener_behind_haproxy(tmp_path, preset_daemon):
     assert chat.accepted == 0
 
 
-@pytest.mark.parametrize("listener", ["http", "jabber", "media"])
+@pytest.mark.parametrize("listener", ["http", "jabber", "media", "media-alt"])
 def test_direct_listeners_need_no_header(preset_daemon,
                                            listener):
-    """The direct listeners take clients with no PROXY header."""
+    """The direct listeners take clients with no PROXY header; media-alt
+    (7777) relays media directly, as in the official Docker image."""
     d, chat, media = preset_daemon
     s = connect(d.addr(listener))
     payload = b"WA\x06\x03hello"
     assert exchange(s, payload) == payload
-    if listener != "media":
+    if listener.startswith("media"):
+        assert chat.accepted == 0
+        assert media.accepted == 1
+    else:
         r = only_record(chat)
         assert r["pp"]["command"] == "PROXY"
 

@@ -251,15 +251,16 @@ test_presets(void)
 	struct cfg *m = cfg_load_preset("minimal", err, sizeof(err));
 	struct cfg *c;
 	static const char *const names[] = {"http", "http-lb", "https",
-	    "https-lb", "jabber", "jabber-lb", "media", "media-lb"};
+	    "https-lb", "jabber", "jabber-lb", "media", "media-alt",
+	    "media-lb"};
 	static const unsigned ports[] = {
-	    80, 8080, 443, 8443, 5222, 8222, 587, 7777};
+	    80, 8080, 443, 8443, 5222, 8222, 587, 7777, 8587};
 
 	CHECK(w != NULL && m != NULL);
 	if (w == NULL || m == NULL)
 		return;
-	CHECK_INT(w->nlistens, 8);
-	for (size_t i = 0; i < 8 && i < w->nlistens; i++) {
+	CHECK_INT(w->nlistens, 9);
+	for (size_t i = 0; i < 9 && i < w->nlistens; i++) {
 		const struct cfg_listen *l = &w->listens[i];
 
 		CHECK_STR(l->name, names[i]);
@@ -268,7 +269,7 @@ test_presets(void)
 		CHECK_INT(l->tls, ports[i] == 443 || ports[i] == 8443);
 		CHECK_INT(l->accept_proxy, strstr(names[i], "-lb") != NULL);
 		CHECK_STR(w->upstreams[l->upstream].name,
-		    ports[i] == 587 || ports[i] == 7777 ? "media" : "chat");
+		    strncmp(names[i], "media", 5) == 0 ? "media" : "chat");
 		CHECK_INT(l->maxconn, 27495);
 	}
 	CHECK_INT(w->maxconn, 27500);
