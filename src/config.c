@@ -21,6 +21,19 @@
 /* inih's line buffer (INI_MAX_LINE in Debian's build). */
 #define CFG_MAX_LINE 200
 
+/*
+ * Who may send PROXY headers to the preset's -lb listeners: the loopback,
+ * private and carrier-grade NAT ranges a load balancer talks from.
+ */
+#define PRESET_LB_TRUSTED                                                      \
+	"trusted-proxies = 127.0.0.0/8\n"                                      \
+	"trusted-proxies = ::1/128\n"                                          \
+	"trusted-proxies = 10.0.0.0/8\n"                                       \
+	"trusted-proxies = 172.16.0.0/12\n"                                    \
+	"trusted-proxies = 192.168.0.0/16\n"                                   \
+	"trusted-proxies = 100.64.0.0/10\n"                                    \
+	"trusted-proxies = fc00::/7\n"
+
 static const char preset_whatsapp[] =
     "# Built-in preset 'whatsapp': the official WhatsApp proxy's port map.\n"
     "[global]\n"
@@ -51,19 +64,19 @@ static const char preset_whatsapp[] =
     "bind = 0.0.0.0:80\nbind = [::]:80\nupstream = chat\nmaxconn = 27495\n"
     "[listen http-lb]\n"
     "bind = 0.0.0.0:8080\nbind = [::]:8080\nupstream = chat\n"
-    "accept-proxy = on\nmaxconn = 27495\n"
+    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n"
     "[listen https]\n"
     "bind = 0.0.0.0:443\nbind = [::]:443\nupstream = chat\ntls = on\n"
     "maxconn = 27495\n"
     "[listen https-lb]\n"
     "bind = 0.0.0.0:8443\nbind = [::]:8443\nupstream = chat\ntls = on\n"
-    "accept-proxy = on\nmaxconn = 27495\n"
+    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n"
     "[listen jabber]\n"
     "bind = 0.0.0.0:5222\nbind = [::]:5222\nupstream = chat\n"
     "maxconn = 27495\n"
     "[listen jabber-lb]\n"
     "bind = 0.0.0.0:8222\nbind = [::]:8222\nupstream = chat\n"
-    "accept-proxy = on\nmaxconn = 27495\n"
+    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n"
     "[listen media]\n"
     "bind = 0.0.0.0:587\nbind = [::]:587\nupstream = media\n"
     "maxconn = 27495\n"
@@ -73,7 +86,7 @@ static const char preset_whatsapp[] =
     "maxconn = 27495\n"
     "[listen media-lb]\n"
     "bind = 0.0.0.0:8587\nbind = [::]:8587\nupstream = media\n"
-    "accept-proxy = on\nmaxconn = 27495\n";
+    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n";
 
 static const char preset_minimal[] =
     "# Built-in preset 'minimal': the two-port public profile.\n"
@@ -1035,6 +1048,66 @@ cfg_free(struct cfg *cfg)
 	free(cfg->public_host);
 	free(cfg->source);
 	free(cfg);
+}
+
+static bool
+listen_reachable(const struct cfg_listen *ls)
+{
+	for (size_t i = 0; i < ls->nbinds; i++) {
+		if (!addr_is_loopback(
+		        (const struct sockaddr *)&ls->binds[i].ss))
+			return true;
+	}
+	return false;
+}
+
+/* Appends ", [listen NAME]" to buf (len bytes, *n used) while it fits. */
+static void
+append_listener(char *buf, size_t len, size_t *n, const char *name)
+{
+	int r = snprintf(
+	    buf + *n, len - *n, "%s[listen %s]", *n > 0 ? ", " : "", name);
+
+	if (r > 0 && (size_t)r < len - *n)
+		*n += (size_t)r;
+	else
+		buf[*n] = '\0';
+}
+
+/*
+ * A PROXY header names the client: whoever may send one chooses the
+ * address lifeline forwards to the upstream (send-proxy).
+ */
+static void
+warn_open_proxies(const struct cfg *cfg, cfg_warn_cb warn)
+{
+	char names[CFG_ERRLEN] = "", msg[CFG_ERRLEN + 256];
+	size_t n = 0, count = 0;
+
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		const struct cfg_listen *ls = &cfg->listens[i];
+
+		if (!ls->accept_proxy || ls->trusted_text.n > 0 ||
+		    !listen_reachable(ls))
+			continue;
+		append_listener(names, sizeof(names), &n, ls->name);
+		count++;
+	}
+	if (count == 0)
+		return;
+	snprintf(msg, sizeof(msg),
+	    "%s: accept-proxy on a non-loopback address without "
+	    "trusted-proxies: anyone who can connect chooses the client "
+	    "address forwarded upstream; set trusted-proxies to the load "
+	    "balancer's addresses",
+	    names);
+	warn(msg);
+}
+
+void
+cfg_warnings(const struct cfg *cfg, cfg_warn_cb warn)
+{
+	warn_open_proxies(cfg, warn);
 }
 
 static const char *

@@ -120,6 +120,16 @@ struct cfg *cfg_load_string(
 
 void cfg_free(struct cfg *cfg);
 
+/* Receives one warning: a line, without its newline. */
+typedef void (*cfg_warn_cb)(const char *msg);
+
+/*
+ * Calls warn once per risk in a valid cfg that is allowed but deserves a
+ * word: accept-proxy listeners on a non-loopback address without
+ * trusted-proxies (one call naming them all).
+ */
+void cfg_warnings(const struct cfg *cfg, cfg_warn_cb warn);
+
 /* Writes the effective configuration, defaults included, as INI. */
 void cfg_print(const struct cfg *cfg, FILE *out);
 

@@ -230,6 +230,18 @@ check_more(const struct cfg *cfg)
 	return 0;
 }
 
+static void
+warn_log(const char *msg)
+{
+	log_warnx("%s", msg);
+}
+
+static void
+warn_stderr(const char *msg)
+{
+	fprintf(stderr, "lifeline: warning: %s\n", msg);
+}
+
 /*
  * Drops root for the configured user after binding.  Returns 0 or -1.
  * Without 'user', or when not root, nothing changes.
@@ -344,6 +356,7 @@ reload(void)
 		return;
 	}
 	apply_log_level(g->cfg);
+	cfg_warnings(g->cfg, warn_log);
 	resolver_set_gen(g);
 	resolver_wait(RESOLVE_WAIT_MS);
 	for (unsigned i = 0; i < m.nworkers; i++)
@@ -446,6 +459,7 @@ main(int argc, char **argv)
 			cfg_free(cfg);
 			return 1;
 		}
+		cfg_warnings(cfg, warn_stderr);
 		printf("%s: configuration OK\n", cfg->source);
 		cfg_free(cfg);
 		return 0;
@@ -456,6 +470,7 @@ main(int argc, char **argv)
 		return 0;
 	}
 	apply_log_level(cfg);
+	cfg_warnings(cfg, warn_log);
 
 	/* Workers inherit this mask: signals reach the main thread only. */
 	sigemptyset(&set);

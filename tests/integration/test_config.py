@@ -212,6 +212,11 @@ WHATSAPP_LISTENERS = {
 }
 
 
+# Where a load balancer talks from: loopback and private ranges.
+LB_TRUSTED = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
+              "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
+
+
 def _printed_preset(tmp_path, name):
     r = run_cli(["--print-config", "--preset", name])
     assert r.returncode == 0, r.stderr
@@ -237,6 +242,8 @@ def test_preset_whatsapp_prints(tmp_path):
         assert listeners[name]["upstream"] == [want_up]
         assert listeners[name]["tls"] == ["on" if name.startswith("https") else "off"]
         assert listeners[name]["accept-proxy"] == ["on" if name.endswith("-lb") else "off"]
+        want_trusted = LB_TRUSTED if name.endswith("-lb") else []
+        assert listeners[name].get("trusted-proxies", []) == want_trusted, name
     chat = ini["upstream chat"]
     assert sorted(chat["server"]) == sorted(
         f"{h}:{p}" for h in ("g.whatsapp.net", "g-fallback.whatsapp.net")
@@ -321,3 +328,47 @@ def test_bind_failure_exits_1(tmp_path, echo):
         assert not d.ports_file.exists(), "ports file written although a bind failed"
     finally:
         taken.close()
+
+
+# --- warnings: the daemon starts, --check passes, one line says why
+
+
+def _proxy_listeners(echo, binds, **extra):
+    listeners = {n: {"bind": b, "upstream": "up", "accept-proxy": "on"}
+                 for n, b in binds.items()}
+    for n, kv in extra.items():
+        listeners[n].update(kv)
+    return make_config({"up": [echo.spec]}, listeners)
+
+
+def _warning_lines(text, word):
+    return [l for l in text.splitlines() if word in l]
+
+
+def test_open_proxy_listeners_warn_once(tmp_path, echo):
+    """accept-proxy on 0.0.0.0 with no trusted-proxies: one warning line
+    naming every such listener, at start and from --check (exit 0)."""
+    cfg = _proxy_listeners(
+        echo, {"pa": "0.0.0.0:0", "pb": "0.0.0.0:0", "lo": "127.0.0.1:0",
+               "tr": "0.0.0.0:0"},
+        tr={"trusted-proxies": "10.0.0.0/8"})
+    d = start_daemon(tmp_path, cfg)
+    lines = _warning_lines(d.stderr_text(), "trusted-proxies")
+    assert len(lines) == 1, d.stderr_text()
+    assert "[listen pa]" in lines[0] and "[listen pb]" in lines[0], lines
+    assert "[listen lo]" not in lines[0] and "[listen tr]" not in lines[0]
+    assert "warn" in lines[0], lines
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = _warning_lines(r.stdout + r.stderr, "trusted-proxies")
+    assert len(lines) == 1 and "[listen pa]" in lines[0], r.stdout + r.stderr
+
+
+def test_loopback_proxy_listeners_do_not_warn(tmp_path, echo):
+    cfg = _proxy_listeners(echo, {"pa": "127.0.0.1:0", "pb": "127.0.0.1:0"})
+    d = start_daemon(tmp_path, cfg)
+    assert _warning_lines(d.stderr_text(), "trusted-proxies") == [], \
+        d.stderr_text()
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "trusted-proxies" not in r.stdout + r.stderr

@@ -244,6 +244,24 @@ roundtrip(struct cfg *c)
 	cfg_free(c2);
 }
 
+/* The preset's -lb listeners trust the ranges a load balancer talks from. */
+static void
+check_lb_trusted(const struct cfg_listen *l)
+{
+	static const char *const want[] = {"127.0.0.0/8", "::1/128",
+	    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+	    "fc00::/7"};
+	const size_t n = sizeof(want) / sizeof(want[0]);
+
+	if (!l->accept_proxy) {
+		CHECK_INT(l->trusted_text.n, 0);
+		return;
+	}
+	CHECK_INT(l->trusted_text.n, n);
+	for (size_t i = 0; i < n && i < l->trusted_text.n; i++)
+		CHECK_STR(l->trusted_text.v[i], want[i]);
+}
+
 static void
 test_presets(void)
 {
@@ -271,6 +289,7 @@ test_presets(void)
 		CHECK_STR(w->upstreams[l->upstream].name,
 		    strncmp(names[i], "media", 5) == 0 ? "media" : "chat");
 		CHECK_INT(l->maxconn, 27495);
+		check_lb_trusted(l);
 	}
 	CHECK_INT(w->maxconn, 27500);
 	CHECK_INT(w->upstreams[0].nservers, 6);
