@@ -1,8 +1,13 @@
 """Command line and configuration: errors with file:line, --check,
 --print-config round trip, presets, unsupported listeners, exit codes."""
 
+import os
+import pathlib
 import re
+import shutil
+import signal
 import socket
+import tempfile
 
 import pytest
 
@@ -372,3 +377,56 @@ def test_loopback_proxy_listeners_do_not_warn(tmp_path, echo):
     r = run_cli(["--check", "-c", str(d.conf)])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "trusted-proxies" not in r.stdout + r.stderr
+
+
+# --- privileges
+
+
+def _uid_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return [int(x) for x in line.split()[1:]]
+    raise AssertionError("no Uid line")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_ports_file_written_before_dropping_root(tmp_path, echo):
+    """user = nobody, ports file in a root-only (0700) directory: written
+    while still root, then the daemon serves as nobody."""
+    os.chmod(tmp_path, 0o700)
+    assert os.stat(tmp_path).st_uid == 0
+    cfg = make_config({"up": [echo.spec]}, {"plain": {"upstream": "up"}},
+                      global_={"user": "nobody"})
+    d = start_daemon(tmp_path, cfg)
+    assert "plain" in d.ports
+    assert try_echo(d.addr("plain"))
+    assert all(u != 0 for u in _uid_of(d.pid)), _uid_of(d.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_ports_file_unwritable_after_reload_is_a_warning(echo):
+    """After the drop, a reload cannot rewrite a root-only ports file: a
+    warning, and the daemon keeps serving.  (The config must be readable
+    by nobody, so this one lives outside pytest's root-only tmp_path.)"""
+    top = pathlib.Path(tempfile.mkdtemp(prefix="lifeline-"))
+    try:
+        os.chmod(top, 0o755)
+        priv = top / "priv"
+        priv.mkdir(mode=0o700)
+        cfg = make_config({"up": [echo.spec]}, {"plain": {"upstream": "up"}},
+                          global_={"user": "nobody"})
+        d = Daemon(top, cfg)
+        os.chmod(d.conf, 0o644)
+        d.ports_file = priv / "ports"
+        d.start()
+        since = d.stderr_size()
+        d.send(signal.SIGHUP)
+        d.wait_stderr(since, lambda t: "configuration reloaded" in t,
+                      what="reload")
+        err = d.stderr_path.read_bytes()[since:].decode()
+        assert "warn: cannot rewrite ports file" in err, err
+        assert d.alive() and try_echo(d.addr("plain"))
+        d.stop()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
