@@ -777,10 +777,18 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 static void
 key_stats(struct parse_state *st, const char *key, const char *value)
 {
-	if (strcmp(key, "listen") == 0)
+	const char *e;
+
+	if (strcmp(key, "listen") == 0) {
 		parse_bind(st, key, value, &st->cfg->stats, &st->cfg->nstats);
-	else
+	} else if (strcmp(key, "public") == 0) {
+		if (!once(st, 0, key))
+			return;
+		if ((e = cfg_parse_bool(value, &st->cfg->stats_public)) != NULL)
+			bad_value(st, key, value, e);
+	} else {
 		perr(st, st->line, "unknown key '%s' in [stats]", key);
+	}
 }
 
 /* inih's handler: returns 1 to go on, 0 on error. */
@@ -1061,12 +1069,13 @@ listen_reachable(const struct cfg_listen *ls)
 	return false;
 }
 
-/* Appends ", [listen NAME]" to buf (len bytes, *n used) while it fits. */
+/* Appends ", BEFORE ITEM AFTER" to buf (len bytes, *n used) while it fits. */
 static void
-append_listener(char *buf, size_t len, size_t *n, const char *name)
+append_item(char *buf, size_t len, size_t *n, const char *before,
+    const char *item, const char *after)
 {
-	int r = snprintf(
-	    buf + *n, len - *n, "%s[listen %s]", *n > 0 ? ", " : "", name);
+	int r = snprintf(buf + *n, len - *n, "%s%s%s%s", *n > 0 ? ", " : "",
+	    before, item, after);
 
 	if (r > 0 && (size_t)r < len - *n)
 		*n += (size_t)r;
@@ -1090,7 +1099,8 @@ warn_open_proxies(const struct cfg *cfg, cfg_warn_cb warn)
 		if (!ls->accept_proxy || ls->trusted_text.n > 0 ||
 		    !listen_reachable(ls))
 			continue;
-		append_listener(names, sizeof(names), &n, ls->name);
+		append_item(
+		    names, sizeof(names), &n, "[listen ", ls->name, "]");
 		count++;
 	}
 	if (count == 0)
@@ -1104,10 +1114,36 @@ warn_open_proxies(const struct cfg *cfg, cfg_warn_cb warn)
 	warn(msg);
 }
 
+/* The dashboard and metrics are for operators: loopback unless meant. */
+static void
+warn_public_stats(const struct cfg *cfg, cfg_warn_cb warn)
+{
+	char addrs[CFG_ERRLEN] = "", msg[CFG_ERRLEN + 256];
+	size_t n = 0;
+
+	if (cfg->stats_public)
+		return;
+	for (size_t i = 0; i < cfg->nstats; i++) {
+		const struct cfg_bind *b = &cfg->stats[i];
+
+		if (!addr_is_loopback((const struct sockaddr *)&b->ss))
+			append_item(addrs, sizeof(addrs), &n, "", b->text, "");
+	}
+	if (n == 0)
+		return;
+	snprintf(msg, sizeof(msg),
+	    "[stats] listen = %s is not a loopback address: the dashboard "
+	    "and metrics are reachable from the network; set 'public = on' "
+	    "in [stats] if that is meant",
+	    addrs);
+	warn(msg);
+}
+
 void
 cfg_warnings(const struct cfg *cfg, cfg_warn_cb warn)
 {
 	warn_open_proxies(cfg, warn);
+	warn_public_stats(cfg, warn);
 }
 
 static const char *
@@ -1162,10 +1198,11 @@ cfg_print(const struct cfg *cfg, FILE *out)
 	fprintf(out, "handshake = %s\n",
 	    fmt_duration(cfg->timeouts.handshake_ms, d, sizeof(d)));
 
-	if (cfg->nstats > 0) {
+	if (cfg->nstats > 0 || cfg->stats_public) {
 		fprintf(out, "\n[stats]\n");
 		for (size_t i = 0; i < cfg->nstats; i++)
 			fprintf(out, "listen = %s\n", cfg->stats[i].text);
+		fprintf(out, "public = %s\n", cfg->stats_public ? "on" : "off");
 	}
 	for (size_t i = 0; i < cfg->nupstreams; i++) {
 		const struct cfg_upstream *up = &cfg->upstreams[i];

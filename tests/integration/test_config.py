@@ -430,3 +430,47 @@ def test_ports_file_unwritable_after_reload_is_a_warning(echo):
         d.stop()
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+# --- [stats] public
+
+
+def _stats_config(echo, listen, public=None):
+    extra = f"\n[stats]\nlisten = {listen}\n"
+    if public is not None:
+        extra += f"public = {public}\n"
+    return make_config({"up": [echo.spec]}, {"plain": {"upstream": "up"}},
+                       extra=extra)
+
+
+def test_public_stats_without_public_on_warns_once(tmp_path, echo):
+    d = start_daemon(tmp_path, _stats_config(echo, "0.0.0.0:0"))
+    assert "stats" in d.ports
+    lines = _warning_lines(d.stderr_text(), "public = on")
+    assert len(lines) == 1, d.stderr_text()
+    assert "0.0.0.0:0" in lines[0] and "warn" in lines[0], lines
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(_warning_lines(r.stderr, "public = on")) == 1, r.stderr
+    r = run_cli(["--print-config", "-c", str(d.conf)])
+    assert parse_ini(r.stdout)["stats"]["public"] == ["off"], r.stdout
+
+
+def test_public_stats_with_public_on_is_quiet(tmp_path, echo):
+    d = start_daemon(tmp_path, _stats_config(echo, "0.0.0.0:0", "on"))
+    assert "stats" in d.ports
+    assert "public" not in d.stderr_text(), d.stderr_text()
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    r = run_cli(["--print-config", "-c", str(d.conf)])
+    assert parse_ini(r.stdout)["stats"]["public"] == ["on"], r.stdout
+    # loopback needs no 'public'
+    d2 = start_daemon(tmp_path, _stats_config(echo, "127.0.0.1:0"))
+    assert "public" not in d2.stderr_text(), d2.stderr_text()
+
+
+def test_stats_public_bad_value(tmp_path, echo):
+    conf = tmp_path / "c.conf"
+    conf.write_text(_stats_config(echo, "127.0.0.1:0", "maybe"))
+    r = run_cli(["--check", "-c", str(conf)])
+    assert r.returncode == 1 and "public" in r.stderr, r.stderr
