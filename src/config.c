@@ -943,6 +943,13 @@ cfg_load_string(const char *text, const char *source, char *err, size_t errlen)
 	st.cfg = cfg;
 	st.text = text;
 	st.len = strlen(text);
+	/*
+	 * A UTF-8 byte-order mark (Windows editors) is skipped here: inih may
+	 * or may not strip it (INI_ALLOW_BOM), and our reader must see line 1
+	 * as written to notice a section header there.
+	 */
+	if (strncmp(text, "\xEF\xBB\xBF", 3) == 0)
+		st.pos = 3;
 	st.err = err;
 	st.errlen = errlen;
 	r = ini_parse_stream(reader, &st, handler, &st);

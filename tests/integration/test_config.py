@@ -474,3 +474,25 @@ def test_stats_public_bad_value(tmp_path, echo):
     conf.write_text(_stats_config(echo, "127.0.0.1:0", "maybe"))
     r = run_cli(["--check", "-c", str(conf)])
     assert r.returncode == 1 and "public" in r.stderr, r.stderr
+
+
+# --- a UTF-8 byte-order mark (as Windows editors write)
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_bom_config_passes_check(tmp_path):
+    conf = tmp_path / "bom.conf"
+    conf.write_bytes(BOM + good().encode())
+    r = run_cli(["--check", "-c", str(conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_bom_config_error_names_right_line(tmp_path):
+    conf = tmp_path / "bom.conf"
+    conf.write_bytes(BOM + b"[global]\nworkers = 2\nbogus = 1\n" +
+                     BASE_TAIL.encode())
+    for args in (["--check"], []):
+        r = run_cli(args + ["-c", str(conf)])
+        assert r.returncode == (1 if args else 2), r.stderr
+        assert f"{conf}:3: unknown key 'bogus'" in r.stderr, r.stderr
