@@ -503,6 +503,39 @@ reader(char *str, int num, void *stream)
 	return str;
 }
 
+/* Every key each kind of section takes, NULL-terminated. */
+static const char *const *
+section_keys(enum sec_kind kind)
+{
+	static const char *const global[] = {"workers", "maxconn", "user",
+	    "drain-timeout", "log-level", "ports-file", "public-host", NULL};
+	static const char *const timeouts[] = {"connect", "client", "server",
+	    "client-fin", "server-fin", "handshake", NULL};
+	static const char *const stats[] = {"listen", "public", NULL};
+	static const char *const upstream[] = {
+	    "server", "send-proxy", "check-interval", NULL};
+	static const char *const listen[] = {"bind", "tls", "cert", "key",
+	    "tls-key-type", "tls-names", "tls-ips", "accept-proxy",
+	    "trusted-proxies", "upstream", "maxconn", NULL};
+	static const char *const none[] = {NULL};
+
+	switch (kind) {
+	case SEC_GLOBAL:
+		return global;
+	case SEC_TIMEOUTS:
+		return timeouts;
+	case SEC_STATS:
+		return stats;
+	case SEC_UPSTREAM:
+		return upstream;
+	case SEC_LISTEN:
+		return listen;
+	case SEC_NONE:
+		break;
+	}
+	return none;
+}
+
 /* Marks key number bit as seen; false (with an error) when it repeats. */
 static bool
 once(struct parse_state *st, unsigned bit, const char *key)
@@ -592,10 +625,7 @@ key_global(struct parse_state *st, const char *key, const char *value)
 	} else if (strcmp(key, "user") == 0) {
 		if (!once(st, 2, key))
 			return;
-		if (*value == '\0')
-			bad_value(st, key, value, "empty user name");
-		else
-			set_str(&cfg->user, value);
+		set_str(&cfg->user, value);
 	} else if (strcmp(key, "drain-timeout") == 0) {
 		if (once(st, 3, key))
 			parse_duration_key(
@@ -609,14 +639,11 @@ key_global(struct parse_state *st, const char *key, const char *value)
 	} else if (strcmp(key, "ports-file") == 0) {
 		if (!once(st, 5, key))
 			return;
-		if (*value == '\0')
-			bad_value(st, key, value, "empty path");
-		else
-			set_str(&cfg->ports_file, value);
+		set_str(&cfg->ports_file, value);
 	} else if (strcmp(key, "public-host") == 0) {
 		if (!once(st, 6, key))
 			return;
-		if (*value == '\0' || strpbrk(value, " \t/?&#") != NULL)
+		if (strpbrk(value, " \t/?&#") != NULL)
 			bad_value(st, key, value, "not a host name or address");
 		else
 			set_str(&cfg->public_host, value);
@@ -628,13 +655,13 @@ key_global(struct parse_state *st, const char *key, const char *value)
 static void
 key_timeouts(struct parse_state *st, const char *key, const char *value)
 {
-	static const char *const names[] = {"connect", "client", "server",
-	    "client-fin", "server-fin", "handshake"};
+	const char *const *names = section_keys(SEC_TIMEOUTS);
 	struct cfg_timeouts *t = &st->cfg->timeouts;
+	/* In the order of section_keys(SEC_TIMEOUTS). */
 	uint64_t *slots[] = {&t->connect_ms, &t->client_ms, &t->server_ms,
 	    &t->client_fin_ms, &t->server_fin_ms, &t->handshake_ms};
 
-	for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+	for (unsigned i = 0; names[i] != NULL; i++) {
 		if (strcmp(key, names[i]) == 0) {
 			if (once(st, i, key))
 				parse_duration_key(st, key, value, slots[i], 1);
@@ -705,10 +732,7 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 	} else if (strcmp(key, "cert") == 0 || strcmp(key, "key") == 0) {
 		if (!once(st, key[0] == 'c' ? 1 : 2, key))
 			return;
-		if (*value == '\0')
-			bad_value(st, key, value, "empty path");
-		else
-			set_str(key[0] == 'c' ? &ls->cert : &ls->key, value);
+		set_str(key[0] == 'c' ? &ls->cert : &ls->key, value);
 	} else if (strcmp(key, "tls-key-type") == 0) {
 		if (!once(st, 3, key))
 			return;
@@ -791,6 +815,25 @@ key_stats(struct parse_state *st, const char *key, const char *value)
 	}
 }
 
+/*
+ * "key =" with nothing after it: no key takes an empty value, and each
+ * parser would otherwise explain it its own way ("unknown upstream ''").
+ * Unknown keys fall through to their own message.
+ */
+static bool
+empty_value(struct parse_state *st, const char *key, const char *value)
+{
+	if (*value != '\0')
+		return false;
+	for (const char *const *k = section_keys(st->kind); *k != NULL; k++) {
+		if (strcmp(*k, key) == 0) {
+			perr(st, st->line, "%s: empty value", key);
+			return true;
+		}
+	}
+	return false;
+}
+
 /* inih's handler: returns 1 to go on, 0 on error. */
 static int
 handler(void *user, const char *section, const char *key, const char *value)
@@ -798,7 +841,7 @@ handler(void *user, const char *section, const char *key, const char *value)
 	struct parse_state *st = user;
 
 	(void)section; /* the reader tracked it, with its line */
-	if (st->failed)
+	if (st->failed || empty_value(st, key, value))
 		return 0;
 	switch (st->kind) {
 	case SEC_NONE:

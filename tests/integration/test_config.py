@@ -496,3 +496,39 @@ def test_bom_config_error_names_right_line(tmp_path):
         r = run_cli(args + ["-c", str(conf)])
         assert r.returncode == (1 if args else 2), r.stderr
         assert f"{conf}:3: unknown key 'bogus'" in r.stderr, r.stderr
+
+
+# --- empty values: "FILE:LINE: KEY: empty value", whatever the key
+
+EMPTY_CASES = [
+    ("global", k) for k in ("workers", "maxconn", "user", "drain-timeout",
+                            "log-level", "ports-file", "public-host")
+] + [
+    ("timeouts", k) for k in ("connect", "client", "server", "client-fin",
+                              "server-fin", "handshake")
+] + [
+    ("stats", "listen"), ("stats", "public"),
+    ("upstream up", "server"), ("upstream up", "send-proxy"),
+    ("upstream up", "check-interval"),
+] + [
+    ("listen a", k) for k in ("bind", "upstream", "maxconn", "tls", "cert",
+                              "key", "tls-key-type", "tls-names", "tls-ips",
+                              "accept-proxy", "trusted-proxies")
+]
+
+
+@pytest.mark.parametrize("section,key", EMPTY_CASES,
+                         ids=[f"{s.split()[0]}-{k}" for s, k in EMPTY_CASES])
+def test_empty_value_is_named(tmp_path, section, key):
+    head = "" if section in ("upstream up", "listen a") else f"[{section}]\n"
+    text = head + BASE_TAIL
+    if section in ("upstream up", "listen a"):
+        text = text.replace(f"[{section}]\n", f"[{section}]\n{key} =\n")
+    else:
+        text = text.replace(head, head + f"{key} =\n", 1)
+    line = text.splitlines().index(f"{key} =") + 1
+    conf = tmp_path / "c.conf"
+    conf.write_text(text)
+    r = run_cli(["--check", "-c", str(conf)])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{conf}:{line}: {key}: empty value" in r.stderr, r.stderr

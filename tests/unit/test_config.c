@@ -158,6 +158,13 @@ test_errors(void)
 	    {"[listen a]\ntls-ips = not-an-ip\n", 2, "not a numeric"},
 	    {"[listen a]\ntrusted-proxies = 10.0.0.0/99\n", 2, "prefix length"},
 	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 127.0.0.1:1\n"
+	     "upstream =\n",
+	        5, "upstream: empty value"},
+	    {"[global]\nuser =\n", 2, "user: empty value"},
+	    {"[listen a]\ntls-names =   \n", 2, "tls-names: empty value"},
+	    {"[stats]\nlisten =\n", 2, "listen: empty value"},
+	    {"[global]\nfoo =\n", 2, "unknown key 'foo' in [global]"},
+	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 127.0.0.1:1\n"
 	     "bind = 127.0.0.1:1\nupstream = u\n",
 	        5, "already bound at line 4"},
 	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 127.0.0.1:1\n"
