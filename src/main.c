@@ -206,11 +206,13 @@ count_workers(const struct cfg *cfg)
 }
 
 /*
- * --check: what parsing cannot see.  Loads every supplied certificate and
- * key; returns 0, or -1 after printing the problem.
+ * What parsing cannot see, for --check and before start-up: loads every
+ * supplied certificate and key.  Returns 0, or -1 after printing the
+ * problem (one line naming the file).  Start-up loads them again in
+ * gen_new; a certificate file is small.
  */
 static int
-check_more(const struct cfg *cfg)
+check_certs(const struct cfg *cfg)
 {
 	char err[CFG_ERRLEN];
 
@@ -467,7 +469,7 @@ main(int argc, char **argv)
 		return m.o.check ? 1 : 2;
 	}
 	if (m.o.check) {
-		if (check_more(cfg) != 0) {
+		if (check_certs(cfg) != 0) {
 			cfg_free(cfg);
 			return 1;
 		}
@@ -480,6 +482,11 @@ main(int argc, char **argv)
 		cfg_print(cfg, stdout);
 		cfg_free(cfg);
 		return 0;
+	}
+	/* A certificate that does not load is a configuration error. */
+	if (check_certs(cfg) != 0) {
+		cfg_free(cfg);
+		return 2;
 	}
 	apply_log_level(cfg);
 	cfg_warnings(cfg, warn_log);

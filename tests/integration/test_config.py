@@ -532,3 +532,22 @@ def test_empty_value_is_named(tmp_path, section, key):
     r = run_cli(["--check", "-c", str(conf)])
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"{conf}:{line}: {key}: empty value" in r.stderr, r.stderr
+
+
+def test_unloadable_certificate_exits_2_naming_file(tmp_path, echo):
+    """A certificate that does not load is a configuration error: exit 2,
+    one line naming the file, no ports file; --check refuses it too."""
+    bad = tmp_path / "garbage.pem"
+    bad.write_bytes(b"this is not a certificate\n")
+    cfg = make_config(
+        {"up": [echo.spec]},
+        {"sec": {"upstream": "up", "tls": "on", "cert": str(bad),
+                 "key": str(bad)}})
+    d = Daemon(tmp_path, cfg).start(wait=False)
+    rc = d.wait_exit(10)
+    lines = [l for l in d.stderr_text().splitlines() if l.strip()]
+    assert rc == 2, f"exit {rc}: {d.stderr_text()}"
+    assert len(lines) == 1 and str(bad) in lines[0], lines
+    assert not d.ports_file.exists()
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 1 and str(bad) in r.stderr, r.stderr
