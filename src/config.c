@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <ini.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -866,11 +867,102 @@ handler(void *user, const char *section, const char *key, const char *value)
 	return st->failed ? 0 : 1;
 }
 
+/* One bound address; dual: an IPv6 wildcard that takes IPv4 too. */
+struct bind_ref {
+	const struct cfg_bind *b; /* borrowed */
+	bool dual;
+};
+
 static bool
-same_sockaddr(const struct cfg_bind *a, const struct cfg_bind *b)
+bind_wildcard(const struct cfg_bind *b)
 {
-	return a->sslen == b->sslen && memcmp(&a->ss, &b->ss, a->sslen) == 0 &&
-	    addr_port((const struct sockaddr *)&a->ss) != 0;
+	if (b->ss.ss_family == AF_INET)
+		return ((const struct sockaddr_in *)&b->ss)->sin_addr.s_addr ==
+		    htonl(INADDR_ANY);
+	return IN6_IS_ADDR_UNSPECIFIED(
+	    &((const struct sockaddr_in6 *)&b->ss)->sin6_addr);
+}
+
+static bool
+bind_same_addr(const struct cfg_bind *a, const struct cfg_bind *b)
+{
+	if (a->ss.ss_family == AF_INET)
+		return memcmp(&((const struct sockaddr_in *)&a->ss)->sin_addr,
+		           &((const struct sockaddr_in *)&b->ss)->sin_addr,
+		           4) == 0;
+	return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr,
+	           &((const struct sockaddr_in6 *)&b->ss)->sin6_addr, 16) == 0;
+}
+
+/*
+ * True when binding both would fail or split connections: the same port
+ * (never 0, a free port each time) on the same address or under a
+ * wildcard of the same family.  Listeners' IPv6 sockets are IPv6-only;
+ * the stats listener's [::] takes IPv4 too.
+ */
+static bool
+binds_overlap(const struct bind_ref *x, const struct bind_ref *y)
+{
+	const struct cfg_bind *a = x->b, *b = y->b;
+	uint16_t port = addr_port((const struct sockaddr *)&a->ss);
+
+	if (port == 0 || port != addr_port((const struct sockaddr *)&b->ss))
+		return false;
+	if (a->ss.ss_family != b->ss.ss_family)
+		return (x->dual && bind_wildcard(a)) ||
+		    (y->dual && bind_wildcard(b));
+	return bind_wildcard(a) || bind_wildcard(b) || bind_same_addr(a, b);
+}
+
+/* Every listener's and the stats listener's addresses, in file order. */
+static struct bind_ref *
+collect_binds(const struct cfg *cfg, size_t *n)
+{
+	struct bind_ref *refs = NULL;
+
+	*n = 0;
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		for (size_t j = 0; j < cfg->listens[i].nbinds; j++) {
+			struct bind_ref *r = array_push(&refs, n, sizeof(*r));
+
+			r->b = &cfg->listens[i].binds[j];
+		}
+	}
+	for (size_t i = 0; i < cfg->nstats; i++) {
+		struct bind_ref *r = array_push(&refs, n, sizeof(*r));
+
+		r->b = &cfg->stats[i];
+		r->dual = cfg->stats[i].ss.ss_family == AF_INET6;
+	}
+	return refs;
+}
+
+/* What start-up could not bind, or would bind twice, is refused here. */
+static void
+check_binds(struct parse_state *st)
+{
+	size_t n;
+	struct bind_ref *refs = collect_binds(st->cfg, &n);
+
+	for (size_t i = 0; i < n && !st->failed; i++) {
+		const struct cfg_bind *b = refs[i].b;
+
+		for (size_t j = 0; j < i && !st->failed; j++) {
+			const struct cfg_bind *o = refs[j].b;
+
+			if (!binds_overlap(&refs[i], &refs[j]))
+				continue;
+			if (b->sslen == o->sslen && bind_same_addr(b, o))
+				perr(st, b->line,
+				    "address %s already bound at line %d",
+				    b->text, o->line);
+			else
+				perr(st, b->line,
+				    "address %s overlaps %s bound at line %d",
+				    b->text, o->text, o->line);
+		}
+	}
+	free(refs);
 }
 
 static void
@@ -935,26 +1027,9 @@ validate(struct parse_state *st)
 			    ls->name);
 			break;
 		}
-		/* The same address bound twice would steal connections. */
-		for (size_t b = 0; b < ls->nbinds && !st->failed; b++) {
-			for (size_t k = 0; k <= i && !st->failed; k++) {
-				const struct cfg_listen *o = &cfg->listens[k];
-				size_t lim = k == i ? b : o->nbinds;
-
-				for (size_t c = 0; c < lim; c++) {
-					if (same_sockaddr(
-					        &ls->binds[b], &o->binds[c])) {
-						perr(st, ls->binds[b].line,
-						    "address %s already bound "
-						    "at line %d",
-						    ls->binds[b].text,
-						    o->binds[c].line);
-						break;
-					}
-				}
-			}
-		}
 	}
+	if (!st->failed)
+		check_binds(st);
 }
 
 static void

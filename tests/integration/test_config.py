@@ -551,3 +551,53 @@ def test_unloadable_certificate_exits_2_naming_file(tmp_path, echo):
     assert not d.ports_file.exists()
     r = run_cli(["--check", "-c", str(d.conf)])
     assert r.returncode == 1 and str(bad) in r.stderr, r.stderr
+
+
+# --- address conflicts: --check refuses what start-up could not bind
+
+# (listener a binds, listener b binds, stats binds, conflict?) with P a port
+BIND_CASES = {
+    "stats-equals-listener": (["127.0.0.1:P"], [], ["127.0.0.1:P"], True),
+    "two-listeners-same": (["127.0.0.1:P"], ["127.0.0.1:P"], [], True),
+    "wildcard-and-loopback": (["0.0.0.0:P"], ["127.0.0.1:P"], [], True),
+    "stats-wildcard": (["127.0.0.1:P"], [], ["0.0.0.0:P"], True),
+    "stats-v6-wildcard-takes-v4": (["0.0.0.0:P"], [], ["[::]:P"], True),
+    "v6-wildcards": (["[::]:P"], ["[::1]:P"], [], True),
+    "v4-and-v6-listeners": (["0.0.0.0:P"], ["[::]:P"], [], False),
+    "different-ports": (["127.0.0.1:P"], [], ["127.0.0.1:Q"], False),
+    "port-0-never": (["0.0.0.0:0", "127.0.0.1:0"], ["127.0.0.1:0"],
+                     ["127.0.0.1:0", "0.0.0.0:0"], False),
+}
+
+
+def _bind_config(echo, a, b, stats):
+    p, q = free_port(), free_port()
+    fix = lambda l: [x.replace(":P", f":{p}").replace(":Q", f":{q}") for x in l]
+    listeners = {"a": {"bind": fix(a), "upstream": "up"}}
+    if b:
+        listeners["b"] = {"bind": fix(b), "upstream": "up"}
+    extra = "".join(f"listen = {x}\n" for x in fix(stats))
+    return make_config({"up": [echo.spec]}, listeners,
+                       extra=f"\n[stats]\n{extra}" if stats else "")
+
+
+@pytest.mark.parametrize("case", sorted(BIND_CASES))
+def test_check_catches_address_conflicts(tmp_path, echo, case):
+    a, b, stats, conflict = BIND_CASES[case]
+    if any("::" in x for x in a + b + stats) and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    conf = tmp_path / "c.conf"
+    conf.write_text(_bind_config(echo, a, b, stats))
+    r = run_cli(["--check", "-c", str(conf)])
+    if not conflict:
+        assert r.returncode == 0, r.stdout + r.stderr
+        d = Daemon(tmp_path, conf.read_text()).start()
+        assert d.alive()
+        return
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(re.escape(str(conf)) + r":\d+: .*address", r.stderr), \
+        r.stderr
+    pf = tmp_path / "ports"
+    r = run_cli(["-c", str(conf), "--ports-file", str(pf)])
+    assert r.returncode == 2, r.stderr
+    assert not pf.exists()

@@ -164,6 +164,12 @@ test_errors(void)
 	    {"[listen a]\ntls-names =   \n", 2, "tls-names: empty value"},
 	    {"[stats]\nlisten =\n", 2, "listen: empty value"},
 	    {"[global]\nfoo =\n", 2, "unknown key 'foo' in [global]"},
+	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 0.0.0.0:80\n"
+	     "upstream = u\n[stats]\nlisten = 127.0.0.1:80\n",
+	        7, "overlaps 0.0.0.0:80 bound at line 4"},
+	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 127.0.0.1:80\n"
+	     "upstream = u\n[stats]\nlisten = 127.0.0.1:80\n",
+	        7, "already bound at line 4"},
 	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 127.0.0.1:1\n"
 	     "bind = 127.0.0.1:1\nupstream = u\n",
 	        5, "already bound at line 4"},
