@@ -172,6 +172,21 @@ addr_cidr_match(const struct addr_cidr *cidr, const struct sockaddr *sa)
 	return prefix_match(bytes, cidr->bytes, cidr->prefix);
 }
 
+bool
+addr_is_loopback(const struct sockaddr *sa)
+{
+	const struct in6_addr *a6;
+
+	if (sa->sa_family == AF_INET)
+		return ((const uint8_t *)&((const struct sockaddr_in *)sa)
+		               ->sin_addr)[0] == 127;
+	if (sa->sa_family != AF_INET6)
+		return false;
+	a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+	return IN6_IS_ADDR_LOOPBACK(a6) ||
+	    (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
+}
+
 void
 addr_format(const struct sockaddr *sa, char *buf, size_t len)
 {

@@ -42,6 +42,9 @@ const char *addr_cidr_parse(const char *s, struct addr_cidr *out);
 /* True when sa (IPv4, IPv6 or v4-mapped IPv6) lies in cidr. */
 bool addr_cidr_match(const struct addr_cidr *cidr, const struct sockaddr *sa);
 
+/* True for 127.0.0.0/8, ::1 and v4-mapped 127.0.0.0/8. */
+bool addr_is_loopback(const struct sockaddr *sa);
+
 /* Formats sa as "1.2.3.4:80" or "[::1]:80" into buf (ADDR_STRLEN bytes). */
 void addr_format(const struct sockaddr *sa, char *buf, size_t len);
 

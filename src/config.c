@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <ini.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,19 @@
 #define CFG_MAX_FILE (1024 * 1024)
 /* inih's line buffer (INI_MAX_LINE in Debian's build). */
 #define CFG_MAX_LINE 200
+
+/*
+ * Who may send PROXY headers to the preset's -lb listeners: the loopback,
+ * private and carrier-grade NAT ranges a load balancer talks from.
+ */
+#define PRESET_LB_TRUSTED                                                      \
+	"trusted-proxies = 127.0.0.0/8\n"                                      \
+	"trusted-proxies = ::1/128\n"                                          \
+	"trusted-proxies = 10.0.0.0/8\n"                                       \
+	"trusted-proxies = 172.16.0.0/12\n"                                    \
+	"trusted-proxies = 192.168.0.0/16\n"                                   \
+	"trusted-proxies = 100.64.0.0/10\n"                                    \
+	"trusted-proxies = fc00::/7\n"
 
 static const char preset_whatsapp[] =
     "# Built-in preset 'whatsapp': the official WhatsApp proxy's port map.\n"
@@ -51,25 +65,29 @@ static const char preset_whatsapp[] =
     "bind = 0.0.0.0:80\nbind = [::]:80\nupstream = chat\nmaxconn = 27495\n"
     "[listen http-lb]\n"
     "bind = 0.0.0.0:8080\nbind = [::]:8080\nupstream = chat\n"
-    "accept-proxy = on\nmaxconn = 27495\n"
+    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n"
     "[listen https]\n"
     "bind = 0.0.0.0:443\nbind = [::]:443\nupstream = chat\ntls = on\n"
     "maxconn = 27495\n"
     "[listen https-lb]\n"
     "bind = 0.0.0.0:8443\nbind = [::]:8443\nupstream = chat\ntls = on\n"
-    "accept-proxy = on\nmaxconn = 27495\n"
+    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n"
     "[listen jabber]\n"
     "bind = 0.0.0.0:5222\nbind = [::]:5222\nupstream = chat\n"
     "maxconn = 27495\n"
     "[listen jabber-lb]\n"
     "bind = 0.0.0.0:8222\nbind = [::]:8222\nupstream = chat\n"
-    "accept-proxy = on\nmaxconn = 27495\n"
+    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n"
     "[listen media]\n"
     "bind = 0.0.0.0:587\nbind = [::]:587\nupstream = media\n"
     "maxconn = 27495\n"
-    "[listen media-lb]\n"
+    /* 7777 relays media directly, as in the official Docker image. */
+    "[listen media-alt]\n"
     "bind = 0.0.0.0:7777\nbind = [::]:7777\nupstream = media\n"
-    "accept-proxy = on\nmaxconn = 27495\n";
+    "maxconn = 27495\n"
+    "[listen media-lb]\n"
+    "bind = 0.0.0.0:8587\nbind = [::]:8587\nupstream = media\n"
+    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n";
 
 static const char preset_minimal[] =
     "# Built-in preset 'minimal': the two-port public profile.\n"
@@ -486,6 +504,39 @@ reader(char *str, int num, void *stream)
 	return str;
 }
 
+/* Every key each kind of section takes, NULL-terminated. */
+static const char *const *
+section_keys(enum sec_kind kind)
+{
+	static const char *const global[] = {"workers", "maxconn", "user",
+	    "drain-timeout", "log-level", "ports-file", "public-host", NULL};
+	static const char *const timeouts[] = {"connect", "client", "server",
+	    "client-fin", "server-fin", "handshake", NULL};
+	static const char *const stats[] = {"listen", "public", NULL};
+	static const char *const upstream[] = {
+	    "server", "send-proxy", "check-interval", NULL};
+	static const char *const listen[] = {"bind", "tls", "cert", "key",
+	    "tls-key-type", "tls-names", "tls-ips", "accept-proxy",
+	    "trusted-proxies", "upstream", "maxconn", NULL};
+	static const char *const none[] = {NULL};
+
+	switch (kind) {
+	case SEC_GLOBAL:
+		return global;
+	case SEC_TIMEOUTS:
+		return timeouts;
+	case SEC_STATS:
+		return stats;
+	case SEC_UPSTREAM:
+		return upstream;
+	case SEC_LISTEN:
+		return listen;
+	case SEC_NONE:
+		break;
+	}
+	return none;
+}
+
 /* Marks key number bit as seen; false (with an error) when it repeats. */
 static bool
 once(struct parse_state *st, unsigned bit, const char *key)
@@ -575,10 +626,7 @@ key_global(struct parse_state *st, const char *key, const char *value)
 	} else if (strcmp(key, "user") == 0) {
 		if (!once(st, 2, key))
 			return;
-		if (*value == '\0')
-			bad_value(st, key, value, "empty user name");
-		else
-			set_str(&cfg->user, value);
+		set_str(&cfg->user, value);
 	} else if (strcmp(key, "drain-timeout") == 0) {
 		if (once(st, 3, key))
 			parse_duration_key(
@@ -592,14 +640,11 @@ key_global(struct parse_state *st, const char *key, const char *value)
 	} else if (strcmp(key, "ports-file") == 0) {
 		if (!once(st, 5, key))
 			return;
-		if (*value == '\0')
-			bad_value(st, key, value, "empty path");
-		else
-			set_str(&cfg->ports_file, value);
+		set_str(&cfg->ports_file, value);
 	} else if (strcmp(key, "public-host") == 0) {
 		if (!once(st, 6, key))
 			return;
-		if (*value == '\0' || strpbrk(value, " \t/?&#") != NULL)
+		if (strpbrk(value, " \t/?&#") != NULL)
 			bad_value(st, key, value, "not a host name or address");
 		else
 			set_str(&cfg->public_host, value);
@@ -611,13 +656,13 @@ key_global(struct parse_state *st, const char *key, const char *value)
 static void
 key_timeouts(struct parse_state *st, const char *key, const char *value)
 {
-	static const char *const names[] = {"connect", "client", "server",
-	    "client-fin", "server-fin", "handshake"};
+	const char *const *names = section_keys(SEC_TIMEOUTS);
 	struct cfg_timeouts *t = &st->cfg->timeouts;
+	/* In the order of section_keys(SEC_TIMEOUTS). */
 	uint64_t *slots[] = {&t->connect_ms, &t->client_ms, &t->server_ms,
 	    &t->client_fin_ms, &t->server_fin_ms, &t->handshake_ms};
 
-	for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+	for (unsigned i = 0; names[i] != NULL; i++) {
 		if (strcmp(key, names[i]) == 0) {
 			if (once(st, i, key))
 				parse_duration_key(st, key, value, slots[i], 1);
@@ -688,10 +733,7 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 	} else if (strcmp(key, "cert") == 0 || strcmp(key, "key") == 0) {
 		if (!once(st, key[0] == 'c' ? 1 : 2, key))
 			return;
-		if (*value == '\0')
-			bad_value(st, key, value, "empty path");
-		else
-			set_str(key[0] == 'c' ? &ls->cert : &ls->key, value);
+		set_str(key[0] == 'c' ? &ls->cert : &ls->key, value);
 	} else if (strcmp(key, "tls-key-type") == 0) {
 		if (!once(st, 3, key))
 			return;
@@ -760,10 +802,37 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 static void
 key_stats(struct parse_state *st, const char *key, const char *value)
 {
-	if (strcmp(key, "listen") == 0)
+	const char *e;
+
+	if (strcmp(key, "listen") == 0) {
 		parse_bind(st, key, value, &st->cfg->stats, &st->cfg->nstats);
-	else
+	} else if (strcmp(key, "public") == 0) {
+		if (!once(st, 0, key))
+			return;
+		if ((e = cfg_parse_bool(value, &st->cfg->stats_public)) != NULL)
+			bad_value(st, key, value, e);
+	} else {
 		perr(st, st->line, "unknown key '%s' in [stats]", key);
+	}
+}
+
+/*
+ * "key =" with nothing after it: no key takes an empty value, and each
+ * parser would otherwise explain it its own way ("unknown upstream ''").
+ * Unknown keys fall through to their own message.
+ */
+static bool
+empty_value(struct parse_state *st, const char *key, const char *value)
+{
+	if (*value != '\0')
+		return false;
+	for (const char *const *k = section_keys(st->kind); *k != NULL; k++) {
+		if (strcmp(*k, key) == 0) {
+			perr(st, st->line, "%s: empty value", key);
+			return true;
+		}
+	}
+	return false;
 }
 
 /* inih's handler: returns 1 to go on, 0 on error. */
@@ -773,7 +842,7 @@ handler(void *user, const char *section, const char *key, const char *value)
 	struct parse_state *st = user;
 
 	(void)section; /* the reader tracked it, with its line */
-	if (st->failed)
+	if (st->failed || empty_value(st, key, value))
 		return 0;
 	switch (st->kind) {
 	case SEC_NONE:
@@ -798,11 +867,102 @@ handler(void *user, const char *section, const char *key, const char *value)
 	return st->failed ? 0 : 1;
 }
 
+/* One bound address; dual: an IPv6 wildcard that takes IPv4 too. */
+struct bind_ref {
+	const struct cfg_bind *b; /* borrowed */
+	bool dual;
+};
+
 static bool
-same_sockaddr(const struct cfg_bind *a, const struct cfg_bind *b)
+bind_wildcard(const struct cfg_bind *b)
 {
-	return a->sslen == b->sslen && memcmp(&a->ss, &b->ss, a->sslen) == 0 &&
-	    addr_port((const struct sockaddr *)&a->ss) != 0;
+	if (b->ss.ss_family == AF_INET)
+		return ((const struct sockaddr_in *)&b->ss)->sin_addr.s_addr ==
+		    htonl(INADDR_ANY);
+	return IN6_IS_ADDR_UNSPECIFIED(
+	    &((const struct sockaddr_in6 *)&b->ss)->sin6_addr);
+}
+
+static bool
+bind_same_addr(const struct cfg_bind *a, const struct cfg_bind *b)
+{
+	if (a->ss.ss_family == AF_INET)
+		return memcmp(&((const struct sockaddr_in *)&a->ss)->sin_addr,
+		           &((const struct sockaddr_in *)&b->ss)->sin_addr,
+		           4) == 0;
+	return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr,
+	           &((const struct sockaddr_in6 *)&b->ss)->sin6_addr, 16) == 0;
+}
+
+/*
+ * True when binding both would fail or split connections: the same port
+ * (never 0, a free port each time) on the same address or under a
+ * wildcard of the same family.  Listeners' IPv6 sockets are IPv6-only;
+ * the stats listener's [::] takes IPv4 too.
+ */
+static bool
+binds_overlap(const struct bind_ref *x, const struct bind_ref *y)
+{
+	const struct cfg_bind *a = x->b, *b = y->b;
+	uint16_t port = addr_port((const struct sockaddr *)&a->ss);
+
+	if (port == 0 || port != addr_port((const struct sockaddr *)&b->ss))
+		return false;
+	if (a->ss.ss_family != b->ss.ss_family)
+		return (x->dual && bind_wildcard(a)) ||
+		    (y->dual && bind_wildcard(b));
+	return bind_wildcard(a) || bind_wildcard(b) || bind_same_addr(a, b);
+}
+
+/* Every listener's and the stats listener's addresses, in file order. */
+static struct bind_ref *
+collect_binds(const struct cfg *cfg, size_t *n)
+{
+	struct bind_ref *refs = NULL;
+
+	*n = 0;
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		for (size_t j = 0; j < cfg->listens[i].nbinds; j++) {
+			struct bind_ref *r = array_push(&refs, n, sizeof(*r));
+
+			r->b = &cfg->listens[i].binds[j];
+		}
+	}
+	for (size_t i = 0; i < cfg->nstats; i++) {
+		struct bind_ref *r = array_push(&refs, n, sizeof(*r));
+
+		r->b = &cfg->stats[i];
+		r->dual = cfg->stats[i].ss.ss_family == AF_INET6;
+	}
+	return refs;
+}
+
+/* What start-up could not bind, or would bind twice, is refused here. */
+static void
+check_binds(struct parse_state *st)
+{
+	size_t n;
+	struct bind_ref *refs = collect_binds(st->cfg, &n);
+
+	for (size_t i = 0; i < n && !st->failed; i++) {
+		const struct cfg_bind *b = refs[i].b;
+
+		for (size_t j = 0; j < i && !st->failed; j++) {
+			const struct cfg_bind *o = refs[j].b;
+
+			if (!binds_overlap(&refs[i], &refs[j]))
+				continue;
+			if (b->sslen == o->sslen && bind_same_addr(b, o))
+				perr(st, b->line,
+				    "address %s already bound at line %d",
+				    b->text, o->line);
+			else
+				perr(st, b->line,
+				    "address %s overlaps %s bound at line %d",
+				    b->text, o->text, o->line);
+		}
+	}
+	free(refs);
 }
 
 static void
@@ -867,26 +1027,9 @@ validate(struct parse_state *st)
 			    ls->name);
 			break;
 		}
-		/* The same address bound twice would steal connections. */
-		for (size_t b = 0; b < ls->nbinds && !st->failed; b++) {
-			for (size_t k = 0; k <= i && !st->failed; k++) {
-				const struct cfg_listen *o = &cfg->listens[k];
-				size_t lim = k == i ? b : o->nbinds;
-
-				for (size_t c = 0; c < lim; c++) {
-					if (same_sockaddr(
-					        &ls->binds[b], &o->binds[c])) {
-						perr(st, ls->binds[b].line,
-						    "address %s already bound "
-						    "at line %d",
-						    ls->binds[b].text,
-						    o->binds[c].line);
-						break;
-					}
-				}
-			}
-		}
 	}
+	if (!st->failed)
+		check_binds(st);
 }
 
 static void
@@ -918,6 +1061,13 @@ cfg_load_string(const char *text, const char *source, char *err, size_t errlen)
 	st.cfg = cfg;
 	st.text = text;
 	st.len = strlen(text);
+	/*
+	 * A UTF-8 byte-order mark (Windows editors) is skipped here: inih may
+	 * or may not strip it (INI_ALLOW_BOM), and our reader must see line 1
+	 * as written to notice a section header there.
+	 */
+	if (strncmp(text, "\xEF\xBB\xBF", 3) == 0)
+		st.pos = 3;
 	st.err = err;
 	st.errlen = errlen;
 	r = ini_parse_stream(reader, &st, handler, &st);
@@ -1033,6 +1183,94 @@ cfg_free(struct cfg *cfg)
 	free(cfg);
 }
 
+static bool
+listen_reachable(const struct cfg_listen *ls)
+{
+	for (size_t i = 0; i < ls->nbinds; i++) {
+		if (!addr_is_loopback(
+		        (const struct sockaddr *)&ls->binds[i].ss))
+			return true;
+	}
+	return false;
+}
+
+/* Appends ", BEFORE ITEM AFTER" to buf (len bytes, *n used) while it fits. */
+static void
+append_item(char *buf, size_t len, size_t *n, const char *before,
+    const char *item, const char *after)
+{
+	int r = snprintf(buf + *n, len - *n, "%s%s%s%s", *n > 0 ? ", " : "",
+	    before, item, after);
+
+	if (r > 0 && (size_t)r < len - *n)
+		*n += (size_t)r;
+	else
+		buf[*n] = '\0';
+}
+
+/*
+ * A PROXY header names the client: whoever may send one chooses the
+ * address lifeline forwards to the upstream (send-proxy).
+ */
+static void
+warn_open_proxies(const struct cfg *cfg, cfg_warn_cb warn)
+{
+	char names[CFG_ERRLEN] = "", msg[CFG_ERRLEN + 256];
+	size_t n = 0, count = 0;
+
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		const struct cfg_listen *ls = &cfg->listens[i];
+
+		if (!ls->accept_proxy || ls->trusted_text.n > 0 ||
+		    !listen_reachable(ls))
+			continue;
+		append_item(
+		    names, sizeof(names), &n, "[listen ", ls->name, "]");
+		count++;
+	}
+	if (count == 0)
+		return;
+	snprintf(msg, sizeof(msg),
+	    "%s: accept-proxy on a non-loopback address without "
+	    "trusted-proxies: anyone who can connect chooses the client "
+	    "address forwarded upstream; set trusted-proxies to the load "
+	    "balancer's addresses",
+	    names);
+	warn(msg);
+}
+
+/* The dashboard and metrics are for operators: loopback unless meant. */
+static void
+warn_public_stats(const struct cfg *cfg, cfg_warn_cb warn)
+{
+	char addrs[CFG_ERRLEN] = "", msg[CFG_ERRLEN + 256];
+	size_t n = 0;
+
+	if (cfg->stats_public)
+		return;
+	for (size_t i = 0; i < cfg->nstats; i++) {
+		const struct cfg_bind *b = &cfg->stats[i];
+
+		if (!addr_is_loopback((const struct sockaddr *)&b->ss))
+			append_item(addrs, sizeof(addrs), &n, "", b->text, "");
+	}
+	if (n == 0)
+		return;
+	snprintf(msg, sizeof(msg),
+	    "[stats] listen = %s is not a loopback address: the dashboard "
+	    "and metrics are reachable from the network; set 'public = on' "
+	    "in [stats] if that is meant",
+	    addrs);
+	warn(msg);
+}
+
+void
+cfg_warnings(const struct cfg *cfg, cfg_warn_cb warn)
+{
+	warn_open_proxies(cfg, warn);
+	warn_public_stats(cfg, warn);
+}
+
 static const char *
 fmt_duration(uint64_t ms, char *buf, size_t len)
 {
@@ -1085,10 +1323,11 @@ cfg_print(const struct cfg *cfg, FILE *out)
 	fprintf(out, "handshake = %s\n",
 	    fmt_duration(cfg->timeouts.handshake_ms, d, sizeof(d)));
 
-	if (cfg->nstats > 0) {
+	if (cfg->nstats > 0 || cfg->stats_public) {
 		fprintf(out, "\n[stats]\n");
 		for (size_t i = 0; i < cfg->nstats; i++)
 			fprintf(out, "listen = %s\n", cfg->stats[i].text);
+		fprintf(out, "public = %s\n", cfg->stats_public ? "on" : "off");
 	}
 	for (size_t i = 0; i < cfg->nupstreams; i++) {
 		const struct cfg_upstream *up = &cfg->upstreams[i];

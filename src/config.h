@@ -99,6 +99,7 @@ struct cfg {
 	struct cfg_timeouts timeouts;
 	struct cfg_bind *stats; /* owned array */
 	size_t nstats;
+	bool stats_public; /* [stats] public: non-loopback addresses meant */
 	struct cfg_upstream *upstreams; /* owned array */
 	size_t nupstreams;
 	struct cfg_listen *listens; /* owned array */
@@ -119,6 +120,17 @@ struct cfg *cfg_load_string(
     const char *text, const char *source, char *err, size_t errlen);
 
 void cfg_free(struct cfg *cfg);
+
+/* Receives one warning: a line, without its newline. */
+typedef void (*cfg_warn_cb)(const char *msg);
+
+/*
+ * Calls warn once per risk in a valid cfg that is allowed but deserves a
+ * word: accept-proxy listeners on a non-loopback address without
+ * trusted-proxies (one call naming them all), non-loopback stats
+ * addresses without 'public = on' (one call naming them all).
+ */
+void cfg_warnings(const struct cfg *cfg, cfg_warn_cb warn);
 
 /* Writes the effective configuration, defaults included, as INI. */
 void cfg_print(const struct cfg *cfg, FILE *out);

@@ -2,9 +2,10 @@
  * main: command line, start-up order, signals, reload and drain.
  *
  * Start-up: parse and validate the config, bind every listener (one socket
- * per worker), resolve upstream names (bounded wait), drop privileges,
- * start the workers, then write the ports file.  The main thread then only
- * waits for signals (signalfd) and for workers that finish draining.
+ * per worker) and the stats listener, write the ports file, drop
+ * privileges, resolve upstream names (bounded wait), start the workers.
+ * The main thread then only waits for signals (signalfd) and for workers
+ * that finish draining.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -205,11 +206,13 @@ count_workers(const struct cfg *cfg)
 }
 
 /*
- * --check: what parsing cannot see.  Loads every supplied certificate and
- * key; returns 0, or -1 after printing the problem.
+ * What parsing cannot see, for --check and before start-up: loads every
+ * supplied certificate and key.  Returns 0, or -1 after printing the
+ * problem (one line naming the file).  Start-up loads them again in
+ * gen_new; a certificate file is small.
  */
 static int
-check_more(const struct cfg *cfg)
+check_certs(const struct cfg *cfg)
 {
 	char err[CFG_ERRLEN];
 
@@ -228,6 +231,18 @@ check_more(const struct cfg *cfg)
 		tls_ctx_unref(t);
 	}
 	return 0;
+}
+
+static void
+warn_log(const char *msg)
+{
+	log_warnx("%s", msg);
+}
+
+static void
+warn_stderr(const char *msg)
+{
+	fprintf(stderr, "lifeline: warning: %s\n", msg);
 }
 
 /*
@@ -261,15 +276,26 @@ drop_privileges(const char *user)
 	return 0;
 }
 
+/*
+ * Writes the ports file.  Start-up does it before dropping privileges;
+ * after a reload the directory may be root's only, so a failure there is
+ * a warning and the old file stays.
+ */
 static void
-write_ports(void)
+write_ports(bool reloading)
 {
 	char extra[1024] = "";
 
 	if (m.ports_file == NULL)
 		return;
 	control_ports(extra, sizeof(extra));
-	if (gen_write_ports(m.gen, m.ports_file, extra) != 0)
+	if (gen_write_ports(m.gen, m.ports_file, extra) == 0)
+		return;
+	if (reloading)
+		log_warn("cannot rewrite ports file %s after reload; it still "
+		         "lists the previous ports",
+		    m.ports_file);
+	else
 		log_error("cannot write ports file %s", m.ports_file);
 }
 
@@ -344,6 +370,7 @@ reload(void)
 		return;
 	}
 	apply_log_level(g->cfg);
+	cfg_warnings(g->cfg, warn_log);
 	resolver_set_gen(g);
 	resolver_wait(RESOLVE_WAIT_MS);
 	for (unsigned i = 0; i < m.nworkers; i++)
@@ -353,7 +380,7 @@ reload(void)
 	m.gen = g;
 	if (m.o.ports_file == NULL)
 		m.ports_file = g->cfg->ports_file;
-	write_ports();
+	write_ports(true);
 	log_info("configuration reloaded: %zu listener%s", g->nlisteners,
 	    g->nlisteners == 1 ? "" : "s");
 }
@@ -442,10 +469,11 @@ main(int argc, char **argv)
 		return m.o.check ? 1 : 2;
 	}
 	if (m.o.check) {
-		if (check_more(cfg) != 0) {
+		if (check_certs(cfg) != 0) {
 			cfg_free(cfg);
 			return 1;
 		}
+		cfg_warnings(cfg, warn_stderr);
 		printf("%s: configuration OK\n", cfg->source);
 		cfg_free(cfg);
 		return 0;
@@ -455,7 +483,13 @@ main(int argc, char **argv)
 		cfg_free(cfg);
 		return 0;
 	}
+	/* A certificate that does not load is a configuration error. */
+	if (check_certs(cfg) != 0) {
+		cfg_free(cfg);
+		return 2;
+	}
 	apply_log_level(cfg);
+	cfg_warnings(cfg, warn_log);
 
 	/* Workers inherit this mask: signals reach the main thread only. */
 	sigemptyset(&set);
@@ -483,6 +517,8 @@ main(int argc, char **argv)
 	    m.o.ports_file != NULL ? m.o.ports_file : m.gen->cfg->ports_file;
 	if (control_bind(m.gen, err, sizeof(err)) != 0)
 		fatal(1, "%s", err);
+	/* While still root: the directory may be writable by root only. */
+	write_ports(false);
 	if (drop_privileges(m.gen->cfg->user) != 0)
 		exit(1);
 	if (resolver_start(m.gen, RESOLVER_INTERVAL_MS) != 0)
@@ -497,7 +533,6 @@ main(int argc, char **argv)
 	if (control_start(m.gen, m.workers, m.nworkers) != 0)
 		fatal(
 		    1, "cannot start the control thread: %s", strerror(errno));
-	write_ports();
 	log_info("lifeline %s started: %u worker%s, %zu listener%s",
 	    LIFELINE_VERSION, m.nworkers, m.nworkers == 1 ? "" : "s",
 	    m.gen->nlisteners, m.gen->nlisteners == 1 ? "" : "s");

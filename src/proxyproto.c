@@ -17,6 +17,7 @@ struct pp_addr {
 	int family; /* AF_INET, AF_INET6, or 0 when unusable */
 	uint8_t bytes[16];
 	uint16_t port; /* host order */
+	bool mapped; /* bytes hold a v4-mapped IPv6 address, as IPv4 */
 };
 
 static void
@@ -38,12 +39,26 @@ pp_addr_from(const struct sockaddr *sa, struct pp_addr *out)
 		out->port = ntohs(sin6->sin6_port);
 		if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
 			out->family = AF_INET;
+			out->mapped = true;
 			memcpy(out->bytes, sin6->sin6_addr.s6_addr + 12, 4);
 		} else {
 			out->family = AF_INET6;
 			memcpy(out->bytes, sin6->sin6_addr.s6_addr, 16);
 		}
 	}
+}
+
+/* Turns a v4-mapped address reduced to IPv4 back into IPv6. */
+static void
+pp_addr_unmap(struct pp_addr *a)
+{
+	if (!a->mapped)
+		return;
+	memmove(a->bytes + 12, a->bytes, 4);
+	memset(a->bytes, 0, 10);
+	a->bytes[10] = a->bytes[11] = 0xff;
+	a->family = AF_INET6;
+	a->mapped = false;
 }
 
 ssize_t
@@ -57,6 +72,14 @@ pp_build(enum pp_version v, const struct sockaddr *src,
 		return -1;
 	pp_addr_from(src, &s);
 	pp_addr_from(dst, &d);
+	/*
+	 * A v4-mapped address beside a plain IPv6 one (a "TCP6" header from
+	 * a dual-stack balancer): say both as IPv6 rather than lose them.
+	 */
+	if (s.family != d.family) {
+		pp_addr_unmap(&s);
+		pp_addr_unmap(&d);
+	}
 	known = s.family != 0 && s.family == d.family;
 
 	if (v == PP_V1) {

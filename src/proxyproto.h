@@ -71,8 +71,9 @@ const char *pp_result_str(enum pp_result r);
  * dst NULL, or of families that cannot be expressed together, the header
  * says the addresses are unknown (v1 "UNKNOWN", v2 AF_UNSPEC); with local
  * set (v2 only) it is a LOCAL header (health checks).  v4-mapped IPv6
- * addresses are written as IPv4.  Returns the header length, or -1 when buf
- * is smaller than PP_BUILD_MAX.
+ * addresses are written as IPv4 when the other address is IPv4 (or mapped
+ * too), and kept as IPv6 (TCP6) beside a plain IPv6 one.  Returns the
+ * header length, or -1 when buf is smaller than PP_BUILD_MAX.
  */
 ssize_t pp_build(enum pp_version v, const struct sockaddr *src,
     const struct sockaddr *dst, int local, uint8_t *buf, size_t len);

@@ -138,7 +138,7 @@ flat_eq(const struct flat *a, const struct flat *b)
 /*
  * The addresses survive pp_build then pp_parse, in both versions (v4-mapped
  * ones as IPv4).  When only one of them is v4-mapped the two families
- * differ once reduced, and the builder says UNKNOWN / AF_UNSPEC instead.
+ * differ once reduced, and the builder keeps both as IPv6 (TCP6).
  */
 static void
 check_rebuild(const struct pp_header *h)
@@ -146,7 +146,7 @@ check_rebuild(const struct pp_header *h)
 	uint8_t b[PP_BUILD_MAX];
 	struct pp_header again;
 	struct flat fs, fd, gs, gd;
-	bool same;
+	bool same, kept;
 	ssize_t n;
 
 	if (!h->has_addr)
@@ -161,14 +161,17 @@ check_rebuild(const struct pp_header *h)
 		if (n <= 0 || (size_t)n > sizeof(b))
 			fail("rebuild failed", 0, PP_OK, PP_OK);
 		if (parse_exact(b, (size_t)n, &again) != PP_OK ||
-		    again.len != (size_t)n || again.has_addr != same)
+		    again.len != (size_t)n || !again.has_addr)
 			fail("rebuild does not parse back", (size_t)n, PP_OK,
 			    PP_OK);
-		if (!same)
-			continue;
 		flatten(&again.src, &gs);
 		flatten(&again.dst, &gd);
-		if (!flat_eq(&fs, &gs) || !flat_eq(&fd, &gd))
+		if (same)
+			kept = flat_eq(&fs, &gs) && flat_eq(&fd, &gd);
+		else
+			kept = pp_sa_equal(&again.src, &h->src) &&
+			    pp_sa_equal(&again.dst, &h->dst);
+		if (!kept)
 			fail("rebuild changed the addresses", (size_t)n, PP_OK,
 			    PP_OK);
 	}

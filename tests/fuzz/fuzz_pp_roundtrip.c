@@ -4,7 +4,8 @@
  * The input chooses a version, the LOCAL flag and two addresses (none,
  * IPv4, IPv6 or v4-mapped IPv6, with ports); pp_build writes the header
  * and pp_parse must read back exactly what was meant: the same length, the
- * addresses (v4-mapped ones as IPv4), UNKNOWN / AF_UNSPEC / LOCAL when the
+ * addresses (v4-mapped ones as IPv4, or as IPv6 beside a plain IPv6
+ * address), UNKNOWN / AF_UNSPEC / LOCAL when the
  * addresses cannot be said.  The header is also fed one byte at a time
  * (NEED_MORE until the last byte) and followed by the rest of the input as
  * payload (never looked at).  A broken invariant prints and aborts.
@@ -47,6 +48,7 @@ struct addr {
 	int family; /* after v4-mapped reduction; 0: none */
 	uint8_t bytes[16];
 	uint16_t port;
+	bool mapped; /* v4-mapped, reduced to IPv4 in bytes */
 };
 
 static void
@@ -85,12 +87,26 @@ make_addr(struct src *in, enum kind k, struct addr *a)
 		    b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0 &&
 		    b[8] == 0 && b[9] == 0 && b[10] == 0xff && b[11] == 0xff) {
 			a->family = AF_INET;
+			a->mapped = true;
 			memcpy(a->bytes, b + 12, 4);
 		} else {
 			a->family = AF_INET6;
 			memcpy(a->bytes, b, 16);
 		}
 	}
+}
+
+/* Beside a plain IPv6 address, a v4-mapped one stays IPv6. */
+static void
+unmap(struct addr *a)
+{
+	if (!a->mapped)
+		return;
+	memmove(a->bytes + 12, a->bytes, 4);
+	memset(a->bytes, 0, 10);
+	a->bytes[10] = a->bytes[11] = 0xff;
+	a->family = AF_INET6;
+	a->mapped = false;
 }
 
 static void
@@ -154,6 +170,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	local = (ctl & 2) != 0;
 	make_addr(&in, (enum kind)((ctl >> 2) & 3), &s);
 	make_addr(&in, (enum kind)((ctl >> 4) & 3), &d);
+	if (s.family != d.family && s.family != 0 && d.family != 0) {
+		unmap(&s);
+		unmap(&d);
+	}
 	known = s.family != 0 && s.family == d.family;
 
 	memset(hdr, 0xEE, sizeof(hdr));

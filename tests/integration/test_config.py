@@ -1,8 +1,13 @@
 """Command line and configuration: errors with file:line, --check,
 --print-config round trip, presets, unsupported listeners, exit codes."""
 
+import os
+import pathlib
 import re
+import shutil
+import signal
 import socket
+import tempfile
 
 import pytest
 
@@ -207,8 +212,14 @@ def test_print_config_round_trip(tmp_path, echo):
 
 WHATSAPP_LISTENERS = {
     "http": 80, "http-lb": 8080, "https": 443, "https-lb": 8443,
-    "jabber": 5222, "jabber-lb": 8222, "media": 587, "media-lb": 7777,
+    "jabber": 5222, "jabber-lb": 8222, "media": 587, "media-alt": 7777,
+    "media-lb": 8587,
 }
+
+
+# Where a load balancer talks from: loopback and private ranges.
+LB_TRUSTED = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
+              "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
 
 
 def _printed_preset(tmp_path, name):
@@ -236,6 +247,8 @@ def test_preset_whatsapp_prints(tmp_path):
         assert listeners[name]["upstream"] == [want_up]
         assert listeners[name]["tls"] == ["on" if name.startswith("https") else "off"]
         assert listeners[name]["accept-proxy"] == ["on" if name.endswith("-lb") else "off"]
+        want_trusted = LB_TRUSTED if name.endswith("-lb") else []
+        assert listeners[name].get("trusted-proxies", []) == want_trusted, name
     chat = ini["upstream chat"]
     assert sorted(chat["server"]) == sorted(
         f"{h}:{p}" for h in ("g.whatsapp.net", "g-fallback.whatsapp.net")
@@ -320,3 +333,271 @@ def test_bind_failure_exits_1(tmp_path, echo):
         assert not d.ports_file.exists(), "ports file written although a bind failed"
     finally:
         taken.close()
+
+
+# --- warnings: the daemon starts, --check passes, one line says why
+
+
+def _proxy_listeners(echo, binds, **extra):
+    listeners = {n: {"bind": b, "upstream": "up", "accept-proxy": "on"}
+                 for n, b in binds.items()}
+    for n, kv in extra.items():
+        listeners[n].update(kv)
+    return make_config({"up": [echo.spec]}, listeners)
+
+
+def _warning_lines(text, word):
+    return [l for l in text.splitlines() if word in l]
+
+
+def test_open_proxy_listeners_warn_once(tmp_path, echo):
+    """accept-proxy on 0.0.0.0 with no trusted-proxies: one warning line
+    naming every such listener, at start and from --check (exit 0)."""
+    cfg = _proxy_listeners(
+        echo, {"pa": "0.0.0.0:0", "pb": "0.0.0.0:0", "lo": "127.0.0.1:0",
+               "tr": "0.0.0.0:0"},
+        tr={"trusted-proxies": "10.0.0.0/8"})
+    d = start_daemon(tmp_path, cfg)
+    lines = _warning_lines(d.stderr_text(), "trusted-proxies")
+    assert len(lines) == 1, d.stderr_text()
+    assert "[listen pa]" in lines[0] and "[listen pb]" in lines[0], lines
+    assert "[listen lo]" not in lines[0] and "[listen tr]" not in lines[0]
+    assert "warn" in lines[0], lines
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = _warning_lines(r.stdout + r.stderr, "trusted-proxies")
+    assert len(lines) == 1 and "[listen pa]" in lines[0], r.stdout + r.stderr
+
+
+def test_loopback_proxy_listeners_do_not_warn(tmp_path, echo):
+    cfg = _proxy_listeners(echo, {"pa": "127.0.0.1:0", "pb": "127.0.0.1:0"})
+    d = start_daemon(tmp_path, cfg)
+    assert _warning_lines(d.stderr_text(), "trusted-proxies") == [], \
+        d.stderr_text()
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "trusted-proxies" not in r.stdout + r.stderr
+
+
+# --- privileges
+
+
+def _uid_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return [int(x) for x in line.split()[1:]]
+    raise AssertionError("no Uid line")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_ports_file_written_before_dropping_root(tmp_path, echo):
+    """user = nobody, ports file in a root-only (0700) directory: written
+    while still root, then the daemon serves as nobody."""
+    os.chmod(tmp_path, 0o700)
+    assert os.stat(tmp_path).st_uid == 0
+    cfg = make_config({"up": [echo.spec]}, {"plain": {"upstream": "up"}},
+                      global_={"user": "nobody"})
+    d = start_daemon(tmp_path, cfg)
+    assert "plain" in d.ports
+    assert try_echo(d.addr("plain"))
+    assert all(u != 0 for u in _uid_of(d.pid)), _uid_of(d.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_ports_file_unwritable_after_reload_is_a_warning(echo):
+    """After the drop, a reload cannot rewrite a root-only ports file: a
+    warning, and the daemon keeps serving.  (The config must be readable
+    by nobody, so this one lives outside pytest's root-only tmp_path.)"""
+    top = pathlib.Path(tempfile.mkdtemp(prefix="lifeline-"))
+    try:
+        os.chmod(top, 0o755)
+        priv = top / "priv"
+        priv.mkdir(mode=0o700)
+        cfg = make_config({"up": [echo.spec]}, {"plain": {"upstream": "up"}},
+                          global_={"user": "nobody"})
+        d = Daemon(top, cfg)
+        os.chmod(d.conf, 0o644)
+        d.ports_file = priv / "ports"
+        d.start()
+        since = d.stderr_size()
+        d.send(signal.SIGHUP)
+        d.wait_stderr(since, lambda t: "configuration reloaded" in t,
+                      what="reload")
+        err = d.stderr_path.read_bytes()[since:].decode()
+        assert "warn: cannot rewrite ports file" in err, err
+        assert d.alive() and try_echo(d.addr("plain"))
+        d.stop()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+# --- [stats] public
+
+
+def _stats_config(echo, listen, public=None):
+    extra = f"\n[stats]\nlisten = {listen}\n"
+    if public is not None:
+        extra += f"public = {public}\n"
+    return make_config({"up": [echo.spec]}, {"plain": {"upstream": "up"}},
+                       extra=extra)
+
+
+def test_public_stats_without_public_on_warns_once(tmp_path, echo):
+    d = start_daemon(tmp_path, _stats_config(echo, "0.0.0.0:0"))
+    assert "stats" in d.ports
+    lines = _warning_lines(d.stderr_text(), "public = on")
+    assert len(lines) == 1, d.stderr_text()
+    assert "0.0.0.0:0" in lines[0] and "warn" in lines[0], lines
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(_warning_lines(r.stderr, "public = on")) == 1, r.stderr
+    r = run_cli(["--print-config", "-c", str(d.conf)])
+    assert parse_ini(r.stdout)["stats"]["public"] == ["off"], r.stdout
+
+
+def test_public_stats_with_public_on_is_quiet(tmp_path, echo):
+    d = start_daemon(tmp_path, _stats_config(echo, "0.0.0.0:0", "on"))
+    assert "stats" in d.ports
+    assert "public" not in d.stderr_text(), d.stderr_text()
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    r = run_cli(["--print-config", "-c", str(d.conf)])
+    assert parse_ini(r.stdout)["stats"]["public"] == ["on"], r.stdout
+    # loopback needs no 'public'
+    d2 = start_daemon(tmp_path, _stats_config(echo, "127.0.0.1:0"))
+    assert "public" not in d2.stderr_text(), d2.stderr_text()
+
+
+def test_stats_public_bad_value(tmp_path, echo):
+    conf = tmp_path / "c.conf"
+    conf.write_text(_stats_config(echo, "127.0.0.1:0", "maybe"))
+    r = run_cli(["--check", "-c", str(conf)])
+    assert r.returncode == 1 and "public" in r.stderr, r.stderr
+
+
+# --- a UTF-8 byte-order mark (as Windows editors write)
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_bom_config_passes_check(tmp_path):
+    conf = tmp_path / "bom.conf"
+    conf.write_bytes(BOM + good().encode())
+    r = run_cli(["--check", "-c", str(conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_bom_config_error_names_right_line(tmp_path):
+    conf = tmp_path / "bom.conf"
+    conf.write_bytes(BOM + b"[global]\nworkers = 2\nbogus = 1\n" +
+                     BASE_TAIL.encode())
+    for args in (["--check"], []):
+        r = run_cli(args + ["-c", str(conf)])
+        assert r.returncode == (1 if args else 2), r.stderr
+        assert f"{conf}:3: unknown key 'bogus'" in r.stderr, r.stderr
+
+
+# --- empty values: "FILE:LINE: KEY: empty value", whatever the key
+
+EMPTY_CASES = [
+    ("global", k) for k in ("workers", "maxconn", "user", "drain-timeout",
+                            "log-level", "ports-file", "public-host")
+] + [
+    ("timeouts", k) for k in ("connect", "client", "server", "client-fin",
+                              "server-fin", "handshake")
+] + [
+    ("stats", "listen"), ("stats", "public"),
+    ("upstream up", "server"), ("upstream up", "send-proxy"),
+    ("upstream up", "check-interval"),
+] + [
+    ("listen a", k) for k in ("bind", "upstream", "maxconn", "tls", "cert",
+                              "key", "tls-key-type", "tls-names", "tls-ips",
+                              "accept-proxy", "trusted-proxies")
+]
+
+
+@pytest.mark.parametrize("section,key", EMPTY_CASES,
+                         ids=[f"{s.split()[0]}-{k}" for s, k in EMPTY_CASES])
+def test_empty_value_is_named(tmp_path, section, key):
+    head = "" if section in ("upstream up", "listen a") else f"[{section}]\n"
+    text = head + BASE_TAIL
+    if section in ("upstream up", "listen a"):
+        text = text.replace(f"[{section}]\n", f"[{section}]\n{key} =\n")
+    else:
+        text = text.replace(head, head + f"{key} =\n", 1)
+    line = text.splitlines().index(f"{key} =") + 1
+    conf = tmp_path / "c.conf"
+    conf.write_text(text)
+    r = run_cli(["--check", "-c", str(conf)])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{conf}:{line}: {key}: empty value" in r.stderr, r.stderr
+
+
+def test_unloadable_certificate_exits_2_naming_file(tmp_path, echo):
+    """A certificate that does not load is a configuration error: exit 2,
+    one line naming the file, no ports file; --check refuses it too."""
+    bad = tmp_path / "garbage.pem"
+    bad.write_bytes(b"this is not a certificate\n")
+    cfg = make_config(
+        {"up": [echo.spec]},
+        {"sec": {"upstream": "up", "tls": "on", "cert": str(bad),
+                 "key": str(bad)}})
+    d = Daemon(tmp_path, cfg).start(wait=False)
+    rc = d.wait_exit(10)
+    lines = [l for l in d.stderr_text().splitlines() if l.strip()]
+    assert rc == 2, f"exit {rc}: {d.stderr_text()}"
+    assert len(lines) == 1 and str(bad) in lines[0], lines
+    assert not d.ports_file.exists()
+    r = run_cli(["--check", "-c", str(d.conf)])
+    assert r.returncode == 1 and str(bad) in r.stderr, r.stderr
+
+
+# --- address conflicts: --check refuses what start-up could not bind
+
+# (listener a binds, listener b binds, stats binds, conflict?) with P a port
+BIND_CASES = {
+    "stats-equals-listener": (["127.0.0.1:P"], [], ["127.0.0.1:P"], True),
+    "two-listeners-same": (["127.0.0.1:P"], ["127.0.0.1:P"], [], True),
+    "wildcard-and-loopback": (["0.0.0.0:P"], ["127.0.0.1:P"], [], True),
+    "stats-wildcard": (["127.0.0.1:P"], [], ["0.0.0.0:P"], True),
+    "stats-v6-wildcard-takes-v4": (["0.0.0.0:P"], [], ["[::]:P"], True),
+    "v6-wildcards": (["[::]:P"], ["[::1]:P"], [], True),
+    "v4-and-v6-listeners": (["0.0.0.0:P"], ["[::]:P"], [], False),
+    "different-ports": (["127.0.0.1:P"], [], ["127.0.0.1:Q"], False),
+    "port-0-never": (["0.0.0.0:0", "127.0.0.1:0"], ["127.0.0.1:0"],
+                     ["127.0.0.1:0", "0.0.0.0:0"], False),
+}
+
+
+def _bind_config(echo, a, b, stats):
+    p, q = free_port(), free_port()
+    fix = lambda l: [x.replace(":P", f":{p}").replace(":Q", f":{q}") for x in l]
+    listeners = {"a": {"bind": fix(a), "upstream": "up"}}
+    if b:
+        listeners["b"] = {"bind": fix(b), "upstream": "up"}
+    extra = "".join(f"listen = {x}\n" for x in fix(stats))
+    return make_config({"up": [echo.spec]}, listeners,
+                       extra=f"\n[stats]\n{extra}" if stats else "")
+
+
+@pytest.mark.parametrize("case", sorted(BIND_CASES))
+def test_check_catches_address_conflicts(tmp_path, echo, case):
+    a, b, stats, conflict = BIND_CASES[case]
+    if any("::" in x for x in a + b + stats) and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    conf = tmp_path / "c.conf"
+    conf.write_text(_bind_config(echo, a, b, stats))
+    r = run_cli(["--check", "-c", str(conf)])
+    if not conflict:
+        assert r.returncode == 0, r.stdout + r.stderr
+        d = Daemon(tmp_path, conf.read_text()).start()
+        assert d.alive()
+        return
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(re.escape(str(conf)) + r":\d+: .*address", r.stderr), \
+        r.stderr
+    pf = tmp_path / "ports"
+    r = run_cli(["-c", str(conf), "--ports-file", str(pf)])
+    assert r.returncode == 2, r.stderr
+    assert not pf.exists()

@@ -5,7 +5,7 @@ The preset is printed with --print-config and only its addresses are
 changed for the test (binds to 127.0.0.1:0, upstream servers to local
 recorders, no IPv6 wildcard): every other setting (tls, accept-proxy,
 send-proxy, timeouts, maxconn) is the preset's.  Through HAProxy with
-send-proxy-v2 the -lb listeners (8080, 8443, 8222, 7777 in production)
+send-proxy-v2 the -lb listeners (8080, 8443, 8222, 8587 in production)
 must serve, the chat upstream must receive a PROXY v2 header carrying the
 real client's address, and the media upstream none.
 """
@@ -17,10 +17,11 @@ import subprocess
 
 import pytest
 
-from conftest import LIFELINE_BIN, Daemon, Server, connect, h_echo
+from conftest import (
+    LIFELINE_BIN, Daemon, Server, connect, h_echo, read_until_closed)
 from test_proxy_protocol import (
-    CLIENT4, exchange, expect_origin, h_pp_echo, haproxy_in_front,
-    only_record)
+    CLIENT4, assert_nothing_upstream, exchange, expect_origin, h_pp_echo,
+    haproxy_in_front, only_record, v2_header)
 
 
 def preset_for_test(name, chat, media):
@@ -100,15 +101,19 @@ def test_lb_media_listener_behind_haproxy(tmp_path, preset_daemon):
     assert chat.accepted == 0
 
 
-@pytest.mark.parametrize("listener", ["http", "jabber", "media"])
+@pytest.mark.parametrize("listener", ["http", "jabber", "media", "media-alt"])
 def test_direct_listeners_need_no_header(preset_daemon,
                                            listener):
-    """The direct listeners take clients with no PROXY header."""
+    """The direct listeners take clients with no PROXY header; media-alt
+    (7777) relays media directly, as in the official Docker image."""
     d, chat, media = preset_daemon
     s = connect(d.addr(listener))
     payload = b"WA\x06\x03hello"
     assert exchange(s, payload) == payload
-    if listener != "media":
+    if listener.startswith("media"):
+        assert chat.accepted == 0
+        assert media.accepted == 1
+    else:
         r = only_record(chat)
         assert r["pp"]["command"] == "PROXY"
 
@@ -126,3 +131,30 @@ def test_lb_listener_without_header_is_not_served(preset_daemon):
         data = b""
     assert data == b""
     assert chat.accepted == 0
+
+
+def test_lb_listener_refuses_untrusted_source(tmp_path):
+    """The preset's -lb listeners carry trusted-proxies; with loopback
+    narrowed to 127.0.0.1 (the rest of the preset's list kept), a header
+    from 127.0.0.2 is refused and one from 127.0.0.1 served."""
+    chat = Server(h_pp_echo, name="chat")
+    media = Server(h_echo, name="media")
+    conf = preset_for_test("whatsapp", chat.spec, media.spec)
+    assert conf.count("trusted-proxies = 127.0.0.0/8\n") == 4, conf
+    conf = conf.replace("trusted-proxies = 127.0.0.0/8\n",
+                        "trusted-proxies = 127.0.0.1/32\n")
+    d = Daemon(tmp_path, conf).start()
+    hdr = v2_header(("203.0.113.9", 4444), ("198.51.100.1", 8222))
+    s = connect(d.addr("jabber-lb"), source=CLIENT4)
+    try:
+        s.sendall(hdr + b"spoofed")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    how, n, _ = read_until_closed(s, 4.0)
+    assert n == 0
+    assert_nothing_upstream(chat)
+    s = connect(d.addr("jabber-lb"), source="127.0.0.1")
+    assert exchange(s, hdr + b"trusted") == b"trusted"
+    r = only_record(chat)
+    expect_origin(r["pp"], "v2", ("203.0.113.9", 4444),
+                  ("198.51.100.1", 8222))

@@ -587,6 +587,45 @@ def test_v4_mapped_origin_goes_upstream_as_ipv4(tmp_path):
     expect_origin(r["pp"], "v2", ("192.0.2.1", 1000), ("198.51.100.7", 443))
 
 
+MAPPED_CASES = {
+    # inbound src, dst -> what the upstream must receive (v1 line; v2 family)
+    "mapped-src": (("::ffff:198.51.100.77", 5000), ("2001:db8::1", 443),
+                   "TCP6"),
+    "mapped-dst": (("2001:db8::7", 5000), ("::ffff:198.51.100.1", 443),
+                   "TCP6"),
+    "both-mapped": (("::ffff:198.51.100.77", 5000),
+                    ("::ffff:198.51.100.1", 443), "TCP4"),
+}
+
+
+def _exact_header(version, fam, src, dst):
+    """The header lifeline must write: mapped addresses stay IPv6 in TCP6
+    and become plain IPv4 in TCP4."""
+    if fam == "TCP4":
+        src = (src[0].removeprefix("::ffff:"), src[1])
+        dst = (dst[0].removeprefix("::ffff:"), dst[1])
+    if version == "v1":
+        return f"PROXY {fam} {src[0]} {dst[0]} {src[1]} {dst[1]}\r\n".encode()
+    return v2_header(src, dst)
+
+
+@pytest.mark.parametrize("ll_send", ["v1", "v2"])
+@pytest.mark.parametrize("in_version", ["v1", "v2"])
+@pytest.mark.parametrize("case", sorted(MAPPED_CASES))
+def test_v4_mapped_with_ipv6_forwarded_exactly(tmp_path, ll_send, in_version,
+                                               case):
+    """A TCP6 header with one v4-mapped address keeps the client's address
+    (TCP6, not UNKNOWN/AF_UNSPEC); both mapped go out as TCP4."""
+    src, dst, fam = MAPPED_CASES[case]
+    up = Server(h_pp_echo, name="pp-upstream")
+    d = pp_daemon(tmp_path, up, send_proxy=ll_send)
+    s = connect(d.addr("pp"))
+    hdr = header(in_version, src, dst)
+    assert exchange(s, hdr + b"x") == b"x"
+    r = only_record(up)
+    assert r["pp"]["raw"] == _exact_header(ll_send, fam, src, dst), r["pp"]
+
+
 @pytest.mark.parametrize("ll_send", ["v1", "v2"])
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 @pytest.mark.parametrize("kind", ["v2-local", "v2-local-with-addresses",

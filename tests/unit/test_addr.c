@@ -88,6 +88,17 @@ test_cidr(void)
 	/* A v4-mapped IPv6 peer matches an IPv4 block. */
 	addr_parse_numeric("::ffff:10.9.9.9", 1, &ss, &len);
 	CHECK(addr_cidr_match(&c, (struct sockaddr *)&ss));
+	/* The preset's lists: private IPv4, also as v4-mapped peers. */
+	CHECK(addr_cidr_parse("172.16.0.0/12", &c) == NULL);
+	addr_parse_numeric("::ffff:172.31.255.1", 1, &ss, &len);
+	CHECK(addr_cidr_match(&c, (struct sockaddr *)&ss));
+	addr_parse_numeric("::ffff:172.32.0.1", 1, &ss, &len);
+	CHECK(!addr_cidr_match(&c, (struct sockaddr *)&ss));
+	CHECK(addr_cidr_parse("fc00::/7", &c) == NULL);
+	addr_parse_numeric("fd12:3456::1", 1, &ss, &len);
+	CHECK(addr_cidr_match(&c, (struct sockaddr *)&ss));
+	addr_parse_numeric("::ffff:10.0.0.1", 1, &ss, &len);
+	CHECK(!addr_cidr_match(&c, (struct sockaddr *)&ss));
 	CHECK(addr_cidr_parse("2001:db8::/33", &c) == NULL);
 	addr_parse_numeric("2001:db8:7fff::1", 1, &ss, &len);
 	CHECK(addr_cidr_match(&c, (struct sockaddr *)&ss));
@@ -105,11 +116,32 @@ test_cidr(void)
 	CHECK(addr_cidr_match(&c, (struct sockaddr *)&ss));
 }
 
+static void
+test_loopback(void)
+{
+	static const char *const yes[] = {
+	    "127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.2"};
+	static const char *const no[] = {"0.0.0.0", "::", "10.0.0.1",
+	    "128.0.0.1", "::2", "::ffff:10.0.0.1", "2001:db8::1"};
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+		CHECK(addr_parse_numeric(yes[i], 1, &ss, &len) == NULL);
+		CHECK(addr_is_loopback((struct sockaddr *)&ss));
+	}
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+		CHECK(addr_parse_numeric(no[i], 1, &ss, &len) == NULL);
+		CHECK(!addr_is_loopback((struct sockaddr *)&ss));
+	}
+}
+
 int
 main(void)
 {
 	test_split();
 	test_numeric();
 	test_cidr();
+	test_loopback();
 	return h_report("test_addr");
 }

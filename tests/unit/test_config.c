@@ -158,6 +158,19 @@ test_errors(void)
 	    {"[listen a]\ntls-ips = not-an-ip\n", 2, "not a numeric"},
 	    {"[listen a]\ntrusted-proxies = 10.0.0.0/99\n", 2, "prefix length"},
 	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 127.0.0.1:1\n"
+	     "upstream =\n",
+	        5, "upstream: empty value"},
+	    {"[global]\nuser =\n", 2, "user: empty value"},
+	    {"[listen a]\ntls-names =   \n", 2, "tls-names: empty value"},
+	    {"[stats]\nlisten =\n", 2, "listen: empty value"},
+	    {"[global]\nfoo =\n", 2, "unknown key 'foo' in [global]"},
+	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 0.0.0.0:80\n"
+	     "upstream = u\n[stats]\nlisten = 127.0.0.1:80\n",
+	        7, "overlaps 0.0.0.0:80 bound at line 4"},
+	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 127.0.0.1:80\n"
+	     "upstream = u\n[stats]\nlisten = 127.0.0.1:80\n",
+	        7, "already bound at line 4"},
+	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 127.0.0.1:1\n"
 	     "bind = 127.0.0.1:1\nupstream = u\n",
 	        5, "already bound at line 4"},
 	    {"[upstream u]\nserver = h:1\n[listen a]\nbind = 127.0.0.1:1\n"
@@ -244,6 +257,24 @@ roundtrip(struct cfg *c)
 	cfg_free(c2);
 }
 
+/* The preset's -lb listeners trust the ranges a load balancer talks from. */
+static void
+check_lb_trusted(const struct cfg_listen *l)
+{
+	static const char *const want[] = {"127.0.0.0/8", "::1/128",
+	    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+	    "fc00::/7"};
+	const size_t n = sizeof(want) / sizeof(want[0]);
+
+	if (!l->accept_proxy) {
+		CHECK_INT(l->trusted_text.n, 0);
+		return;
+	}
+	CHECK_INT(l->trusted_text.n, n);
+	for (size_t i = 0; i < n && i < l->trusted_text.n; i++)
+		CHECK_STR(l->trusted_text.v[i], want[i]);
+}
+
 static void
 test_presets(void)
 {
@@ -251,15 +282,16 @@ test_presets(void)
 	struct cfg *m = cfg_load_preset("minimal", err, sizeof(err));
 	struct cfg *c;
 	static const char *const names[] = {"http", "http-lb", "https",
-	    "https-lb", "jabber", "jabber-lb", "media", "media-lb"};
+	    "https-lb", "jabber", "jabber-lb", "media", "media-alt",
+	    "media-lb"};
 	static const unsigned ports[] = {
-	    80, 8080, 443, 8443, 5222, 8222, 587, 7777};
+	    80, 8080, 443, 8443, 5222, 8222, 587, 7777, 8587};
 
 	CHECK(w != NULL && m != NULL);
 	if (w == NULL || m == NULL)
 		return;
-	CHECK_INT(w->nlistens, 8);
-	for (size_t i = 0; i < 8 && i < w->nlistens; i++) {
+	CHECK_INT(w->nlistens, 9);
+	for (size_t i = 0; i < 9 && i < w->nlistens; i++) {
 		const struct cfg_listen *l = &w->listens[i];
 
 		CHECK_STR(l->name, names[i]);
@@ -268,8 +300,9 @@ test_presets(void)
 		CHECK_INT(l->tls, ports[i] == 443 || ports[i] == 8443);
 		CHECK_INT(l->accept_proxy, strstr(names[i], "-lb") != NULL);
 		CHECK_STR(w->upstreams[l->upstream].name,
-		    ports[i] == 587 || ports[i] == 7777 ? "media" : "chat");
+		    strncmp(names[i], "media", 5) == 0 ? "media" : "chat");
 		CHECK_INT(l->maxconn, 27495);
+		check_lb_trusted(l);
 	}
 	CHECK_INT(w->maxconn, 27500);
 	CHECK_INT(w->upstreams[0].nservers, 6);

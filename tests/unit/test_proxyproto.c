@@ -133,10 +133,64 @@ test_v2(void)
 	CHECK_INT(buf[13], 0x00);
 }
 
+/*
+ * A v4-mapped address with a plain IPv6 one (a "PROXY TCP6" header whose
+ * client is v4-mapped): TCP6, the mapped address kept as IPv6.  Both
+ * mapped: TCP4.
+ */
+static void
+test_mapped_with_ipv6(void)
+{
+	struct sockaddr_in6 m6, v6, m6b;
+	uint8_t buf[PP_BUILD_MAX + 1];
+	uint8_t mapped[16] = {[10] = 0xff, [11] = 0xff, 198, 51, 100, 77};
+	uint8_t mapped2[16] = {[10] = 0xff, [11] = 0xff, 192, 0, 2, 9};
+	uint8_t plain6[16] = {0x20, 0x01, 0x0d, 0xb8, [15] = 1};
+	ssize_t n;
+
+	mk6(&m6, mapped, 5000);
+	mk6(&v6, plain6, 443);
+	mk6(&m6b, mapped2, 8443);
+	n = pp_build(PP_V1, (struct sockaddr *)&m6, (struct sockaddr *)&v6, 0,
+	    buf, sizeof(buf));
+	buf[n > 0 ? n : 0] = '\0';
+	CHECK_STR((char *)buf,
+	    "PROXY TCP6 ::ffff:198.51.100.77 2001:db8::1 5000 443\r\n");
+	n = pp_build(PP_V1, (struct sockaddr *)&v6, (struct sockaddr *)&m6, 0,
+	    buf, sizeof(buf));
+	buf[n > 0 ? n : 0] = '\0';
+	CHECK_STR((char *)buf,
+	    "PROXY TCP6 2001:db8::1 ::ffff:198.51.100.77 443 5000\r\n");
+
+	n = pp_build(PP_V2, (struct sockaddr *)&m6, (struct sockaddr *)&v6, 0,
+	    buf, sizeof(buf));
+	CHECK_INT(n, 52);
+	CHECK_INT(buf[12], 0x21);
+	CHECK_INT(buf[13], 0x21);
+	CHECK_INT((buf[14] << 8) | buf[15], 36);
+	CHECK_MEM(buf + 16, mapped, 16);
+	CHECK_MEM(buf + 32, plain6, 16);
+	CHECK_INT((buf[48] << 8) | buf[49], 5000);
+	CHECK_INT((buf[50] << 8) | buf[51], 443);
+
+	/* Both mapped: IPv4, as before. */
+	n = pp_build(PP_V1, (struct sockaddr *)&m6, (struct sockaddr *)&m6b, 0,
+	    buf, sizeof(buf));
+	buf[n > 0 ? n : 0] = '\0';
+	CHECK_STR(
+	    (char *)buf, "PROXY TCP4 198.51.100.77 192.0.2.9 5000 8443\r\n");
+	n = pp_build(PP_V2, (struct sockaddr *)&m6, (struct sockaddr *)&m6b, 0,
+	    buf, sizeof(buf));
+	CHECK_INT(n, 28);
+	CHECK_INT(buf[13], 0x11);
+	CHECK_MEM(buf + 16, "\xC6\x33\x64\x4D\xC0\x00\x02\x09", 8);
+}
+
 int
 main(void)
 {
 	test_v1();
 	test_v2();
+	test_mapped_with_ipv6();
 	return h_report("test_proxyproto");
 }
