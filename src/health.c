@@ -1,7 +1,10 @@
 /*
- * health: active upstream checks.
+ * health: active upstream checks, and the `lifeline health` probe.
  */
 #include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -258,4 +261,328 @@ health_free(struct health *h)
 		check_free(h, h->v[i]);
 	free(h->v);
 	free(h);
+}
+
+/*
+ * The `lifeline health` probe: one GET, then a verdict from the status
+ * line alone.  Each step has its own failure, so that an operator (and a
+ * container engine's log) can tell a relay that is down from one that
+ * answers "not ready".
+ */
+
+/* Splits "http://HOST[:PORT][/PATH]"; returns 0 or -1. */
+static int
+parse_url(const char *url, char *host, size_t hostlen, char *port,
+    size_t portlen, const char **path)
+{
+	const char *p, *hs, *he, *slash;
+
+	if (strncmp(url, "http://", 7) != 0)
+		return -1;
+	p = url + 7;
+	slash = strchr(p, '/');
+	*path = slash != NULL ? slash : "/";
+	he = slash != NULL ? slash : p + strlen(p);
+	hs = p;
+	snprintf(port, portlen, "80");
+	if (*hs == '[') {
+		const char *rb = memchr(hs, ']', (size_t)(he - hs));
+
+		if (rb == NULL)
+			return -1;
+		if (rb + 1 < he && rb[1] == ':')
+			snprintf(
+			    port, portlen, "%.*s", (int)(he - rb - 2), rb + 2);
+		hs++;
+		he = rb;
+	} else {
+		const char *colon = memchr(hs, ':', (size_t)(he - hs));
+
+		if (colon != NULL) {
+			snprintf(port, portlen, "%.*s", (int)(he - colon - 1),
+			    colon + 1);
+			he = colon;
+		}
+	}
+	if (he <= hs || (size_t)(he - hs) >= hostlen)
+		return -1;
+	memcpy(host, hs, (size_t)(he - hs));
+	host[he - hs] = '\0';
+	return 0;
+}
+
+const char *
+health_probe_str(enum health_probe r)
+{
+	switch (r) {
+	case HEALTH_PROBE_READY:
+		return "ready";
+	case HEALTH_PROBE_NOT_READY:
+		return "not ready";
+	case HEALTH_PROBE_MALFORMED:
+		return "malformed status line";
+	case HEALTH_PROBE_NO_RESPONSE:
+		return "closed without a response";
+	case HEALTH_PROBE_RESOLVE_FAILED:
+		return "cannot resolve";
+	case HEALTH_PROBE_CONNECT_FAILED:
+		return "cannot connect";
+	case HEALTH_PROBE_TIMEOUT:
+		return "timed out";
+	case HEALTH_PROBE_IO_ERROR:
+		return "connection failed";
+	}
+	return "?";
+}
+
+/* The byte at i of "HTTP/1.x SP 3DIGIT SP" may be c. */
+static bool
+status_prefix_ok(size_t i, char c)
+{
+	static const char ver[] = "HTTP/1.";
+
+	if (i < sizeof(ver) - 1)
+		return c == ver[i];
+	if (i == 8 || i == 12)
+		return c == ' ';
+	return c >= '0' && c <= '9';
+}
+
+enum health_status
+health_parse_status(const char *buf, size_t len, int *code)
+{
+	size_t i;
+
+	for (i = 0; i < len && i < HEALTH_STATUS_PREFIX; i++) {
+		if (!status_prefix_ok(i, buf[i]))
+			return HEALTH_STATUS_ERR;
+	}
+	/* reason-phrase = *( HTAB / SP / VCHAR / obs-text ), maybe empty */
+	for (; i < len && i < HEALTH_STATUS_MAX; i++) {
+		unsigned char c = (unsigned char)buf[i];
+
+		if (c == '\r')
+			break;
+		if (c != '\t' && (c < 0x20 || c == 0x7f))
+			return HEALTH_STATUS_ERR;
+	}
+	if (i >= HEALTH_STATUS_MAX)
+		return HEALTH_STATUS_ERR;
+	if (i + 1 >= len)
+		return HEALTH_STATUS_NEED_MORE;
+	if (buf[i + 1] != '\n')
+		return HEALTH_STATUS_ERR;
+	*code = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
+	return HEALTH_STATUS_OK;
+}
+
+/* Waits for events on fd until deadline (loop_clock_ms); 0 or -ETIMEDOUT. */
+static int
+wait_fd(int fd, short events, uint64_t deadline)
+{
+	struct pollfd pfd = {.fd = fd, .events = events};
+
+	for (;;) {
+		uint64_t now = loop_clock_ms();
+		int n;
+
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		n = poll(&pfd, 1, (int)(deadline - now));
+		if (n == 1)
+			return 0;
+		if (n < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+/* Connects to ai before deadline; returns the fd or -errno. */
+static int
+probe_connect(const struct addrinfo *ai, uint64_t deadline)
+{
+	int fd, err = 0, r;
+	socklen_t len = sizeof(err);
+
+	fd = socket(
+	    ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 &&
+	    errno != EINPROGRESS) {
+		err = errno;
+		goto fail;
+	}
+	if ((r = wait_fd(fd, POLLOUT, deadline)) != 0) {
+		err = -r;
+		goto fail;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+		err = errno;
+	if (err != 0)
+		goto fail;
+	return fd;
+fail:
+	close(fd);
+	return -err;
+}
+
+/* Reads until the status line is whole; returns the verdict. */
+static enum health_probe
+probe_read(int fd, uint64_t deadline, int *code, int *err)
+{
+	char buf[HEALTH_STATUS_MAX];
+	size_t got = 0;
+
+	for (;;) {
+		enum health_status s = health_parse_status(buf, got, code);
+		ssize_t n;
+
+		if (s == HEALTH_STATUS_OK)
+			return *code == 200 ? HEALTH_PROBE_READY
+			                    : HEALTH_PROBE_NOT_READY;
+		if (s == HEALTH_STATUS_ERR)
+			return HEALTH_PROBE_MALFORMED;
+		if ((*err = -wait_fd(fd, POLLIN, deadline)) != 0)
+			return *err == ETIMEDOUT ? HEALTH_PROBE_TIMEOUT
+			                         : HEALTH_PROBE_IO_ERROR;
+		n = recv(fd, buf + got, sizeof(buf) - got, 0);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n < 0) {
+			*err = errno;
+			return HEALTH_PROBE_IO_ERROR;
+		}
+		if (n == 0)
+			return got == 0 ? HEALTH_PROBE_NO_RESPONSE
+			                : HEALTH_PROBE_MALFORMED;
+		got += (size_t)n;
+	}
+}
+
+/* Sends the request and reads the verdict, within deadline. */
+static enum health_probe
+probe_exchange(int fd, const char *host, const char *path, uint64_t deadline,
+    int *code, int *err)
+{
+	char req[1024];
+	int n;
+
+	n = snprintf(req, sizeof(req),
+	    "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path,
+	    host);
+	if (n < 0 || (size_t)n >= sizeof(req)) {
+		*err = ENAMETOOLONG;
+		return HEALTH_PROBE_IO_ERROR;
+	}
+	/* A fresh socket's buffer takes the whole request at once. */
+	if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+		*err = errno;
+		return HEALTH_PROBE_IO_ERROR;
+	}
+	return probe_read(fd, deadline, code, err);
+}
+
+enum health_probe
+health_probe(const char *host, const char *port, const char *path, int *code,
+    int *err, char *peer, size_t peerlen)
+{
+	uint64_t deadline = loop_clock_ms() + HEALTH_PROBE_TIMEOUT_MS;
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+	enum health_probe r = HEALTH_PROBE_CONNECT_FAILED;
+	int fd = -1;
+
+	snprintf(peer, peerlen, "%s:%s", host, port);
+	*err = getaddrinfo(host, port, &hints, &res);
+	if (*err != 0)
+		return HEALTH_PROBE_RESOLVE_FAILED;
+	/* Each address in turn ("localhost": ::1, then 127.0.0.1). */
+	for (struct addrinfo *ai = res; ai != NULL && fd < 0;
+	     ai = ai->ai_next) {
+		if (peerlen >= ADDR_STRLEN)
+			addr_format(ai->ai_addr, peer, peerlen);
+		fd = probe_connect(ai, deadline);
+		*err = fd < 0 ? -fd : 0;
+		if (*err == ETIMEDOUT)
+			break;
+	}
+	if (fd < 0) {
+		r = *err == ETIMEDOUT ? HEALTH_PROBE_TIMEOUT
+		                      : HEALTH_PROBE_CONNECT_FAILED;
+		goto fail;
+	}
+	r = probe_exchange(fd, host, path, deadline, code, err);
+fail:
+	if (fd >= 0)
+		close(fd);
+	freeaddrinfo(res);
+	return r;
+}
+
+/* One line on stderr naming what failed, for the operator's log. */
+static void
+probe_report(
+    enum health_probe r, const char *url, const char *peer, int code, int err)
+{
+	const char *p = "lifeline health";
+
+	switch (r) {
+	case HEALTH_PROBE_READY:
+		break;
+	case HEALTH_PROBE_NOT_READY:
+		fprintf(stderr, "%s: %s: not ready (HTTP %d)\n", p, url, code);
+		break;
+	case HEALTH_PROBE_MALFORMED:
+	case HEALTH_PROBE_NO_RESPONSE:
+		fprintf(stderr, "%s: %s: %s\n", p, url, health_probe_str(r));
+		break;
+	case HEALTH_PROBE_RESOLVE_FAILED:
+		fprintf(stderr, "%s: cannot resolve %s: %s\n", p, peer,
+		    gai_strerror(err));
+		break;
+	case HEALTH_PROBE_CONNECT_FAILED:
+		fprintf(stderr, "%s: cannot connect to %s: %s\n", p, peer,
+		    strerror(err));
+		break;
+	case HEALTH_PROBE_TIMEOUT:
+		fprintf(stderr, "%s: %s: timed out after %d s\n", p, url,
+		    HEALTH_PROBE_TIMEOUT_MS / 1000);
+		break;
+	case HEALTH_PROBE_IO_ERROR:
+		fprintf(stderr, "%s: %s: %s\n", p, url, strerror(err));
+		break;
+	}
+}
+
+int
+health_cli(int argc, char **argv)
+{
+	const char *url = "http://127.0.0.1:8199/readyz", *path;
+	char host[256], port[16], peer[ADDR_STRLEN + 256];
+	enum health_probe r;
+	int code = 0, err = 0;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--url") == 0 && i + 1 < argc) {
+			url = argv[++i];
+		} else if (strcmp(argv[i], "--help") == 0) {
+			printf("usage: lifeline health [--url URL]\n"
+			       "Exit 0 when URL (default %s) answers 200 "
+			       "within %d s, else 1.\n",
+			    url, HEALTH_PROBE_TIMEOUT_MS / 1000);
+			return 0;
+		} else {
+			fprintf(stderr, "lifeline health: unexpected '%s'\n",
+			    argv[i]);
+			return 2;
+		}
+	}
+	if (parse_url(url, host, sizeof(host), port, sizeof(port), &path) !=
+	    0) {
+		fprintf(
+		    stderr, "lifeline health: not an http:// URL: %s\n", url);
+		return 2;
+	}
+	r = health_probe(host, port, path, &code, &err, peer, sizeof(peer));
+	probe_report(r, url, peer, code, err);
+	return r == HEALTH_PROBE_READY ? 0 : 1;
 }

@@ -21,9 +21,25 @@
 #endif
 
 #define STATS_MAX_SOCKS 8
-#define STATS_MAX_CLIENTS 64
+/*
+ * Clients at once.  When full, a newcomer takes the slot of the oldest
+ * client still sending its request, so idle connections can never lock out
+ * a health probe: a probe sends its request at once and is answered long
+ * before STATS_MAX_CLIENTS newer connections could push it out.
+ */
+#define STATS_MAX_CLIENTS 256
+#define STATS_BACKLOG 256
 #define STATS_MAX_REQ 4096
-#define STATS_TIMEOUT_MS 5000
+#define STATS_MAX_TARGET 255
+/* The whole request must arrive within this of the accept. */
+#define STATS_HEADER_TIMEOUT_MS 2000
+/* A response (up to STATS_MAX_RESP) must be taken within this. */
+#define STATS_SEND_TIMEOUT_MS 10000
+/*
+ * Kernel send buffer per client (the kernel doubles it).  Autotuning would
+ * let each slow reader pin up to tcp_wmem's maximum (4 MiB by default).
+ */
+#define STATS_SNDBUF (32 * 1024)
 /* No response is ever larger; past it the output is cut (and says so). */
 #define STATS_MAX_RESP (4 * 1024 * 1024)
 
@@ -43,10 +59,17 @@ struct stats_sock {
 	char text[ADDR_STRLEN];
 };
 
+/* Clients in accept order: the head is the oldest. */
+struct client_list {
+	struct stats_client *head, *tail;
+	size_t n;
+};
+
 struct stats_client {
 	struct loop_io io;
 	struct loop_timer timer;
 	struct stats *st; /* borrowed */
+	struct client_list *list; /* borrowed: the one of st it is on */
 	char req[STATS_MAX_REQ];
 	size_t rlen;
 	struct sbuf resp;
@@ -62,8 +85,16 @@ struct stats {
 	unsigned nworkers;
 	struct gen *gen; /* borrowed */
 	uint64_t started; /* loop ms */
-	struct stats_client *clients;
-	size_t nclients;
+	struct client_list reading; /* owned: request not complete yet */
+	struct client_list sending; /* owned: response under way */
+	struct client_list closed; /* owned: freed by reap, after the batch */
+	struct loop_task reap;
+};
+
+/* The parts of a request line (pointers into the request, borrowed). */
+struct req_line {
+	const char *method, *target;
+	size_t mlen, tlen;
 };
 
 static void sb_printf(struct sbuf *b, const char *fmt, ...)
@@ -465,49 +496,126 @@ respond(struct stats_client *c, int status, const char *reason,
 }
 
 static void
-handle(struct stats_client *c)
+respond_error(struct stats_client *c, int status)
+{
+	static const struct {
+		int status;
+		const char *reason, *body;
+	} errs[] = {
+	    {405, "Method Not Allowed", "GET or HEAD only\n"},
+	    {414, "URI Too Long", "request target too long\n"},
+	    {431, "Request Header Fields Too Large", "request too large\n"},
+	    {505, "HTTP Version Not Supported", "HTTP/1.0 or HTTP/1.1 only\n"},
+	    {400, "Bad Request", "bad request\n"}, /* last: any other status */
+	};
+	size_t i = 0;
+
+	while (
+	    i < sizeof(errs) / sizeof(errs[0]) - 1 && errs[i].status != status)
+		i++;
+	respond(c, errs[i].status, errs[i].reason, "text/plain", errs[i].body,
+	    strlen(errs[i].body), false);
+}
+
+/* tchar (RFC 9110 section 5.6.2): what a method is made of. */
+static bool
+is_tchar(unsigned char ch)
+{
+	return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+	    (ch >= 'A' && ch <= 'Z') ||
+	    (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
+/* Visible ASCII: what a request target is made of (no SP, CTL or 8-bit). */
+static bool
+is_target_char(unsigned char ch)
+{
+	return ch > 0x20 && ch < 0x7f;
+}
+
+/* Length of the run at p, before end, of bytes that pass ok(). */
+static size_t
+span(const char *p, const char *end, bool (*ok)(unsigned char))
+{
+	const char *q = p;
+
+	while (q < end && ok((unsigned char)*q))
+		q++;
+	return (size_t)(q - p);
+}
+
+/* "HTTP/DIGIT.DIGIT", exactly n bytes: 0 for 1.0 and 1.1, else 400 or 505. */
+static int
+parse_version(const char *v, size_t n)
+{
+	if (n != 8 || memcmp(v, "HTTP/", 5) != 0 || v[5] < '0' || v[5] > '9' ||
+	    v[6] != '.' || v[7] < '0' || v[7] > '9')
+		return 400;
+	if (v[5] != '1' || (v[7] != '0' && v[7] != '1'))
+		return 505;
+	return 0;
+}
+
+/*
+ * Parses "METHOD SP target SP HTTP-version CRLF" (RFC 9112 section 3) at the
+ * start of req, strictly: one SP each, no leading blank line, CRLF only.
+ * Returns 0, or the status to answer: 400 when malformed, 505 for a
+ * well-formed version we do not speak.
+ */
+static int
+parse_request_line(const char *req, size_t len, struct req_line *rl)
+{
+	const char *end = memmem(req, len, "\r\n", 2), *p = req;
+
+	if (end == NULL)
+		return 400;
+	rl->method = p;
+	rl->mlen = span(p, end, is_tchar);
+	p += rl->mlen;
+	if (rl->mlen == 0 || p == end || *p++ != ' ')
+		return 400;
+	rl->target = p;
+	rl->tlen = span(p, end, is_target_char);
+	p += rl->tlen;
+	if (rl->tlen == 0 || p == end || *p++ != ' ')
+		return 400;
+	return parse_version(p, (size_t)(end - p));
+}
+
+static bool
+method_is(const struct req_line *rl, const char *m)
+{
+	return rl->mlen == strlen(m) && memcmp(rl->method, m, rl->mlen) == 0;
+}
+
+/* Answers a GET or HEAD of path (query string removed). */
+static void
+route(struct stats_client *c, const char *path, bool head)
 {
 	struct stats *st = c->st;
-	char method[8], target[256], version[16];
 	struct sbuf body = {0};
-	bool head;
-	char *q;
 
-	if (sscanf(c->req, "%7s %255s %15s", method, target, version) != 3 ||
-	    strncmp(version, "HTTP/1.", 7) != 0) {
-		respond(c, 400, "Bad Request", "text/plain", "bad request\n",
-		    12, false);
-		return;
-	}
-	head = strcmp(method, "HEAD") == 0;
-	if (!head && strcmp(method, "GET") != 0) {
-		respond(c, 405, "Method Not Allowed", "text/plain",
-		    "GET or HEAD only\n", 17, false);
-		return;
-	}
-	if ((q = strchr(target, '?')) != NULL)
-		*q = '\0';
-	if (strcmp(target, "/metrics") == 0) {
+	if (strcmp(path, "/metrics") == 0) {
 		render_metrics(st, &body);
 		respond(c, 200, "OK",
 		    "text/plain; version=0.0.4; charset=utf-8", body.p, body.n,
 		    head);
-	} else if (strcmp(target, "/stats.json") == 0) {
+	} else if (strcmp(path, "/stats.json") == 0) {
 		render_json(st, &body);
 		respond(c, 200, "OK", "application/json", body.p, body.n, head);
-	} else if (strcmp(target, "/healthz") == 0) {
+	} else if (strcmp(path, "/healthz") == 0) {
 		respond(c, 200, "OK", "text/plain", "ok\n", 3, head);
-	} else if (strcmp(target, "/readyz") == 0) {
+	} else if (strcmp(path, "/readyz") == 0) {
 		if (all_ready(st->gen, loop_now(st->loop)))
 			respond(c, 200, "OK", "text/plain", "ready\n", 6, head);
 		else
 			respond(c, 503, "Service Unavailable", "text/plain",
 			    "not ready: an upstream group has no server up\n",
 			    46, head);
-	} else if (strcmp(target, "/") == 0) {
+	} else if (strcmp(path, "/") == 0) {
 		respond(c, 200, "OK", "text/html; charset=utf-8",
 		    dashboard_html, strlen(dashboard_html), head);
-	} else if (strcmp(target, "/qr.svg") == 0) {
+	} else if (strcmp(path, "/qr.svg") == 0) {
 		char link[512];
 		char *svg = NULL;
 
@@ -527,22 +635,100 @@ handle(struct stats_client *c)
 	sb_free(&body);
 }
 
+/* Builds the response to the complete request in c->req. */
 static void
-client_free(struct stats_client *c)
+handle(struct stats_client *c)
 {
-	struct stats *st = c->st;
+	char path[STATS_MAX_TARGET + 1];
+	struct req_line rl;
+	int bad;
 
-	loop_timer_del(st->loop, &c->timer);
-	close(c->io.fd);
-	sb_free(&c->resp);
+	bad = parse_request_line(c->req, c->rlen, &rl);
+	/* Origin form only: we are nobody's proxy. */
+	if (bad == 0 && rl.target[0] != '/')
+		bad = 400;
+	if (bad == 0 && rl.tlen > STATS_MAX_TARGET)
+		bad = 414;
+	if (bad == 0 && !method_is(&rl, "GET") && !method_is(&rl, "HEAD"))
+		bad = 405;
+	if (bad != 0) {
+		respond_error(c, bad);
+		return;
+	}
+	memcpy(path, rl.target, rl.tlen);
+	path[rl.tlen] = '\0';
+	path[strcspn(path, "?")] = '\0';
+	route(c, path, method_is(&rl, "HEAD"));
+}
+
+static void
+list_append(struct client_list *l, struct stats_client *c)
+{
+	c->list = l;
+	c->prev = l->tail;
+	c->next = NULL;
+	if (l->tail != NULL)
+		l->tail->next = c;
+	else
+		l->head = c;
+	l->tail = c;
+	l->n++;
+}
+
+static void
+list_remove(struct stats_client *c)
+{
+	struct client_list *l = c->list;
+
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else
-		st->clients = c->next;
+		l->head = c->next;
 	if (c->next != NULL)
 		c->next->prev = c->prev;
-	st->nclients--;
-	free(c);
+	else
+		l->tail = c->prev;
+	l->n--;
+	c->list = NULL;
+	c->prev = c->next = NULL;
+}
+
+/*
+ * Closes c at once (its descriptor is free on return) with a FIN, or with
+ * an RST when reset (a response cut short).  The memory waits for reap:
+ * an event for c may still be pending in this loop iteration.
+ */
+static void
+client_close(struct stats_client *c, bool reset)
+{
+	struct stats *st = c->st;
+
+	if (reset) {
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+		(void)setsockopt(
+		    c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
+	loop_timer_del(st->loop, &c->timer);
+	close(c->io.fd);
+	c->io.fd = -1;
+	sb_free(&c->resp);
+	list_remove(c);
+	list_append(&st->closed, c);
+	loop_task_queue(st->loop, &st->reap);
+}
+
+static void
+reap_cb(struct loop_task *t)
+{
+	struct stats *st = container_of(t, struct stats, reap);
+
+	while (st->closed.head != NULL) {
+		struct stats_client *c = st->closed.head;
+
+		list_remove(c);
+		free(c);
+	}
 }
 
 static void
@@ -555,64 +741,110 @@ client_write(struct stats_client *c)
 		if (n < 0 && errno == EAGAIN)
 			return;
 		if (n <= 0) {
-			client_free(c);
+			client_close(c, false);
 			return;
 		}
 		c->woff += (size_t)n;
 	}
-	/* All sent: a FIN, and the timer closes it if the peer lingers. */
+	/* All sent: a FIN after the response. */
 	(void)shutdown(c->io.fd, SHUT_WR);
-	client_free(c);
+	client_close(c, false);
+}
+
+/* The request is complete (or refused): from now on c only writes. */
+static void
+client_reply(struct stats_client *c)
+{
+	struct stats *st = c->st;
+
+	list_remove(c);
+	list_append(&st->sending, c);
+	loop_timer_set(
+	    st->loop, &c->timer, loop_now(st->loop) + STATS_SEND_TIMEOUT_MS);
+	if (loop_io_mod(st->loop, &c->io, EPOLLOUT) != 0) {
+		client_close(c, false);
+		return;
+	}
+	client_write(c);
+}
+
+/* Reads what came; once the request is whole, or too large, answers it. */
+static void
+client_read(struct stats_client *c)
+{
+	ssize_t n;
+
+	n = recv(c->io.fd, c->req + c->rlen, sizeof(c->req) - 1 - c->rlen, 0);
+	if (n < 0 && errno == EAGAIN)
+		return;
+	if (n <= 0) {
+		client_close(c, false);
+		return;
+	}
+	/* Binary (a TLS ClientHello, a scanner's probe): no HTTP at all. */
+	if (memchr(c->req + c->rlen, '\0', (size_t)n) != NULL) {
+		c->rlen += (size_t)n;
+		respond_error(c, 400);
+		client_reply(c);
+		return;
+	}
+	c->rlen += (size_t)n;
+	c->req[c->rlen] = '\0';
+	/* A bare-LF request is whole too, and refused by handle(). */
+	if (strstr(c->req, "\r\n\r\n") != NULL ||
+	    strstr(c->req, "\n\n") != NULL)
+		handle(c);
+	else if (c->rlen == sizeof(c->req) - 1)
+		respond_error(c, 431);
+	else
+		return;
+	client_reply(c);
 }
 
 static void
 client_cb(struct loop_io *io, uint32_t events)
 {
 	struct stats_client *c = container_of(io, struct stats_client, io);
-	ssize_t n;
 
-	if (c->resp.n > 0) {
+	if (io->fd < 0)
+		return; /* closed earlier in this iteration */
+	if (c->list == &c->st->sending) {
 		if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
 			client_write(c);
 		return;
 	}
-	n = recv(io->fd, c->req + c->rlen, sizeof(c->req) - 1 - c->rlen, 0);
-	if (n < 0 && errno == EAGAIN)
-		return;
-	if (n <= 0) {
-		client_free(c);
-		return;
-	}
-	/* Binary (a TLS ClientHello, a scanner's probe): no HTTP at all. */
-	if (memchr(c->req + c->rlen, '\0', (size_t)n) != NULL) {
-		c->rlen += (size_t)n;
-		respond(c, 400, "Bad Request", "text/plain", "bad request\n",
-		    12, false);
-		goto reply;
-	}
-	c->rlen += (size_t)n;
-	c->req[c->rlen] = '\0';
-	if (strstr(c->req, "\r\n\r\n") == NULL &&
-	    strstr(c->req, "\n\n") == NULL) {
-		if (c->rlen < sizeof(c->req) - 1)
-			return;
-		respond(c, 431, "Request Header Fields Too Large", "text/plain",
-		    "request too large\n", 18, false);
-	} else {
-		handle(c);
-	}
-reply:
-	if (loop_io_mod(c->st->loop, &c->io, EPOLLOUT) != 0) {
-		client_free(c);
-		return;
-	}
-	client_write(c);
+	client_read(c);
 }
 
+/*
+ * Header timeout: FIN, like any server whose client never asked.  Send
+ * timeout: the response is cut, so RST.
+ */
 static void
 client_timer_cb(struct loop_timer *t)
 {
-	client_free(container_of(t, struct stats_client, timer));
+	struct stats_client *c = container_of(t, struct stats_client, timer);
+
+	client_close(c, c->list == &c->st->sending);
+}
+
+/*
+ * Frees a slot for a newcomer: the oldest client that has not finished its
+ * request, else (every slot busy writing) the oldest response.  Returns
+ * false when there is no client to close.
+ */
+static bool
+evict_oldest(struct stats *st)
+{
+	if (st->reading.head != NULL) {
+		client_close(st->reading.head, false);
+		return true;
+	}
+	if (st->sending.head != NULL) {
+		client_close(st->sending.head, true);
+		return true;
+	}
+	return false;
 }
 
 static void
@@ -623,6 +855,33 @@ pause_cb(struct loop_timer *t)
 	(void)loop_io_mod(ss->st->loop, &ss->io, EPOLLIN);
 }
 
+/* Takes a new client on fd (consumes fd). */
+static void
+client_new(struct stats *st, int fd)
+{
+	struct stats_client *c = NULL;
+
+	if (st->reading.n + st->sending.n >= STATS_MAX_CLIENTS)
+		(void)evict_oldest(st);
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		goto fail;
+	c->st = st;
+	c->io.fd = fd;
+	c->io.cb = client_cb;
+	loop_timer_init(&c->timer, client_timer_cb);
+	(void)setsockopt(
+	    fd, SOL_SOCKET, SO_SNDBUF, &(int){STATS_SNDBUF}, sizeof(int));
+	if (loop_io_add(st->loop, &c->io, EPOLLIN) != 0)
+		goto fail;
+	list_append(&st->reading, c);
+	loop_timer_set(
+	    st->loop, &c->timer, loop_now(st->loop) + STATS_HEADER_TIMEOUT_MS);
+	return;
+fail:
+	free(c);
+	close(fd);
+}
+
 static void
 accept_cb(struct loop_io *io, uint32_t events)
 {
@@ -631,39 +890,25 @@ accept_cb(struct loop_io *io, uint32_t events)
 
 	(void)events;
 	for (int i = 0; i < 16; i++) {
-		struct stats_client *c;
 		int fd =
 		    accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
-		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE ||
-			    errno == ENOBUFS || errno == ENOMEM) {
-				(void)loop_io_mod(st->loop, io, 0);
-				loop_timer_set(st->loop, &ss->pause,
-				    loop_now(st->loop) + 100);
-			}
+		if (fd >= 0) {
+			client_new(st, fd);
+			continue;
+		}
+		if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS &&
+		    errno != ENOMEM)
 			return;
-		}
-		if (st->nclients >= STATS_MAX_CLIENTS ||
-		    (c = calloc(1, sizeof(*c))) == NULL) {
-			close(fd);
+		/* Out of descriptors: an idle client's one serves a probe. */
+		if (errno != ENOBUFS && errno != ENOMEM &&
+		    st->reading.head != NULL) {
+			client_close(st->reading.head, false);
 			continue;
 		}
-		c->st = st;
-		c->io.fd = fd;
-		c->io.cb = client_cb;
-		loop_timer_init(&c->timer, client_timer_cb);
-		c->next = st->clients;
-		if (st->clients != NULL)
-			st->clients->prev = c;
-		st->clients = c;
-		st->nclients++;
-		if (loop_io_add(st->loop, &c->io, EPOLLIN) != 0) {
-			client_free(c);
-			continue;
-		}
-		loop_timer_set(
-		    st->loop, &c->timer, loop_now(st->loop) + STATS_TIMEOUT_MS);
+		(void)loop_io_mod(st->loop, io, 0);
+		loop_timer_set(st->loop, &ss->pause, loop_now(st->loop) + 100);
+		return;
 	}
 }
 
@@ -674,6 +919,7 @@ stats_new(const struct cfg *cfg, char *err, size_t errlen)
 
 	if (st == NULL)
 		fatal(1, "out of memory");
+	loop_task_init(&st->reap, reap_cb);
 	for (size_t i = 0; i < cfg->nstats && i < STATS_MAX_SOCKS; i++) {
 		const struct cfg_bind *b = &cfg->stats[i];
 		struct stats_sock *s = &st->socks[st->nsocks];
@@ -687,7 +933,7 @@ stats_new(const struct cfg *cfg, char *err, size_t errlen)
 		    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) !=
 		        0 ||
 		    bind(fd, (const struct sockaddr *)&b->ss, b->sslen) != 0 ||
-		    listen(fd, 64) != 0 ||
+		    listen(fd, STATS_BACKLOG) != 0 ||
 		    getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
 			snprintf(err, errlen,
 			    "cannot listen on %s for [stats]: %s", b->text,
@@ -743,8 +989,13 @@ stats_free(struct stats *st)
 {
 	if (st == NULL)
 		return;
-	while (st->clients != NULL)
-		client_free(st->clients);
+	while (st->reading.head != NULL)
+		client_close(st->reading.head, false);
+	while (st->sending.head != NULL)
+		client_close(st->sending.head, true);
+	if (st->loop != NULL)
+		loop_task_cancel(st->loop, &st->reap);
+	reap_cb(&st->reap);
 	for (size_t i = 0; i < st->nsocks; i++) {
 		if (st->loop != NULL)
 			loop_timer_del(st->loop, &st->socks[i].pause);

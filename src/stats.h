@@ -1,8 +1,13 @@
 /*
  * stats: the operators' HTTP listener, on the control thread's loop:
  * /metrics (Prometheus), /stats.json, /healthz, /readyz, / (dashboard) and
- * /qr.svg.  HTTP/1.1, GET and HEAD only, one request per connection, the
- * request bounded in size (4 KiB) and time (5 s), at most 64 clients.
+ * /qr.svg.  HTTP/1.0 and 1.1, GET and HEAD only, one request per
+ * connection, the request line parsed strictly (400, 505), the request
+ * bounded in size (4 KiB, else 431) and time (2 s from the accept, then a
+ * FIN), the response in time (10 s, then an RST).  At most 256 clients: a
+ * newcomer to a full listener takes the slot of the oldest client still
+ * sending its request (else of the oldest response), so that idle
+ * connections can never starve /healthz and /readyz.
  * Never shows a client's address: only counters, and the relay's own
  * listeners and upstreams.
  */
