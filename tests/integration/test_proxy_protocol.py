@@ -698,7 +698,11 @@ def test_slowloris_header_closed_at_handshake_timeout(tmp_path):
     for name in ("slow", "silent"):
         how, n, elapsed = results[name]
         assert n == 0, f"{name}: {n} bytes came back"
-        assert 0.8 <= elapsed <= 3.0, f"{name}: closed after {elapsed:.2f}s"
+        assert 0.9 <= elapsed <= 1.25 * conftest.SLOW + 0.25, \
+            f"{name}: closed after {elapsed:.2f}s"
+    # Nothing relayed yet: FIN, like an ordinary server (the dribbler's
+    # byte due at 1.0 s may race the close and turn it into a reset).
+    assert results["silent"][0] == "eof", results["silent"]
     assert time.monotonic() - t0 < 6
     assert cpu < 0.5, f"daemon used {cpu:.2f}s of CPU waiting for headers"
     assert_nothing_upstream(up)

@@ -335,7 +335,10 @@ class TlsPump:
                 except ssl.SSLWantReadError:
                     pass
             wake = None
-            if self.handshake_done and not send_done and self.closed_how is None:
+            # A close_notify ends only the server's direction (half-close):
+            # the client goes on sending; a reset ends both.
+            can_send = self.closed_how in (None, "close_notify")
+            if self.handshake_done and not send_done and can_send:
                 while len(self.out) + self.outg.pending < (1 << 19):
                     if pending is None:
                         pending = next(it, None)
@@ -372,7 +375,7 @@ class TlsPump:
             done_sending = send_done and self.close_sent and not self.out
             if self.closed_how is not None and done_sending:
                 return self
-            if self.closed_how is not None and not send_done:
+            if self.closed_how not in (None, "close_notify") and not send_done:
                 raise AssertionError(
                     f"server closed ({self.closed_how}) while the client still "
                     f"had data to send ({self.sent_len} bytes sent)")
