@@ -1,6 +1,7 @@
 #!/bin/sh
 # The whole test suite, as `make check` and CI run it:
-#   1. formatting (clang-format), warnings as errors;
+#   1. formatting (clang-format), a one-way include order between
+#      modules (scripts/include-order.py), warnings as errors;
 #   2. unit tests and integration tests against build/lifeline;
 #   3. the same under AddressSanitizer + UndefinedBehaviorSanitizer, and
 #      the fuzz corpus replayed through the parsers (gcc + ASan).
@@ -20,6 +21,7 @@ step() {
 
 mkdir -p build build-san
 step format make -s format-check
+step include-order /usr/bin/python3 scripts/include-order.py
 step build make -s -j2 WERROR=1 all
 step unit sh -c 'make -s -j2 WERROR=1 check-unit | tee build/unit.log'
 step integration make -s check-integration

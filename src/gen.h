@@ -21,7 +21,7 @@
 
 #include "addr.h"
 #include "config.h"
-#include "relay.h"
+#include "counters.h"
 #include "tls.h"
 #include "upstream.h"
 

@@ -37,11 +37,11 @@
 
 #include "gen.h"
 #include "log.h"
+#include "loop.h"
 #include "proxyproto.h"
 #include "relay.h"
 #include "tls.h"
 #include "upstream.h"
-#include "worker.h"
 
 #define RELAY_PIPE_SIZE (256 * 1024)
 #define RELAY_POOL_RESERVE 2
@@ -100,6 +100,20 @@ struct relay_side {
 	bool shut; /* we sent FIN */
 };
 
+struct relay_pipe {
+	int rd, wr; /* -1 when none */
+	uint32_t cap;
+};
+
+/* A worker's idle pipes and buffers. */
+struct relay_pool {
+	struct relay_pipe *v; /* owned array */
+	size_t n, cap;
+	size_t low; /* fewest idle pipes since the last trim */
+	uint8_t **bufs; /* owned array of owned idle relay buffers */
+	size_t nbufs;
+};
+
 /*
  * One direction's bytes in flight: in a buffer at buf + off, or in a pipe
  * once the direction is bulk.  A plain direction starts with the buffer
@@ -127,10 +141,21 @@ struct relay_origin {
 	union relay_sa src, dst;
 };
 
+struct relay_ctx {
+	struct loop *loop; /* borrowed: the worker's */
+	unsigned id; /* the worker's: index of per-listener counters */
+	struct relay_counters *cnt; /* borrowed: the worker's */
+	struct relay_pool pool;
+	struct relay_conn *conns; /* owned list of live connections */
+	size_t nconns;
+	relay_gone_cb gone;
+	void *gone_arg; /* borrowed */
+};
+
 struct relay_conn {
 	struct relay_side side[2];
 	struct relay_dir dir[2]; /* indexed by source side */
-	struct worker *w; /* borrowed */
+	struct relay_ctx *rc; /* borrowed */
 	struct gen *gen; /* reference */
 	struct listener *ls; /* borrowed from gen */
 	struct upstream_server *srv; /* borrowed: current attempt */
@@ -145,7 +170,7 @@ struct relay_conn {
 	enum relay_state state;
 	uint8_t attempts;
 	uint8_t turn; /* the direction conn_run serves first */
-	struct relay_conn *prev, *next; /* worker's list */
+	struct relay_conn *prev, *next; /* rc's list */
 };
 
 static _Atomic unsigned relay_active_total;
@@ -199,9 +224,9 @@ pipe_new(struct relay_pipe *p)
 }
 
 static int
-pipe_take(struct worker *w, struct relay_pipe *p)
+pipe_take(struct relay_ctx *rc, struct relay_pipe *p)
 {
-	struct relay_pool *pool = &w->pool;
+	struct relay_pool *pool = &rc->pool;
 
 	if (pool->n > 0) {
 		*p = pool->v[--pool->n];
@@ -214,9 +239,9 @@ pipe_take(struct worker *w, struct relay_pipe *p)
 
 /* Returns p to the pool, or closes it when it holds bytes or is surplus. */
 static void
-pipe_give(struct worker *w, struct relay_pipe *p, bool dirty)
+pipe_give(struct relay_ctx *rc, struct relay_pipe *p, bool dirty)
 {
-	struct relay_pool *pool = &w->pool;
+	struct relay_pool *pool = &rc->pool;
 
 	if (p->rd < 0)
 		return;
@@ -232,9 +257,9 @@ pipe_give(struct worker *w, struct relay_pipe *p, bool dirty)
 
 /* Gives dir a buffer from the pool (or a new one); returns 0 or -1. */
 static int
-buf_take(struct worker *w, struct relay_dir *dir)
+buf_take(struct relay_ctx *rc, struct relay_dir *dir)
 {
-	struct relay_pool *pool = &w->pool;
+	struct relay_pool *pool = &rc->pool;
 
 	if (dir->buf != NULL)
 		return 0;
@@ -247,9 +272,9 @@ buf_take(struct worker *w, struct relay_dir *dir)
 }
 
 static void
-buf_give(struct worker *w, struct relay_dir *dir)
+buf_give(struct relay_ctx *rc, struct relay_dir *dir)
 {
-	struct relay_pool *pool = &w->pool;
+	struct relay_pool *pool = &rc->pool;
 
 	if (dir->buf == NULL)
 		return;
@@ -261,10 +286,10 @@ buf_give(struct worker *w, struct relay_dir *dir)
 	dir->off = 0;
 }
 
-int
-relay_pool_init(struct worker *w)
+static int
+pool_init(struct relay_ctx *rc)
 {
-	struct relay_pool *pool = &w->pool;
+	struct relay_pool *pool = &rc->pool;
 
 	pool->cap = RELAY_POOL_MAX;
 	pool->v = calloc(pool->cap, sizeof(*pool->v));
@@ -284,9 +309,9 @@ relay_pool_init(struct worker *w)
 }
 
 void
-relay_pool_trim(struct worker *w)
+relay_pool_trim(struct relay_ctx *rc)
 {
-	struct relay_pool *pool = &w->pool;
+	struct relay_pool *pool = &rc->pool;
 
 	/* Pipes that stayed idle for a whole period are not needed. */
 	while (pool->low > RELAY_POOL_RESERVE && pool->n > RELAY_POOL_RESERVE) {
@@ -299,10 +324,10 @@ relay_pool_trim(struct worker *w)
 	pool->low = pool->n;
 }
 
-void
-relay_pool_cleanup(struct worker *w)
+static void
+pool_cleanup(struct relay_ctx *rc)
 {
-	struct relay_pool *pool = &w->pool;
+	struct relay_pool *pool = &rc->pool;
 
 	for (size_t i = 0; i < pool->n; i++) {
 		close(pool->v[i].rd);
@@ -383,8 +408,8 @@ static void
 conn_release(struct relay_conn *c)
 {
 	for (int d = 0; d < 2; d++) {
-		pipe_give(c->w, &c->dir[d].p, c->dir[d].pending > 0);
-		buf_give(c->w, &c->dir[d]);
+		pipe_give(c->rc, &c->dir[d].p, c->dir[d].pending > 0);
+		buf_give(c->rc, &c->dir[d]);
 		c->dir[d].pending = 0;
 	}
 	tls_conn_free(c->tls);
@@ -409,7 +434,7 @@ conn_count(struct relay_conn *c, enum relay_result result)
 static void
 conn_close(struct relay_conn *c, bool abort_peers, enum relay_result result)
 {
-	struct worker *w = c->w;
+	struct relay_ctx *rc = c->rc;
 
 	if (c->state == RELAY_ST_CLOSED)
 		return;
@@ -419,26 +444,26 @@ conn_close(struct relay_conn *c, bool abort_peers, enum relay_result result)
 	for (int s = 0; s < 2; s++)
 		side_close(&c->side[s], abort_peers);
 	conn_release(c);
-	loop_timer_del(w->loop, &c->timer);
-	loop_task_cancel(w->loop, &c->task);
+	loop_timer_del(rc->loop, &c->timer);
+	loop_task_cancel(rc->loop, &c->task);
 
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else
-		w->conns = c->next;
+		rc->conns = c->next;
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	c->prev = c->next = NULL;
-	w->nconns--;
-	RELAY_CNT_ADD(&w->cnt, active, -1);
+	rc->nconns--;
+	RELAY_CNT_ADD(rc->cnt, active, -1);
 	atomic_fetch_sub_explicit(&relay_active_total, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(
 	    &c->ls->state->active, 1, memory_order_relaxed);
 
 	/* Freed after this loop iteration: events may still name it. */
 	loop_task_init(&c->task, conn_free_task);
-	loop_task_queue(w->loop, &c->task);
-	worker_conn_gone(w);
+	loop_task_queue(rc->loop, &c->task);
+	rc->gone(rc->gone_arg);
 }
 
 static void
@@ -452,10 +477,10 @@ conn_free_task(struct loop_task *t)
 }
 
 void
-relay_close_all(struct worker *w)
+relay_close_all(struct relay_ctx *rc)
 {
-	while (w->conns != NULL)
-		conn_close(w->conns, true, RELAY_RES_ERROR);
+	while (rc->conns != NULL)
+		conn_close(rc->conns, true, RELAY_RES_ERROR);
 }
 
 /*
@@ -505,7 +530,7 @@ conn_deadline(const struct relay_conn *c)
 static void
 conn_arm(struct relay_conn *c)
 {
-	loop_timer_set(c->w->loop, &c->timer, conn_deadline(c));
+	loop_timer_set(c->rc->loop, &c->timer, conn_deadline(c));
 }
 
 /* Counts n bytes of direction d delivered to its destination at now. */
@@ -551,7 +576,7 @@ pump_recv(struct relay_conn *c, int d, uint64_t now)
 	n = dir_fill(c, d, now);
 	if (n > 0)
 		return PUMP_OK;
-	buf_give(c->w, &c->dir[d]);
+	buf_give(c->rc, &c->dir[d]);
 	if (n == IO_EOF) {
 		src->eof = true;
 		src->last = now;
@@ -571,10 +596,10 @@ pump_recv(struct relay_conn *c, int d, uint64_t now)
 static int
 pump(struct relay_conn *c, int d, int *budget)
 {
-	struct worker *w = c->w;
+	struct relay_ctx *rc = c->rc;
 	struct relay_side *src = &c->side[d], *dst = &c->side[!d];
 	struct relay_dir *dir = &c->dir[d];
-	uint64_t now = loop_now(w->loop);
+	uint64_t now = loop_now(rc->loop);
 
 	if (dst->shut)
 		return PUMP_OK;
@@ -597,13 +622,13 @@ pump(struct relay_conn *c, int d, int *budget)
 			(*budget)--;
 		}
 		if (dir->pending == 0 && src->eof) {
-			pipe_give(w, &dir->p, false);
+			pipe_give(rc, &dir->p, false);
 			dir_finish(c, d);
 			return PUMP_OK;
 		}
 		if (!src->eof && src->rd_ready &&
 		    (dir->p.rd < 0 || dir->pending < dir->p.cap)) {
-			if (dir->p.rd < 0 && pipe_take(w, &dir->p) != 0) {
+			if (dir->p.rd < 0 && pipe_take(rc, &dir->p) != 0) {
 				log_debug(
 				    "no pipe for a relay: %s", strerror(errno));
 				return PUMP_CUT;
@@ -626,7 +651,7 @@ pump(struct relay_conn *c, int d, int *budget)
 
 				if (dir->pending > 0)
 					goto next;
-				pipe_give(w, &dir->p, false);
+				pipe_give(rc, &dir->p, false);
 				r = pump_recv(c, d, now);
 				if (r != PUMP_OK || dir->buf != NULL)
 					return r;
@@ -651,7 +676,7 @@ pump(struct relay_conn *c, int d, int *budget)
 			break;
 	}
 	if (dir->pending == 0)
-		pipe_give(w, &dir->p, false);
+		pipe_give(rc, &dir->p, false);
 	return PUMP_OK;
 }
 
@@ -739,7 +764,7 @@ dir_fill(struct relay_conn *c, int d, uint64_t now)
 	struct relay_dir *dir = &c->dir[d];
 	ssize_t n;
 
-	if (buf_take(c->w, dir) != 0)
+	if (buf_take(c->rc, dir) != 0)
 		return IO_ERROR;
 	n = side_read(c, d, dir->buf, RELAY_BUF);
 	if (n <= 0)
@@ -768,10 +793,10 @@ dir_fill(struct relay_conn *c, int d, uint64_t now)
 static int
 pump_buf(struct relay_conn *c, int d, int *budget)
 {
-	struct worker *w = c->w;
+	struct relay_ctx *rc = c->rc;
 	struct relay_side *src = &c->side[d], *dst = &c->side[!d];
 	struct relay_dir *dir = &c->dir[d];
-	uint64_t now = loop_now(w->loop);
+	uint64_t now = loop_now(rc->loop);
 
 	if (dst->shut)
 		return PUMP_OK;
@@ -798,7 +823,7 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 			(*budget)--;
 		}
 		if (dir->pending == 0 && src->eof) {
-			buf_give(w, dir);
+			buf_give(rc, dir);
 			/* Toward a TLS client: close_notify before the FIN. */
 			if (d == SERVER && c->tls != NULL) {
 				enum tls_status st;
@@ -839,7 +864,7 @@ pump_buf(struct relay_conn *c, int d, int *budget)
 			break;
 	}
 	if (dir->pending == 0)
-		buf_give(w, dir);
+		buf_give(rc, dir);
 	return PUMP_OK;
 }
 
@@ -886,7 +911,7 @@ linger_read(struct relay_conn *c)
 			return;
 		}
 	}
-	loop_task_queue(c->w->loop, &c->task);
+	loop_task_queue(c->rc->loop, &c->task);
 }
 
 /*
@@ -898,18 +923,18 @@ linger_read(struct relay_conn *c)
 static void
 conn_linger(struct relay_conn *c, enum relay_result result)
 {
-	struct worker *w = c->w;
+	struct relay_ctx *rc = c->rc;
 
 	conn_count(c, result);
 	c->state = RELAY_ST_LINGER;
 	side_close(&c->side[SERVER], true);
 	conn_release(c);
-	loop_task_cancel(w->loop, &c->task);
+	loop_task_cancel(rc->loop, &c->task);
 	if (shutdown(c->side[CLIENT].io.fd, SHUT_WR) != 0) {
 		conn_close(c, false, result);
 		return;
 	}
-	c->deadline = loop_now(w->loop) + RELAY_LINGER_MS;
+	c->deadline = loop_now(rc->loop) + RELAY_LINGER_MS;
 	conn_arm(c);
 	linger_read(c);
 }
@@ -969,12 +994,12 @@ conn_run(struct relay_conn *c)
 	if (r == PUMP_OK)
 		r = pump_dir(c, !first, &budget);
 	if (r == PUMP_ALERT) {
-		RELAY_CNT_ADD(&c->w->cnt, errors, 1);
+		RELAY_CNT_ADD(c->rc->cnt, errors, 1);
 		conn_linger(c, RELAY_RES_ERROR);
 		return;
 	}
 	if (r != PUMP_OK) {
-		RELAY_CNT_ADD(&c->w->cnt, errors, 1);
+		RELAY_CNT_ADD(c->rc->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
@@ -983,7 +1008,7 @@ conn_run(struct relay_conn *c)
 		return;
 	}
 	if (budget <= 0)
-		loop_task_queue(c->w->loop, &c->task);
+		loop_task_queue(c->rc->loop, &c->task);
 	/* A side just got a FIN from us: its shorter timeout starts. */
 	if (shut_before != (c->side[0].shut || c->side[1].shut))
 		conn_arm(c);
@@ -1034,8 +1059,8 @@ send:
 static void
 conn_connected(struct relay_conn *c)
 {
-	struct worker *w = c->w;
-	uint64_t now = loop_now(w->loop);
+	struct relay_ctx *rc = c->rc;
+	uint64_t now = loop_now(rc->loop);
 	int fd = c->side[SERVER].io.fd;
 
 	upstream_report(
@@ -1052,7 +1077,7 @@ conn_connected(struct relay_conn *c)
 	c->side[CLIENT].last = c->side[SERVER].last = now;
 	send_proxy_header(c, fd);
 	if (c->side[SERVER].eof) {
-		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		RELAY_CNT_ADD(rc->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
@@ -1063,9 +1088,9 @@ conn_connected(struct relay_conn *c)
 static void
 conn_attempt_failed(struct relay_conn *c)
 {
-	struct worker *w = c->w;
+	struct relay_ctx *rc = c->rc;
 
-	upstream_report(c->srv, false, loop_now(w->loop), 0);
+	upstream_report(c->srv, false, loop_now(rc->loop), 0);
 	close(c->side[SERVER].io.fd);
 	c->side[SERVER].io.fd = -1;
 	conn_connect(c);
@@ -1076,12 +1101,12 @@ conn_attempt_failed(struct relay_conn *c)
 static void
 conn_connect(struct relay_conn *c)
 {
-	struct worker *w = c->w;
+	struct relay_ctx *rc = c->rc;
 	struct upstream *up = c->ls->up;
 
 	for (;;) {
 		struct sockaddr_storage ss;
-		uint64_t now = loop_now(w->loop);
+		uint64_t now = loop_now(rc->loop);
 		int fd, r;
 
 		c->srv = upstream_next(up, &c->cur, now, &ss);
@@ -1093,13 +1118,13 @@ conn_connect(struct relay_conn *c)
 			return;
 		}
 		if (c->attempts++ > 0)
-			RELAY_CNT_ADD(&w->cnt, connect_retries, 1);
+			RELAY_CNT_ADD(rc->cnt, connect_retries, 1);
 		fd = socket(ss.ss_family,
 		    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (fd < 0) {
 			/* Our own shortage, not the server's fault. */
 			log_debug("upstream socket: %s", strerror(errno));
-			RELAY_CNT_ADD(&w->cnt, errors, 1);
+			RELAY_CNT_ADD(rc->cnt, errors, 1);
 			conn_close(c, true, RELAY_RES_ERROR);
 			return;
 		}
@@ -1113,10 +1138,10 @@ conn_connect(struct relay_conn *c)
 			    false;
 			c->side[SERVER].drain = c->side[SERVER].eof = false;
 			c->side[SERVER].urgent = false;
-			if (loop_io_add(w->loop, &c->side[SERVER].io,
+			if (loop_io_add(rc->loop, &c->side[SERVER].io,
 			        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI |
 			            EPOLLET) != 0) {
-				RELAY_CNT_ADD(&w->cnt, errors, 1);
+				RELAY_CNT_ADD(rc->cnt, errors, 1);
 				conn_close(c, true, RELAY_RES_ERROR);
 				return;
 			}
@@ -1137,11 +1162,11 @@ static void
 conn_timer_cb(struct loop_timer *t)
 {
 	struct relay_conn *c = container_of(t, struct relay_conn, timer);
-	uint64_t now = loop_now(c->w->loop);
+	uint64_t now = loop_now(c->rc->loop);
 	uint64_t dl = conn_deadline(c);
 
 	if (dl > now) {
-		loop_timer_set(c->w->loop, &c->timer, dl);
+		loop_timer_set(c->rc->loop, &c->timer, dl);
 		return;
 	}
 	switch (c->state) {
@@ -1188,11 +1213,11 @@ origin_set(union relay_sa *dst, const struct sockaddr_storage *ss)
 static int
 tls_first_read(struct relay_conn *c)
 {
-	ssize_t n = dir_fill(c, CLIENT, loop_now(c->w->loop));
+	ssize_t n = dir_fill(c, CLIENT, loop_now(c->rc->loop));
 
 	if (n > 0)
 		return 0;
-	buf_give(c->w, &c->dir[CLIENT]);
+	buf_give(c->rc, &c->dir[CLIENT]);
 	if (n == IO_WANT_READ || n == IO_WANT_WRITE)
 		return 0;
 	if (n == IO_ALERT)
@@ -1232,16 +1257,16 @@ tls_step(struct relay_conn *c)
 static void
 tls_start(struct relay_conn *c)
 {
-	struct worker *w = c->w;
+	struct relay_ctx *rc = c->rc;
 
 	c->tls = tls_conn_new(c->ls->tls, c->side[CLIENT].io.fd);
 	if (c->tls == NULL) {
-		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		RELAY_CNT_ADD(rc->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
 	c->state = RELAY_ST_TLS;
-	c->deadline = loop_now(w->loop) + c->gen->cfg->timeouts.handshake_ms;
+	c->deadline = loop_now(rc->loop) + c->gen->cfg->timeouts.handshake_ms;
 	conn_arm(c);
 	/* The ClientHello may be in already (edge-triggered: no new event). */
 	tls_step(c);
@@ -1255,7 +1280,7 @@ tls_start(struct relay_conn *c)
 static void
 header_read(struct relay_conn *c, uint32_t events)
 {
-	struct worker *w = c->w;
+	struct relay_ctx *rc = c->rc;
 	uint8_t buf[PP_MAX_HEADER];
 	struct pp_header hdr;
 	enum pp_result r;
@@ -1283,14 +1308,14 @@ header_read(struct relay_conn *c, uint32_t events)
 		return;
 	}
 	if (recv(c->side[CLIENT].io.fd, buf, hdr.len, 0) != (ssize_t)hdr.len) {
-		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		RELAY_CNT_ADD(rc->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
 	if (hdr.has_addr) {
 		c->origin = calloc(1, sizeof(*c->origin));
 		if (c->origin == NULL) {
-			RELAY_CNT_ADD(&w->cnt, errors, 1);
+			RELAY_CNT_ADD(rc->cnt, errors, 1);
 			conn_close(c, true, RELAY_RES_ERROR);
 			return;
 		}
@@ -1386,14 +1411,50 @@ side_cb(struct loop_io *io, uint32_t events)
 	conn_run(c);
 }
 
-void
-relay_accept(struct worker *w, struct listener *ls, int fd)
+struct relay_ctx *
+relay_ctx_new(struct loop *loop, unsigned id, struct relay_counters *cnt,
+    relay_gone_cb gone, void *arg)
 {
-	const struct cfg *cfg = w->gen->cfg;
+	struct relay_ctx *rc = calloc(1, sizeof(*rc));
+
+	if (rc == NULL)
+		return NULL;
+	rc->loop = loop;
+	rc->id = id;
+	rc->cnt = cnt;
+	rc->gone = gone;
+	rc->gone_arg = arg;
+	if (pool_init(rc) != 0) {
+		relay_ctx_free(rc);
+		return NULL;
+	}
+	return rc;
+}
+
+void
+relay_ctx_free(struct relay_ctx *rc)
+{
+	if (rc == NULL)
+		return;
+	relay_close_all(rc);
+	pool_cleanup(rc);
+	free(rc);
+}
+
+size_t
+relay_conns(const struct relay_ctx *rc)
+{
+	return rc->nconns;
+}
+
+void
+relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
+{
+	const struct cfg *cfg = g->cfg;
 	unsigned lmax = ls->cfg->maxconn;
 	struct relay_conn *c;
 
-	RELAY_CNT_ADD(&w->cnt, accepted, 1);
+	RELAY_CNT_ADD(rc->cnt, accepted, 1);
 	if (atomic_fetch_add_explicit(
 	        &relay_active_total, 1, memory_order_relaxed) >= cfg->maxconn) {
 		atomic_fetch_sub_explicit(
@@ -1415,15 +1476,15 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 		atomic_fetch_sub_explicit(
 		    &relay_active_total, 1, memory_order_relaxed);
 		RELAY_CNT_ADD(
-		    &ls->state->cnt[w->id], closed[RELAY_RES_ERROR], 1);
+		    &ls->state->cnt[rc->id], closed[RELAY_RES_ERROR], 1);
 		close(fd);
 		return;
 	}
-	c->w = w;
-	c->gen = w->gen;
+	c->rc = rc;
+	c->gen = g;
 	gen_ref(c->gen);
 	c->ls = ls;
-	c->lc = &ls->state->cnt[w->id];
+	c->lc = &ls->state->cnt[rc->id];
 	c->state =
 	    ls->cfg->accept_proxy ? RELAY_ST_HEADER : RELAY_ST_CONNECTING;
 	for (int s = 0; s < 2; s++) {
@@ -1435,15 +1496,15 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	c->side[CLIENT].io.fd = fd;
 	loop_timer_init(&c->timer, conn_timer_cb);
 	loop_task_init(&c->task, conn_continue_task);
-	c->next = w->conns;
-	if (w->conns != NULL)
-		w->conns->prev = c;
-	w->conns = c;
-	w->nconns++;
-	RELAY_CNT_ADD(&w->cnt, active, 1);
-	if (loop_io_add(w->loop, &c->side[CLIENT].io,
+	c->next = rc->conns;
+	if (rc->conns != NULL)
+		rc->conns->prev = c;
+	rc->conns = c;
+	rc->nconns++;
+	RELAY_CNT_ADD(rc->cnt, active, 1);
+	if (loop_io_add(rc->loop, &c->side[CLIENT].io,
 	        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET) != 0) {
-		RELAY_CNT_ADD(&w->cnt, errors, 1);
+		RELAY_CNT_ADD(rc->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
@@ -1454,7 +1515,7 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 			return;
 		}
 		c->deadline =
-		    loop_now(w->loop) + w->gen->cfg->timeouts.handshake_ms;
+		    loop_now(rc->loop) + g->cfg->timeouts.handshake_ms;
 		conn_arm(c);
 		return;
 	}
@@ -1466,6 +1527,6 @@ relay_accept(struct worker *w, struct listener *ls, int fd)
 	return;
 refuse:
 	RELAY_CNT_ADD(
-	    &ls->state->cnt[w->id], closed[RELAY_RES_REFUSED_MAXCONN], 1);
+	    &ls->state->cnt[rc->id], closed[RELAY_RES_REFUSED_MAXCONN], 1);
 	close(fd);
 }

@@ -93,7 +93,7 @@ accept_cb(struct loop_io *io, uint32_t events)
 			    w->id);
 			w->fd_exhausted = false;
 		}
-		relay_accept(w, ah->ls, fd);
+		relay_accept(w->relay, w->gen, ah->ls, fd);
 	}
 }
 
@@ -168,14 +168,15 @@ apply_gen(struct worker *w, struct gen *g)
 static void
 stop_if_drained(struct worker *w)
 {
-	if (w->draining && w->nconns == 0)
+	if (w->draining && relay_conns(w->relay) == 0)
 		loop_stop(w->loop);
 }
 
-void
-worker_conn_gone(struct worker *w)
+/* The relay's callback after a connection ended: stops a drained worker. */
+static void
+conn_gone(void *arg)
 {
-	stop_if_drained(w);
+	stop_if_drained(arg);
 }
 
 static void
@@ -183,10 +184,12 @@ drain_cb(struct loop_timer *t)
 {
 	struct worker *w = container_of(t, struct worker, drain_timer);
 
-	if (w->nconns > 0)
+	size_t n = relay_conns(w->relay);
+
+	if (n > 0)
 		log_info("worker %u: drain timeout: closing %zu connection%s",
-		    w->id, w->nconns, w->nconns == 1 ? "" : "s");
-	relay_close_all(w);
+		    w->id, n, n == 1 ? "" : "s");
+	relay_close_all(w->relay);
 	loop_stop(w->loop);
 }
 
@@ -239,7 +242,7 @@ tick_cb(struct loop_timer *t)
 {
 	struct worker *w = container_of(t, struct worker, tick);
 
-	relay_pool_trim(w);
+	relay_pool_trim(w->relay);
 	loop_timer_set(w->loop, &w->tick, loop_now(w->loop) + WORKER_TICK_MS);
 }
 
@@ -264,7 +267,8 @@ worker_new(unsigned id, struct gen *gen, int notify_fd)
 	w->efd_io.cb = mailbox_cb;
 	if (loop_io_add(w->loop, &w->efd_io, EPOLLIN) != 0)
 		goto fail;
-	if (relay_pool_init(w) != 0)
+	w->relay = relay_ctx_new(w->loop, id, &w->cnt, conn_gone, w);
+	if (w->relay == NULL)
 		goto fail;
 	loop_timer_init(&w->tick, tick_cb);
 	loop_timer_init(&w->pause, pause_cb);
@@ -289,7 +293,7 @@ worker_main(void *arg)
 	if (r < 0)
 		log_errorx(
 		    "worker %u: event loop failed: %s", w->id, strerror(-r));
-	relay_close_all(w);
+	relay_close_all(w->relay);
 	atomic_store(&w->done, true);
 	if (write(w->notify_fd, &one, sizeof(one)) < 0)
 		log_warn("worker %u: cannot notify the main thread", w->id);
@@ -356,7 +360,7 @@ worker_free(struct worker *w)
 	for (size_t k = 0; k < w->nacc; k++)
 		drop_handle(w, w->acc[k]);
 	free(w->acc);
-	relay_pool_cleanup(w);
+	relay_ctx_free(w->relay);
 	gen_unref(w->mbox_gen);
 	gen_unref(w->gen);
 	if (w->efd >= 0)

@@ -31,10 +31,8 @@ struct worker {
 	struct gen *gen; /* reference: the generation in force */
 	struct accept_handle **acc; /* owned array of owned handles */
 	size_t nacc;
-	struct relay_pool pool;
-	struct relay_conn *conns; /* borrowed list of live connections */
-	size_t nconns;
-	struct relay_counters cnt;
+	struct relay_ctx *relay; /* owned: pools and live connections */
+	struct relay_counters cnt; /* lent to relay */
 	struct loop_timer tick;
 	struct loop_timer pause;
 	struct loop_timer drain_timer;
@@ -60,8 +58,5 @@ void worker_drain(struct worker *w, uint64_t deadline);
 /* Joins the thread (after it is done) and frees w; NULL-safe. */
 void worker_free(struct worker *w);
 bool worker_done(const struct worker *w);
-
-/* Called by relay when a connection ends: stops a drained worker. */
-void worker_conn_gone(struct worker *w);
 
 #endif
