@@ -5,6 +5,7 @@
 #   make check           install test dependencies, run every test, plain
 #                        and under ASan+UBSan
 #   make SANITIZE=address,undefined   sanitized build in build-san/
+#   make DEBUG=1         build-debug/: invariant checks on, -O0
 #   make install PREFIX=/usr DESTDIR=...
 
 VERSION := 0.1.0
@@ -16,7 +17,11 @@ CC ?= cc
 PKG_CONFIG ?= pkg-config
 CFLAGS ?= -O2 -g
 SANITIZE ?=
-BUILD ?= $(if $(SANITIZE),build-san,build)
+DEBUG ?=
+BUILD ?= $(if $(SANITIZE),build-san,$(if $(DEBUG),build-debug,build))
+ifneq ($(DEBUG),)
+CFLAGS := -O0 -g
+endif
 
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wmissing-prototypes -Wvla
 ifneq ($(WERROR),)
@@ -32,7 +37,9 @@ QR_LIBS = $(shell $(PKG_CONFIG) --libs libqrencode 2>/dev/null || echo -lqrencod
 SSL_CFLAGS = $(shell $(PKG_CONFIG) --cflags openssl 2>/dev/null)
 SSL_LIBS = $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 
-ALL_CPPFLAGS = -D_GNU_SOURCE -DLIFELINE_VERSION='"$(VERSION)"' $(INIH_CFLAGS) $(SSL_CFLAGS) $(QR_CFLAGS) $(CPPFLAGS)
+# Invariant checks (src/invariant.h): on in sanitized and DEBUG=1 builds.
+INV_FLAGS := $(if $(SANITIZE)$(DEBUG),-DLIFELINE_INVARIANTS,)
+ALL_CPPFLAGS = -D_GNU_SOURCE -DLIFELINE_VERSION='"$(VERSION)"' $(INV_FLAGS) $(INIH_CFLAGS) $(SSL_CFLAGS) $(QR_CFLAGS) $(CPPFLAGS)
 ALL_CFLAGS = -std=c11 $(WARN) $(SAN_FLAGS) $(CFLAGS)
 ALL_LDFLAGS = $(SAN_FLAGS) $(LDFLAGS)
 
@@ -74,7 +81,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRCS))
 FUZZ_LIB_SRCS := src/proxyproto.c src/addr.c
-FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -Isrc
+FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -DLIFELINE_INVARIANTS -Isrc
 
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h) tests/pp_equal.h
 	@mkdir -p build-fuzz

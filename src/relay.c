@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "gen.h"
+#include "invariant.h"
 #include "log.h"
 #include "loop.h"
 #include "proxyproto.h"
@@ -59,11 +60,16 @@
 #define container_of(ptr, type, member)                                        \
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
+/*
+ * A connection's states; relay_states[] below holds each one's handlers,
+ * relay_next[] the transitions allowed out of it.
+ */
 enum relay_state {
-	RELAY_ST_HEADER = 0, /* waiting for the PROXY header (accept-proxy) */
+	RELAY_ST_NEW = 0, /* just accepted */
+	RELAY_ST_HEADER, /* waiting for the PROXY header (accept-proxy) */
 	RELAY_ST_TLS, /* TLS handshake with the client */
-	RELAY_ST_CONNECTING,
-	RELAY_ST_STREAMING,
+	RELAY_ST_CONNECTING, /* dialing the upstream group, with failover */
+	RELAY_ST_STREAMING, /* copying both ways */
 	/*
 	 * After a TLS protocol error: the alert is out and our FIN follows it;
 	 * the client's bytes are read and thrown away for at most
@@ -71,7 +77,8 @@ enum relay_state {
 	 * before the client has read it.  The upstream is gone already.
 	 */
 	RELAY_ST_LINGER,
-	RELAY_ST_CLOSED,
+	RELAY_ST_CLOSED, /* sockets closed, memory freed after this iteration */
+	RELAY_ST_MAX,
 };
 
 enum {
@@ -203,6 +210,27 @@ unsigned
 relay_total_active(void)
 {
 	return atomic_load_explicit(&relay_active_total, memory_order_relaxed);
+}
+
+/* The states each state may go to. */
+#define ST(x) (1u << RELAY_ST_##x)
+static const unsigned relay_next[RELAY_ST_MAX] = {
+    [RELAY_ST_NEW] = ST(HEADER) | ST(TLS) | ST(CONNECTING) | ST(CLOSED),
+    [RELAY_ST_HEADER] = ST(TLS) | ST(CONNECTING) | ST(CLOSED),
+    [RELAY_ST_TLS] = ST(CONNECTING) | ST(LINGER) | ST(CLOSED),
+    [RELAY_ST_CONNECTING] = ST(STREAMING) | ST(LINGER) | ST(CLOSED),
+    [RELAY_ST_STREAMING] = ST(LINGER) | ST(CLOSED),
+    [RELAY_ST_LINGER] = ST(CLOSED),
+    [RELAY_ST_CLOSED] = 0,
+};
+#undef ST
+
+/* Moves c to state st, a transition relay_next[] allows. */
+static void
+conn_enter(struct relay_conn *c, enum relay_state st)
+{
+	INVARIANT(st < RELAY_ST_MAX && (relay_next[c->state] & (1u << st)));
+	c->state = st;
 }
 
 /* Pipe pool. */
@@ -440,7 +468,8 @@ conn_close(struct relay_conn *c, bool abort_peers, enum relay_result result)
 		return;
 	if (c->state != RELAY_ST_LINGER)
 		conn_count(c, result);
-	c->state = RELAY_ST_CLOSED;
+	conn_enter(c, RELAY_ST_CLOSED);
+	INVARIANT(rc->nconns > 0);
 	for (int s = 0; s < 2; s++)
 		side_close(&c->side[s], abort_peers);
 	conn_release(c);
@@ -555,6 +584,7 @@ dir_sent(struct relay_conn *c, int d, size_t n, uint64_t now)
 static void
 dir_finish(struct relay_conn *c, int d)
 {
+	INVARIANT(c->side[d].eof && c->dir[d].pending == 0);
 	if (!c->side[d].shut)
 		(void)shutdown(c->side[!d].io.fd, SHUT_WR);
 	c->side[!d].shut = true;
@@ -926,7 +956,7 @@ conn_linger(struct relay_conn *c, enum relay_result result)
 	struct relay_ctx *rc = c->rc;
 
 	conn_count(c, result);
-	c->state = RELAY_ST_LINGER;
+	conn_enter(c, RELAY_ST_LINGER);
 	side_close(&c->side[SERVER], true);
 	conn_release(c);
 	loop_task_cancel(rc->loop, &c->task);
@@ -980,6 +1010,36 @@ conn_timeout(struct relay_conn *c)
 	conn_close(c, false, RELAY_RES_TIMEOUT);
 }
 
+/*
+ * The invariants of the header comment, checked after each run (in
+ * sanitized and DEBUG=1 builds only).
+ */
+static void
+conn_check(const struct relay_conn *c)
+{
+	INVARIANT(c->state == RELAY_ST_STREAMING);
+	for (int d = 0; d < 2; d++) {
+		const struct relay_dir *dir = &c->dir[d];
+
+		/* Bytes in flight sit in the buffer or in the pipe, not both.
+		 */
+		INVARIANT(dir->buf == NULL || dir->p.rd < 0);
+		INVARIANT(
+		    dir->pending == 0 || dir->buf != NULL || dir->p.rd >= 0);
+		INVARIANT(
+		    dir->buf == NULL || dir->off + dir->pending <= RELAY_BUF);
+		INVARIANT(dir->p.rd < 0 || dir->pending <= dir->p.cap);
+		/* A TLS client's bytes always pass through the buffer. */
+		INVARIANT(c->tls == NULL || !dir->bulk);
+		/* FIN only after the source's FIN and every byte delivered. */
+		INVARIANT(
+		    !c->side[!d].shut || (c->side[d].eof && dir->pending == 0));
+		INVARIANT(c->side[d].io.fd >= 0);
+	}
+	INVARIANT(!(c->side[CLIENT].shut && c->side[SERVER].shut));
+	INVARIANT(c->rc->nconns > 0);
+}
+
 static void
 conn_run(struct relay_conn *c)
 {
@@ -1007,6 +1067,7 @@ conn_run(struct relay_conn *c)
 		conn_close(c, false, RELAY_RES_RELAYED);
 		return;
 	}
+	conn_check(c);
 	if (budget <= 0)
 		loop_task_queue(c->rc->loop, &c->task);
 	/* A side just got a FIN from us: its shorter timeout starts. */
@@ -1065,7 +1126,7 @@ conn_connected(struct relay_conn *c)
 
 	upstream_report(
 	    c->srv, true, now, loop_clock_us() - c->attempt_start_us);
-	c->state = RELAY_ST_STREAMING;
+	conn_enter(c, RELAY_ST_STREAMING);
 	/*
 	 * The client's edge may have been spent before streaming (by the
 	 * PROXY header or TLS handshake reads): try it once.  The upstream's
@@ -1159,42 +1220,6 @@ conn_connect(struct relay_conn *c)
 }
 
 static void
-conn_timer_cb(struct loop_timer *t)
-{
-	struct relay_conn *c = container_of(t, struct relay_conn, timer);
-	uint64_t now = loop_now(c->rc->loop);
-	uint64_t dl = conn_deadline(c);
-
-	if (dl > now) {
-		loop_timer_set(c->rc->loop, &c->timer, dl);
-		return;
-	}
-	switch (c->state) {
-	case RELAY_ST_HEADER:
-		/* Nothing relayed yet: FIN, like an ordinary server. */
-		discard_input(c->side[CLIENT].io.fd);
-		conn_close(c, false, RELAY_RES_TIMEOUT);
-		break;
-	case RELAY_ST_TLS:
-		discard_input(c->side[CLIENT].io.fd);
-		conn_close(c, false, RELAY_RES_TLS_FAILED);
-		break;
-	case RELAY_ST_CONNECTING:
-		log_debug("connect to upstream %s timed out", c->srv->label);
-		conn_attempt_failed(c);
-		break;
-	case RELAY_ST_STREAMING:
-		conn_timeout(c);
-		break;
-	case RELAY_ST_LINGER:
-		conn_close(c, false, RELAY_RES_ERROR);
-		break;
-	case RELAY_ST_CLOSED:
-		break;
-	}
-}
-
-static void
 origin_set(union relay_sa *dst, const struct sockaddr_storage *ss)
 {
 	if (ss->ss_family == AF_INET)
@@ -1248,7 +1273,7 @@ tls_step(struct relay_conn *c)
 	RELAY_CNT_ADD(c->lc, tls_handshakes, 1);
 	if (tls_conn_resumed(c->tls))
 		RELAY_CNT_ADD(c->lc, tls_resumed, 1);
-	c->state = RELAY_ST_CONNECTING;
+	conn_enter(c, RELAY_ST_CONNECTING);
 	if (tls_first_read(c) == 0)
 		conn_connect(c);
 }
@@ -1265,7 +1290,7 @@ tls_start(struct relay_conn *c)
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
-	c->state = RELAY_ST_TLS;
+	conn_enter(c, RELAY_ST_TLS);
 	c->deadline = loop_now(rc->loop) + c->gen->cfg->timeouts.handshake_ms;
 	conn_arm(c);
 	/* The ClientHello may be in already (edge-triggered: no new event). */
@@ -1326,7 +1351,7 @@ header_read(struct relay_conn *c, uint32_t events)
 		tls_start(c);
 		return;
 	}
-	c->state = RELAY_ST_CONNECTING;
+	conn_enter(c, RELAY_ST_CONNECTING);
 	conn_connect(c);
 }
 
@@ -1349,18 +1374,122 @@ proxy_trusted(const struct listener *ls, int fd)
 	return false;
 }
 
+/* CONNECTING: the upstream socket connected or failed; the client left. */
+static void
+connecting_io(struct relay_conn *c, int s, uint32_t events)
+{
+	if (s == CLIENT) {
+		/* The client gave up before we reached upstream. */
+		if (events & (EPOLLHUP | EPOLLERR))
+			conn_close(c, true, RELAY_RES_ERROR);
+		return;
+	}
+	/* A failed connect reports EPOLLERR: SO_ERROR says why. */
+	if (events & (EPOLLHUP | EPOLLERR)) {
+		int err = 0;
+		socklen_t len = sizeof(err);
+
+		if (log_enabled(LOG_DEBUG)) {
+			if (getsockopt(c->side[SERVER].io.fd, SOL_SOCKET,
+			        SO_ERROR, &err, &len) != 0)
+				err = errno;
+			log_debug("connect to upstream %s: %s", c->srv->label,
+			    strerror(err ? err : ECONNRESET));
+		}
+		conn_attempt_failed(c);
+	} else if (events & EPOLLOUT) {
+		conn_connected(c);
+	}
+}
+
+static void
+header_io(struct relay_conn *c, int s, uint32_t events)
+{
+	(void)s;
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		header_read(c, events);
+}
+
+static void
+tls_io(struct relay_conn *c, int s, uint32_t events)
+{
+	(void)events;
+	if (s == CLIENT)
+		tls_step(c);
+}
+
+static void
+streaming_io(struct relay_conn *c, int s, uint32_t events)
+{
+	(void)s;
+	(void)events;
+	conn_run(c);
+}
+
+static void
+linger_io(struct relay_conn *c, int s, uint32_t events)
+{
+	(void)s;
+	(void)events;
+	linger_read(c);
+}
+
+/* Nothing relayed yet: FIN, like an ordinary server. */
+static void
+header_timeout(struct relay_conn *c)
+{
+	discard_input(c->side[CLIENT].io.fd);
+	conn_close(c, false, RELAY_RES_TIMEOUT);
+}
+
+static void
+tls_timeout(struct relay_conn *c)
+{
+	discard_input(c->side[CLIENT].io.fd);
+	conn_close(c, false, RELAY_RES_TLS_FAILED);
+}
+
+static void
+connecting_timeout(struct relay_conn *c)
+{
+	log_debug("connect to upstream %s timed out", c->srv->label);
+	conn_attempt_failed(c);
+}
+
+static void
+linger_timeout(struct relay_conn *c)
+{
+	conn_close(c, false, RELAY_RES_ERROR);
+}
+
+/*
+ * The state machine in one place: each state's handler for a side's
+ * readiness and for its deadline.  Every state change goes through
+ * conn_enter(), which checks it against relay_next[].
+ */
+static const struct relay_state_ops {
+	const char *name;
+	void (*io)(struct relay_conn *c, int s, uint32_t events);
+	void (*timeout)(struct relay_conn *c);
+} relay_states[RELAY_ST_MAX] = {
+    [RELAY_ST_NEW] = {"new", NULL, NULL},
+    [RELAY_ST_HEADER] = {"header", header_io, header_timeout},
+    [RELAY_ST_TLS] = {"tls", tls_io, tls_timeout},
+    [RELAY_ST_CONNECTING] = {"connecting", connecting_io, connecting_timeout},
+    [RELAY_ST_STREAMING] = {"streaming", streaming_io, conn_timeout},
+    [RELAY_ST_LINGER] = {"linger", linger_io, linger_timeout},
+    [RELAY_ST_CLOSED] = {"closed", NULL, NULL},
+};
+
 static void
 side_cb(struct loop_io *io, uint32_t events)
 {
 	struct relay_side *side = container_of(io, struct relay_side, io);
 	struct relay_conn *c = side->c;
+	const struct relay_state_ops *st = &relay_states[c->state];
 
-	if (c->state == RELAY_ST_CLOSED)
+	if (st->io == NULL)
 		return;
-	if (c->state == RELAY_ST_LINGER) {
-		linger_read(c);
-		return;
-	}
 	if (events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		side->rd_ready = true;
 	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
@@ -1372,43 +1501,22 @@ side_cb(struct loop_io *io, uint32_t events)
 	/* TLS may need to read to write and the reverse: retry both ways. */
 	if (side == &c->side[CLIENT] && c->ls->tls != NULL)
 		side->rd_ready = side->wr_ready = true;
-	if (c->state == RELAY_ST_HEADER) {
-		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-			header_read(c, events);
-		return;
-	}
-	if (c->state == RELAY_ST_TLS) {
-		if (side == &c->side[CLIENT])
-			tls_step(c);
-		return;
-	}
-	if (c->state == RELAY_ST_CONNECTING) {
-		if (side == &c->side[CLIENT]) {
-			/* The client gave up before we reached upstream. */
-			if (events & (EPOLLHUP | EPOLLERR))
-				conn_close(c, true, RELAY_RES_ERROR);
-			return;
-		}
-		/* A failed connect reports EPOLLERR: SO_ERROR says why. */
-		if (events & (EPOLLHUP | EPOLLERR)) {
-			int err = 0;
-			socklen_t len = sizeof(err);
+	st->io(c, side == &c->side[CLIENT] ? CLIENT : SERVER, events);
+}
 
-			if (log_enabled(LOG_DEBUG)) {
-				if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR,
-				        &err, &len) != 0)
-					err = errno;
-				log_debug("connect to upstream %s: %s",
-				    c->srv->label,
-				    strerror(err ? err : ECONNRESET));
-			}
-			conn_attempt_failed(c);
-		} else if (events & EPOLLOUT) {
-			conn_connected(c);
-		}
+static void
+conn_timer_cb(struct loop_timer *t)
+{
+	struct relay_conn *c = container_of(t, struct relay_conn, timer);
+	uint64_t now = loop_now(c->rc->loop);
+	uint64_t dl = conn_deadline(c);
+
+	if (dl > now) {
+		loop_timer_set(c->rc->loop, &c->timer, dl);
 		return;
 	}
-	conn_run(c);
+	INVARIANT(relay_states[c->state].timeout != NULL);
+	relay_states[c->state].timeout(c);
 }
 
 struct relay_ctx *
@@ -1485,8 +1593,7 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 	gen_ref(c->gen);
 	c->ls = ls;
 	c->lc = &ls->state->cnt[rc->id];
-	c->state =
-	    ls->cfg->accept_proxy ? RELAY_ST_HEADER : RELAY_ST_CONNECTING;
+	c->state = RELAY_ST_NEW;
 	for (int s = 0; s < 2; s++) {
 		c->side[s].c = c;
 		c->side[s].io.fd = -1;
@@ -1509,7 +1616,7 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		return;
 	}
 	if (ls->cfg->accept_proxy) {
-		c->state = RELAY_ST_HEADER;
+		conn_enter(c, RELAY_ST_HEADER);
 		if (!proxy_trusted(ls, fd)) {
 			conn_close(c, false, RELAY_RES_PROXY_REJECTED);
 			return;
@@ -1523,6 +1630,7 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		tls_start(c);
 		return;
 	}
+	conn_enter(c, RELAY_ST_CONNECTING);
 	conn_connect(c);
 	return;
 refuse:

@@ -48,6 +48,7 @@ SANITIZER_MARKERS = (
     "ERROR: LeakSanitizer",
     "WARNING: ThreadSanitizer",
     "runtime error:",
+    "invariant broken:",
 )
 
 
