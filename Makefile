@@ -47,7 +47,7 @@ SRCS := $(wildcard src/*.c)
 OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 BIN := $(BUILD)/lifeline
 
-UNIT_TESTS := config addr proxyproto pp_parse loop
+UNIT_TESTS := config addr proxyproto pp_parse loop copy
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
 .PHONY: all run check check-unit check-integration check-fuzz-replay deps \
@@ -68,6 +68,7 @@ $(BUILD)/unit/test_addr: tests/unit/test_addr.c $(BUILD)/obj/addr.o
 $(BUILD)/unit/test_proxyproto: tests/unit/test_proxyproto.c $(BUILD)/obj/proxyproto.o
 $(BUILD)/unit/test_pp_parse: tests/unit/test_pp_parse.c $(BUILD)/obj/proxyproto.o
 $(BUILD)/unit/test_loop: tests/unit/test_loop.c $(BUILD)/obj/loop.o
+$(BUILD)/unit/test_copy: tests/unit/test_copy.c $(BUILD)/obj/copy.o
 $(UNIT_BINS): tests/unit/harness.h tests/pp_equal.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) -Isrc $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ \

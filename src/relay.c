@@ -1,27 +1,15 @@
 /*
- * relay: connection state machine and the copy loops.
+ * relay: the connection state machine.  A connection reads the PROXY
+ * header (accept-proxy listeners), does the TLS handshake (tls listeners),
+ * dials the upstream group with failover, then streams: direction d copies
+ * from side[d] to side[!d] through copy.c's loop, over the plain-socket or
+ * TLS transport below.  relay_states[] holds every state's handlers.
  *
- * A direction d copies from side[d] to side[!d].  It starts through a
- * 16 KiB buffer (recv/send: a chat message costs a read and a write); when
- * one read fills the buffer, the direction is bulk and from then on goes
- * through dir[d]'s pipe: socket -> pipe -> socket by splice(2), never
- * through user space.  Buffers and pipes are taken from the worker's pools
- * when bytes arrive and given back as soon as they are empty, so an idle
- * connection holds two sockets and this struct only.  A TLS client's bytes
- * always go through the buffer (OpenSSL must see them).
- *
- * Sockets are registered edge-triggered; rd_ready/wr_ready remember an
- * edge until a syscall says EAGAIN, or until a short recv/send says the
- * socket is empty/full (then the next edge is sure to come; a FIN already
- * reported keeps reading until 0).  Invariants:
- *  - dir[d].pending bytes sit in dir[d]'s buffer, or in its pipe once
- *    bulk, never more than its size;
- *  - side[s].eof: s sent FIN (read returned 0); we never read s again;
- *  - side[s].shut: we sent FIN to s, after dir[!s] was empty and
- *    side[!s].eof; nothing is written to s again;
- *  - both sides shut: the connection is complete and closes cleanly.
- * An error on either socket closes both with RST (SO_LINGER 0), so that
- * neither peer mistakes a cut stream for a complete one.
+ * How a connection ends (DESIGN.md): both directions finished: FIN (TLS:
+ * close_notify first); an error or RST on either socket: RST to both
+ * (SO_LINGER 0), so that neither peer mistakes a cut stream for a complete
+ * one; a timeout: FIN only when nothing is held and nothing half-finished,
+ * else RST; a TLS protocol error: the alert, FIN, a bounded linger.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +23,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "copy.h"
 #include "gen.h"
 #include "invariant.h"
 #include "log.h"
@@ -44,14 +33,8 @@
 #include "tls.h"
 #include "upstream.h"
 
-#define RELAY_PIPE_SIZE (256 * 1024)
-#define RELAY_POOL_RESERVE 2
-#define RELAY_POOL_MAX 256
 /* I/O calls per connection per wake-up, for fairness. */
 #define RELAY_BUDGET 16
-/* A direction's buffer: one TLS record's worth; a full read turns bulk. */
-#define RELAY_BUF 16384
-#define RELAY_BUF_POOL_MAX 64
 /* How long a connection closed after a TLS alert reads the client's rest. */
 #define RELAY_LINGER_MS 1000
 /* Bytes thrown away per call while lingering (MSG_TRUNC: not copied). */
@@ -89,52 +72,7 @@ enum {
 struct relay_side {
 	struct loop_io io;
 	struct relay_conn *c; /* borrowed: back pointer */
-	uint64_t last; /* last I/O, loop ms */
-	bool rd_ready, wr_ready;
-	/*
-	 * An event reported a FIN, an error or urgent data: a short read no
-	 * longer proves the socket empty (recv stops at the urgent mark), so
-	 * reads go on until 0 or EAGAIN.
-	 */
-	bool drain;
-	/*
-	 * EPOLLPRI: urgent data is on its way.  splice(2) stops at the urgent
-	 * mark for good (EAGAIN while bytes wait); a recv(2) reads through it
-	 * (SO_OOBINLINE: the byte stays in the stream) and clears the mark.
-	 */
-	bool urgent;
-	bool eof; /* peer sent FIN, read returned 0 */
-	bool shut; /* we sent FIN */
-};
-
-struct relay_pipe {
-	int rd, wr; /* -1 when none */
-	uint32_t cap;
-};
-
-/* A worker's idle pipes and buffers. */
-struct relay_pool {
-	struct relay_pipe *v; /* owned array */
-	size_t n, cap;
-	size_t low; /* fewest idle pipes since the last trim */
-	uint8_t **bufs; /* owned array of owned idle relay buffers */
-	size_t nbufs;
-};
-
-/*
- * One direction's bytes in flight: in a buffer at buf + off, or in a pipe
- * once the direction is bulk.  A plain direction starts with the buffer
- * (recv/send: a chat message costs two syscalls and no pipe) and turns
- * bulk for good when a read fills the buffer; from then on bytes go
- * socket -> pipe -> socket by splice(2).  A TLS client's bytes always pass
- * through the buffer, to be decrypted or encrypted.
- */
-struct relay_dir {
-	struct relay_pipe p;
-	uint8_t *buf; /* owned, RELAY_BUF bytes, or NULL */
-	uint32_t off;
-	uint32_t pending; /* in buf, or in the pipe when bulk */
-	bool bulk;
+	struct copy_end end; /* readiness, FIN state, transport */
 };
 
 /* The original connection's addresses, from an inbound PROXY header. */
@@ -152,7 +90,7 @@ struct relay_ctx {
 	struct loop *loop; /* borrowed: the worker's */
 	unsigned id; /* the worker's: index of per-listener counters */
 	struct relay_counters *cnt; /* borrowed: the worker's */
-	struct relay_pool pool;
+	struct copy_pool pool;
 	struct relay_conn *conns; /* owned list of live connections */
 	size_t nconns;
 	relay_gone_cb gone;
@@ -161,7 +99,7 @@ struct relay_ctx {
 
 struct relay_conn {
 	struct relay_side side[2];
-	struct relay_dir dir[2]; /* indexed by source side */
+	struct copy_dir dir[2]; /* indexed by source side */
 	struct relay_ctx *rc; /* borrowed */
 	struct gen *gen; /* reference */
 	struct listener *ls; /* borrowed from gen */
@@ -233,160 +171,6 @@ conn_enter(struct relay_conn *c, enum relay_state st)
 	c->state = st;
 }
 
-/* Pipe pool. */
-
-static int
-pipe_new(struct relay_pipe *p)
-{
-	int fds[2], sz;
-
-	if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0)
-		return -1;
-	/* Failure (a user over pipe-user-pages-soft) keeps the default. */
-	(void)fcntl(fds[1], F_SETPIPE_SZ, RELAY_PIPE_SIZE);
-	sz = fcntl(fds[1], F_GETPIPE_SZ);
-	p->rd = fds[0];
-	p->wr = fds[1];
-	p->cap = sz > 0 ? (uint32_t)sz : 65536;
-	return 0;
-}
-
-static int
-pipe_take(struct relay_ctx *rc, struct relay_pipe *p)
-{
-	struct relay_pool *pool = &rc->pool;
-
-	if (pool->n > 0) {
-		*p = pool->v[--pool->n];
-		if (pool->n < pool->low)
-			pool->low = pool->n;
-		return 0;
-	}
-	return pipe_new(p);
-}
-
-/* Returns p to the pool, or closes it when it holds bytes or is surplus. */
-static void
-pipe_give(struct relay_ctx *rc, struct relay_pipe *p, bool dirty)
-{
-	struct relay_pool *pool = &rc->pool;
-
-	if (p->rd < 0)
-		return;
-	if (!dirty && pool->n < pool->cap) {
-		pool->v[pool->n++] = *p;
-	} else {
-		close(p->rd);
-		close(p->wr);
-	}
-	p->rd = p->wr = -1;
-	p->cap = 0;
-}
-
-/* Gives dir a buffer from the pool (or a new one); returns 0 or -1. */
-static int
-buf_take(struct relay_ctx *rc, struct relay_dir *dir)
-{
-	struct relay_pool *pool = &rc->pool;
-
-	if (dir->buf != NULL)
-		return 0;
-	if (pool->nbufs > 0)
-		dir->buf = pool->bufs[--pool->nbufs];
-	else
-		dir->buf = malloc(RELAY_BUF);
-	dir->off = 0;
-	return dir->buf != NULL ? 0 : -1;
-}
-
-static void
-buf_give(struct relay_ctx *rc, struct relay_dir *dir)
-{
-	struct relay_pool *pool = &rc->pool;
-
-	if (dir->buf == NULL)
-		return;
-	if (pool->nbufs < RELAY_BUF_POOL_MAX)
-		pool->bufs[pool->nbufs++] = dir->buf;
-	else
-		free(dir->buf);
-	dir->buf = NULL;
-	dir->off = 0;
-}
-
-static int
-pool_init(struct relay_ctx *rc)
-{
-	struct relay_pool *pool = &rc->pool;
-
-	pool->cap = RELAY_POOL_MAX;
-	pool->v = calloc(pool->cap, sizeof(*pool->v));
-	pool->bufs = calloc(RELAY_BUF_POOL_MAX, sizeof(*pool->bufs));
-	if (pool->v == NULL || pool->bufs == NULL)
-		return -1;
-	/* A reserve, so that relaying goes on when fds run out. */
-	while (pool->n < RELAY_POOL_RESERVE) {
-		struct relay_pipe p;
-
-		if (pipe_new(&p) != 0)
-			return -1;
-		pool->v[pool->n++] = p;
-	}
-	pool->low = pool->n;
-	return 0;
-}
-
-void
-relay_pool_trim(struct relay_ctx *rc)
-{
-	struct relay_pool *pool = &rc->pool;
-
-	/* Pipes that stayed idle for a whole period are not needed. */
-	while (pool->low > RELAY_POOL_RESERVE && pool->n > RELAY_POOL_RESERVE) {
-		struct relay_pipe *p = &pool->v[--pool->n];
-
-		close(p->rd);
-		close(p->wr);
-		pool->low--;
-	}
-	pool->low = pool->n;
-}
-
-static void
-pool_cleanup(struct relay_ctx *rc)
-{
-	struct relay_pool *pool = &rc->pool;
-
-	for (size_t i = 0; i < pool->n; i++) {
-		close(pool->v[i].rd);
-		close(pool->v[i].wr);
-	}
-	free(pool->v);
-	pool->v = NULL;
-	pool->n = pool->cap = pool->low = 0;
-	for (size_t i = 0; i < pool->nbufs; i++)
-		free(pool->bufs[i]);
-	free(pool->bufs);
-	pool->bufs = NULL;
-	pool->nbufs = 0;
-}
-
-/* What a read or write through a side's transport did, when not bytes. */
-enum {
-	IO_EOF = 0, /* reads only: the peer finished */
-	IO_WANT_READ = -1, /* retry when the socket is readable */
-	IO_WANT_WRITE = -2, /* retry when the socket is writable */
-	IO_ERROR = -3, /* the connection must be aborted */
-	IO_ALERT = -4, /* TLS protocol error: an alert went to the client */
-};
-
-/* What moving a direction's bytes came to. */
-enum {
-	PUMP_OK = 0, /* moved what it could; the connection goes on */
-	PUMP_CUT = -1, /* a socket failed: RST to both peers */
-	PUMP_ALERT = -2, /* TLS protocol error: linger, RST upstream */
-};
-
 /* Connection life. */
 
 static void conn_free_task(struct loop_task *t);
@@ -396,7 +180,6 @@ static void side_cb(struct loop_io *io, uint32_t events);
 static void conn_connect(struct relay_conn *c);
 static void conn_close(
     struct relay_conn *c, bool abort_peers, enum relay_result result);
-static ssize_t dir_fill(struct relay_conn *c, int d, uint64_t now);
 static void linger_read(struct relay_conn *c);
 
 /*
@@ -435,11 +218,8 @@ side_close(struct relay_side *side, bool abort)
 static void
 conn_release(struct relay_conn *c)
 {
-	for (int d = 0; d < 2; d++) {
-		pipe_give(c->rc, &c->dir[d].p, c->dir[d].pending > 0);
-		buf_give(c->rc, &c->dir[d]);
-		c->dir[d].pending = 0;
-	}
+	for (int d = 0; d < 2; d++)
+		copy_dir_release(&c->dir[d], &c->rc->pool);
 	tls_conn_free(c->tls);
 	c->tls = NULL;
 }
@@ -537,7 +317,7 @@ conn_deadline(const struct relay_conn *c)
 		 * Once we sent FIN to a side, it only has to acknowledge and
 		 * finish: the shorter "fin" timeout applies (FIN_WAIT).
 		 */
-		bool half = side->shut;
+		bool half = side->end.shut;
 		uint64_t to = s == CLIENT
 		    ? (half ? t->client_fin_ms : t->client_ms)
 		    : (half ? t->server_fin_ms : t->server_ms);
@@ -551,7 +331,7 @@ conn_deadline(const struct relay_conn *c)
 		if (conn_excused(c, s))
 			dl[s] = UINT64_MAX;
 		else
-			dl[s] = side->last + to;
+			dl[s] = side->end.last + to;
 	}
 	return dl[0] < dl[1] ? dl[0] : dl[1];
 }
@@ -562,365 +342,158 @@ conn_arm(struct relay_conn *c)
 	loop_timer_set(c->rc->loop, &c->timer, conn_deadline(c));
 }
 
-/* Counts n bytes of direction d delivered to its destination at now. */
-static void
-dir_sent(struct relay_conn *c, int d, size_t n, uint64_t now)
-{
-	/* Both ends of a moving direction are busy, not idle. */
-	c->side[d].last = now;
-	c->side[!d].last = now;
-	if (d == CLIENT)
-		RELAY_CNT_ADD(c->lc, bytes_in, (uint64_t)n);
-	else
-		RELAY_CNT_ADD(c->lc, bytes_out, (uint64_t)n);
-}
-
 /*
- * Direction d is done (its source sent FIN, all of it delivered): FIN to
- * its destination.  When the other way is done too, close(2) follows at
- * once and sends the FIN itself.  ENOTCONN when the peer is gone: the next
- * write says.
+ * The transports copy.c moves bytes through: a plain socket, and the
+ * client side of a TLS listener (OpenSSL).  arg is the relay_side.
  */
-static void
-dir_finish(struct relay_conn *c, int d)
+
+static ssize_t
+plain_read(void *arg, void *buf, size_t len)
 {
-	INVARIANT(c->side[d].eof && c->dir[d].pending == 0);
-	if (!c->side[d].shut)
-		(void)shutdown(c->side[!d].io.fd, SHUT_WR);
-	c->side[!d].shut = true;
-}
+	struct relay_side *side = arg;
+	ssize_t n = recv(side->io.fd, buf, len, 0);
 
-/*
- * splice(2) never reads past an urgent mark: one recv(2) into dir[d]'s
- * buffer takes the urgent byte (inline) and what follows, and clears the
- * mark; the buffer drains before splicing resumes.  Or it confirms a FIN.
- * Returns PUMP_*.
- */
-static int
-pump_recv(struct relay_conn *c, int d, uint64_t now)
-{
-	struct relay_side *src = &c->side[d];
-	ssize_t n;
-
-	src->urgent = false;
-	n = dir_fill(c, d, now);
-	if (n > 0)
-		return PUMP_OK;
-	buf_give(c->rc, &c->dir[d]);
-	if (n == IO_EOF) {
-		src->eof = true;
-		src->last = now;
-		return PUMP_OK;
-	}
-	if (n == IO_WANT_READ) {
-		src->rd_ready = false;
-		return PUMP_OK;
-	}
-	return PUMP_CUT;
-}
-
-/*
- * Moves what it can in direction d through its pipe.  Returns PUMP_*.
- * Spends *budget.
- */
-static int
-pump(struct relay_conn *c, int d, int *budget)
-{
-	struct relay_ctx *rc = c->rc;
-	struct relay_side *src = &c->side[d], *dst = &c->side[!d];
-	struct relay_dir *dir = &c->dir[d];
-	uint64_t now = loop_now(rc->loop);
-
-	if (dst->shut)
-		return PUMP_OK;
-	while (*budget > 0) {
-		bool progress = false;
-		ssize_t n;
-
-		if (dir->pending > 0 && dst->wr_ready) {
-			n = splice(dir->p.rd, NULL, dst->io.fd, NULL,
-			    dir->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-			if (n > 0) {
-				dir->pending -= (uint32_t)n;
-				dir_sent(c, d, (size_t)n, now);
-				progress = true;
-			} else if (n < 0 && errno == EAGAIN) {
-				dst->wr_ready = false;
-			} else if (n < 0 && errno != EINTR) {
-				return PUMP_CUT;
-			}
-			(*budget)--;
-		}
-		if (dir->pending == 0 && src->eof) {
-			pipe_give(rc, &dir->p, false);
-			dir_finish(c, d);
-			return PUMP_OK;
-		}
-		if (!src->eof && src->rd_ready &&
-		    (dir->p.rd < 0 || dir->pending < dir->p.cap)) {
-			if (dir->p.rd < 0 && pipe_take(rc, &dir->p) != 0) {
-				log_debug(
-				    "no pipe for a relay: %s", strerror(errno));
-				return PUMP_CUT;
-			}
-			n = splice(src->io.fd, NULL, dir->p.wr, NULL,
-			    dir->p.cap - dir->pending,
-			    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-			if (n > 0) {
-				dir->pending += (uint32_t)n;
-				src->last = now;
-				progress = true;
-			} else if (n == 0 || (errno == EAGAIN && src->urgent)) {
-				/*
-				 * splice stops at an urgent mark: EAGAIN, or 0
-				 * once the peer's FIN is in too, so 0 is no
-				 * proof of EOF.  Once the pipe is empty, one
-				 * recv(2) reads on, or confirms the FIN.
-				 */
-				int r;
-
-				if (dir->pending > 0)
-					goto next;
-				pipe_give(rc, &dir->p, false);
-				r = pump_recv(c, d, now);
-				if (r != PUMP_OK || dir->buf != NULL)
-					return r;
-				progress = true; /* a FIN, or nothing */
-			} else if (errno == EAGAIN) {
-				/*
-				 * With bytes in the pipe, EAGAIN may mean the
-				 * pipe is out of slots (or splice stopped at an
-				 * urgent mark), not that the socket is empty:
-				 * keep the edge and try again once the pipe
-				 * drains.
-				 */
-				if (dir->pending == 0)
-					src->rd_ready = false;
-			} else if (errno != EINTR) {
-				return PUMP_CUT;
-			}
-		next:
-			(*budget)--;
-		}
-		if (!progress)
-			break;
-	}
-	if (dir->pending == 0)
-		pipe_give(rc, &dir->p, false);
-	return PUMP_OK;
+	if (n >= 0)
+		return n;
+	/* Workers block every signal: no EINTR here. */
+	return errno == EAGAIN ? COPY_IO_AGAIN : COPY_IO_ERROR;
 }
 
 static ssize_t
-tls_io_result(size_t n, enum tls_status st)
+plain_write(void *arg, const void *buf, size_t len)
+{
+	struct relay_side *side = arg;
+	ssize_t n = send(side->io.fd, buf, len, MSG_NOSIGNAL);
+
+	if (n > 0)
+		return n;
+	return n < 0 && errno == EAGAIN ? COPY_IO_AGAIN : COPY_IO_ERROR;
+}
+
+static ssize_t
+plain_splice_in(void *arg, int pipe_wr, size_t len)
+{
+	struct relay_side *side = arg;
+	ssize_t n = splice(side->io.fd, NULL, pipe_wr, NULL, len,
+	    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+
+	if (n >= 0)
+		return n;
+	return errno == EAGAIN ? COPY_IO_AGAIN : COPY_IO_ERROR;
+}
+
+static ssize_t
+plain_splice_out(void *arg, int pipe_rd, size_t len)
+{
+	struct relay_side *side = arg;
+	ssize_t n = splice(pipe_rd, NULL, side->io.fd, NULL, len,
+	    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+
+	if (n > 0)
+		return n;
+	return n < 0 && errno == EAGAIN ? COPY_IO_AGAIN : COPY_IO_ERROR;
+}
+
+/* ENOTCONN when the peer is gone: the next write says. */
+static void
+plain_fin(void *arg)
+{
+	struct relay_side *side = arg;
+
+	(void)shutdown(side->io.fd, SHUT_WR);
+}
+
+static const struct copy_ops plain_ops = {
+    .read = plain_read,
+    .write = plain_write,
+    .splice_in = plain_splice_in,
+    .splice_out = plain_splice_out,
+    .fin = plain_fin,
+    .trust_short = true,
+};
+
+static ssize_t
+tls_result(size_t n, enum tls_status st)
 {
 	if (n > 0)
 		return (ssize_t)n;
 	switch (st) {
 	case TLS_EOF:
-		return IO_EOF;
+		return COPY_IO_EOF;
 	case TLS_WANT_READ:
-		return IO_WANT_READ;
+		return COPY_IO_AGAIN;
 	case TLS_WANT_WRITE:
-		return IO_WANT_WRITE;
+		return COPY_IO_AGAIN_WRITE;
 	case TLS_ALERT:
-		return IO_ALERT;
+		return COPY_IO_ALERT;
 	default:
-		return IO_ERROR;
+		return COPY_IO_ERROR;
 	}
 }
 
-/*
- * The buffered transports: the client side of a TLS listener goes through
- * OpenSSL, the other side through recv/send.  Return bytes (> 0) or IO_*.
- */
 static ssize_t
-side_read(struct relay_conn *c, int s, void *buf, size_t len)
+tls_xread(void *arg, void *buf, size_t len)
 {
+	struct relay_side *side = arg;
 	enum tls_status st = TLS_FAIL;
-	ssize_t n;
+	size_t n = tls_read(side->c->tls, buf, len, &st);
 
-	if (s == CLIENT && c->tls != NULL) {
-		size_t got = tls_read(c->tls, buf, len, &st);
-
-		return tls_io_result(got, st);
-	}
-	n = recv(c->side[s].io.fd, buf, len, 0);
-	if (n >= 0)
-		return n;
-	/* Workers block every signal: no EINTR here. */
-	if (errno == EAGAIN)
-		return IO_WANT_READ;
-	return IO_ERROR;
+	return tls_result(n, st);
 }
 
 static ssize_t
-side_write(struct relay_conn *c, int s, const void *buf, size_t len)
+tls_xwrite(void *arg, const void *buf, size_t len)
 {
+	struct relay_side *side = arg;
 	enum tls_status st = TLS_FAIL;
-	ssize_t n;
+	size_t n = tls_write(side->c->tls, buf, len, &st);
+	ssize_t r = tls_result(n, st);
 
-	if (s == CLIENT && c->tls != NULL) {
-		size_t put = tls_write(c->tls, buf, len, &st);
-
-		n = tls_io_result(put, st);
-		/* A write waits for writability, whatever TLS asked for. */
-		return n == IO_WANT_READ ? IO_WANT_WRITE : n;
-	}
-	n = send(c->side[s].io.fd, buf, len, MSG_NOSIGNAL);
-	if (n > 0)
-		return n;
-	if (n < 0 && errno == EAGAIN)
-		return IO_WANT_WRITE;
-	return IO_ERROR;
+	/* A write waits for writability, whatever TLS asked for. */
+	return r == COPY_IO_AGAIN_WRITE ? COPY_IO_AGAIN : r;
 }
 
-/* True when side s's bytes go through OpenSSL, not straight to the socket. */
-static bool
-side_tls(const struct relay_conn *c, int s)
-{
-	return s == CLIENT && c->tls != NULL;
-}
-
-/*
- * One read from side[d] into dir[d]'s buffer (taken from the pool): the
- * bytes become pending, a short read on a plain socket clears its edge,
- * and a full one turns a plain direction bulk.  Returns what side_read
- * returned, or IO_ERROR when no buffer could be had.
- */
-static ssize_t
-dir_fill(struct relay_conn *c, int d, uint64_t now)
-{
-	struct relay_side *src = &c->side[d];
-	struct relay_dir *dir = &c->dir[d];
-	ssize_t n;
-
-	if (buf_take(c->rc, dir) != 0)
-		return IO_ERROR;
-	n = side_read(c, d, dir->buf, RELAY_BUF);
-	if (n <= 0)
-		return n;
-	dir->off = 0;
-	dir->pending = (uint32_t)n;
-	src->last = now;
-	if (!side_tls(c, d) && n < RELAY_BUF && !src->drain)
-		src->rd_ready = false;
-	/* A full read: a bulk transfer, for splice. */
-	if (n == RELAY_BUF && c->tls == NULL)
-		dir->bulk = true;
-	return n;
-}
-
-/*
- * Direction d through its buffer: read from side[d] into dir[d].buf, write
- * it to side[!d].  Returns PUMP_*.  Spends *budget.  Stops, the buffer given
- * back, when the direction has turned bulk.
- *
- * On a plain socket a short read means it is empty and a short write that
- * it is full (edge-triggered epoll reports the next arrival or the next
- * room): the EAGAIN call that would only say so is skipped.  Unless a FIN
- * was reported: then reading goes on until it returns 0.
- */
+/* close_notify before the FIN. */
 static int
-pump_buf(struct relay_conn *c, int d, int *budget)
+tls_xfinish(void *arg)
 {
-	struct relay_ctx *rc = c->rc;
-	struct relay_side *src = &c->side[d], *dst = &c->side[!d];
-	struct relay_dir *dir = &c->dir[d];
-	uint64_t now = loop_now(rc->loop);
+	struct relay_side *side = arg;
+	enum tls_status st = tls_close_notify(side->c->tls);
 
-	if (dst->shut)
-		return PUMP_OK;
-	while (*budget > 0) {
-		bool progress = false;
-		ssize_t n;
-
-		if (dir->pending > 0 && dst->wr_ready) {
-			uint32_t want = dir->pending;
-
-			n = side_write(c, !d, dir->buf + dir->off, want);
-			if (n > 0) {
-				dir->off += (uint32_t)n;
-				dir->pending -= (uint32_t)n;
-				dir_sent(c, d, (size_t)n, now);
-				progress = true;
-				if ((uint32_t)n < want && !side_tls(c, !d))
-					dst->wr_ready = false;
-			} else if (n == IO_WANT_WRITE) {
-				dst->wr_ready = false;
-			} else {
-				return n == IO_ALERT ? PUMP_ALERT : PUMP_CUT;
-			}
-			(*budget)--;
-		}
-		if (dir->pending == 0 && src->eof) {
-			buf_give(rc, dir);
-			/* Toward a TLS client: close_notify before the FIN. */
-			if (d == SERVER && c->tls != NULL) {
-				enum tls_status st;
-
-				if (!dst->wr_ready)
-					return PUMP_OK;
-				st = tls_close_notify(c->tls);
-				if (st == TLS_WANT_WRITE) {
-					dst->wr_ready = false;
-					return PUMP_OK;
-				}
-				if (st != TLS_DONE)
-					return PUMP_CUT;
-			}
-			dir_finish(c, d);
-			return PUMP_OK;
-		}
-		if (dir->pending == 0 && dir->bulk)
-			break;
-		if (dir->pending == 0 && !src->eof && src->rd_ready) {
-			n = dir_fill(c, d, now);
-			if (n > 0) {
-				progress = true;
-			} else if (n == IO_EOF) {
-				src->eof = true;
-				src->last = now;
-				progress = true;
-			} else if (n == IO_WANT_READ) {
-				src->rd_ready = false;
-			} else if (n == IO_WANT_WRITE) {
-				src->wr_ready = false;
-			} else {
-				return n == IO_ALERT ? PUMP_ALERT : PUMP_CUT;
-			}
-			(*budget)--;
-		}
-		if (!progress)
-			break;
-	}
-	if (dir->pending == 0)
-		buf_give(rc, dir);
-	return PUMP_OK;
+	if (st == TLS_DONE)
+		return 0;
+	return st == TLS_WANT_WRITE ? COPY_IO_AGAIN : COPY_IO_ERROR;
 }
 
 /*
- * Direction d through its buffer, or its pipe once bulk (and the buffer,
- * if any, has drained).  A bulk direction goes back to the buffer for one
- * read at an urgent mark.  Returns PUMP_*.
+ * OpenSSL may read to write and the reverse, and buffers: a short read or
+ * write proves nothing about the socket.
  */
-static int
-pump_dir(struct relay_conn *c, int d, int *budget)
+static const struct copy_ops tls_ops = {
+    .read = tls_xread,
+    .write = tls_xwrite,
+    .finish = tls_xfinish,
+    .fin = plain_fin,
+    .trust_short = false,
+};
+
+/* Direction d, as far as it goes now; counts its bytes.  COPY_*. */
+static enum copy_result
+dir_run(struct relay_conn *c, int d, int *budget)
 {
-	struct relay_dir *dir = &c->dir[d];
-	int r;
+	uint64_t moved = 0;
+	enum copy_result r =
+	    copy_run(&c->dir[d], &c->side[d].end, &c->side[!d].end,
+	        &c->rc->pool, budget, &moved, loop_now(c->rc->loop));
 
-	for (;;) {
-		if (!dir->bulk || dir->buf != NULL) {
-			r = pump_buf(c, d, budget);
-			if (r != PUMP_OK || !dir->bulk || dir->buf != NULL)
-				return r;
-		}
-		r = pump(c, d, budget);
-		if (r != PUMP_OK || dir->buf == NULL || *budget <= 0)
-			return r;
-	}
+	if (moved == 0)
+		return r;
+	if (d == CLIENT)
+		RELAY_CNT_ADD(c->lc, bytes_in, moved);
+	else
+		RELAY_CNT_ADD(c->lc, bytes_out, moved);
+	return r;
 }
-
 /*
  * Throws away what the client sends while lingering; closes at its FIN or
  * error.  Reading to EAGAIN keeps the kernel from answering with RST.
@@ -981,7 +554,7 @@ conn_idle_clean(const struct relay_conn *c)
 		const struct relay_side *side = &c->side[s];
 		int q = 0;
 
-		if (c->dir[s].pending > 0 || side->eof || side->shut)
+		if (c->dir[s].pending > 0 || side->end.eof || side->end.shut)
 			return false;
 		if (ioctl(side->io.fd, SIOCOUTQ, &q) != 0 || q > 0)
 			return false;
@@ -1019,24 +592,16 @@ conn_check(const struct relay_conn *c)
 {
 	INVARIANT(c->state == RELAY_ST_STREAMING);
 	for (int d = 0; d < 2; d++) {
-		const struct relay_dir *dir = &c->dir[d];
+		const struct copy_dir *dir = &c->dir[d];
 
-		/* Bytes in flight sit in the buffer or in the pipe, not both.
-		 */
-		INVARIANT(dir->buf == NULL || dir->p.rd < 0);
-		INVARIANT(
-		    dir->pending == 0 || dir->buf != NULL || dir->p.rd >= 0);
-		INVARIANT(
-		    dir->buf == NULL || dir->off + dir->pending <= RELAY_BUF);
-		INVARIANT(dir->p.rd < 0 || dir->pending <= dir->p.cap);
 		/* A TLS client's bytes always pass through the buffer. */
 		INVARIANT(c->tls == NULL || !dir->bulk);
 		/* FIN only after the source's FIN and every byte delivered. */
-		INVARIANT(
-		    !c->side[!d].shut || (c->side[d].eof && dir->pending == 0));
+		INVARIANT(!c->side[!d].end.shut ||
+		    (c->side[d].end.eof && dir->pending == 0));
 		INVARIANT(c->side[d].io.fd >= 0);
 	}
-	INVARIANT(!(c->side[CLIENT].shut && c->side[SERVER].shut));
+	INVARIANT(!(c->side[CLIENT].end.shut && c->side[SERVER].end.shut));
 	INVARIANT(c->rc->nconns > 0);
 }
 
@@ -1044,26 +609,26 @@ static void
 conn_run(struct relay_conn *c)
 {
 	int budget = RELAY_BUDGET;
-	bool shut_before = c->side[0].shut || c->side[1].shut;
+	bool shut_before = c->side[0].end.shut || c->side[1].end.shut;
 	/* Each direction goes first in turn: neither starves the other. */
 	int first = c->turn;
 	int r;
 
 	c->turn = (uint8_t)!c->turn;
-	r = pump_dir(c, first, &budget);
-	if (r == PUMP_OK)
-		r = pump_dir(c, !first, &budget);
-	if (r == PUMP_ALERT) {
+	r = dir_run(c, first, &budget);
+	if (r == COPY_OK)
+		r = dir_run(c, !first, &budget);
+	if (r == COPY_ALERT) {
 		RELAY_CNT_ADD(c->rc->cnt, errors, 1);
 		conn_linger(c, RELAY_RES_ERROR);
 		return;
 	}
-	if (r != PUMP_OK) {
+	if (r != COPY_OK) {
 		RELAY_CNT_ADD(c->rc->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
-	if (c->side[CLIENT].shut && c->side[SERVER].shut) {
+	if (c->side[CLIENT].end.shut && c->side[SERVER].end.shut) {
 		conn_close(c, false, RELAY_RES_RELAYED);
 		return;
 	}
@@ -1071,7 +636,7 @@ conn_run(struct relay_conn *c)
 	if (budget <= 0)
 		loop_task_queue(c->rc->loop, &c->task);
 	/* A side just got a FIN from us: its shorter timeout starts. */
-	if (shut_before != (c->side[0].shut || c->side[1].shut))
+	if (shut_before != (c->side[0].end.shut || c->side[1].end.shut))
 		conn_arm(c);
 }
 
@@ -1114,7 +679,8 @@ send_proxy_header(struct relay_conn *c, int fd)
 send:
 	/* A fresh socket's send buffer always takes a header this small. */
 	if (n < 0 || write(fd, hdr, (size_t)n) != n)
-		c->side[SERVER].wr_ready = false, c->side[SERVER].eof = true;
+		c->side[SERVER].end.wr_ready = false,
+		c->side[SERVER].end.eof = true;
 }
 
 static void
@@ -1132,12 +698,12 @@ conn_connected(struct relay_conn *c)
 	 * PROXY header or TLS handshake reads): try it once.  The upstream's
 	 * flags came from its own events since the connect began.
 	 */
-	c->side[CLIENT].rd_ready = true;
-	c->side[CLIENT].wr_ready = true;
-	c->side[SERVER].wr_ready = true;
-	c->side[CLIENT].last = c->side[SERVER].last = now;
+	c->side[CLIENT].end.rd_ready = true;
+	c->side[CLIENT].end.wr_ready = true;
+	c->side[SERVER].end.wr_ready = true;
+	c->side[CLIENT].end.last = c->side[SERVER].end.last = now;
 	send_proxy_header(c, fd);
-	if (c->side[SERVER].eof) {
+	if (c->side[SERVER].end.eof) {
 		RELAY_CNT_ADD(rc->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
@@ -1195,10 +761,11 @@ conn_connect(struct relay_conn *c)
 		if (r == 0 || errno == EINPROGRESS) {
 			c->side[SERVER].io.fd = fd;
 			/* Nothing carries over from a failed attempt. */
-			c->side[SERVER].rd_ready = c->side[SERVER].wr_ready =
+			c->side[SERVER].end.rd_ready =
+			    c->side[SERVER].end.wr_ready = false;
+			c->side[SERVER].end.drain = c->side[SERVER].end.eof =
 			    false;
-			c->side[SERVER].drain = c->side[SERVER].eof = false;
-			c->side[SERVER].urgent = false;
+			c->side[SERVER].end.urgent = false;
 			if (loop_io_add(rc->loop, &c->side[SERVER].io,
 			        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI |
 			            EPOLLET) != 0) {
@@ -1238,17 +805,17 @@ origin_set(union relay_sa *dst, const struct sockaddr_storage *ss)
 static int
 tls_first_read(struct relay_conn *c)
 {
-	ssize_t n = dir_fill(c, CLIENT, loop_now(c->rc->loop));
+	ssize_t n = copy_fill(&c->dir[CLIENT], &c->side[CLIENT].end,
+	    &c->rc->pool, loop_now(c->rc->loop));
 
 	if (n > 0)
 		return 0;
-	buf_give(c->rc, &c->dir[CLIENT]);
-	if (n == IO_WANT_READ || n == IO_WANT_WRITE)
+	if (n == COPY_IO_AGAIN || n == COPY_IO_AGAIN_WRITE)
 		return 0;
-	if (n == IO_ALERT)
+	if (n == COPY_IO_ALERT)
 		conn_linger(c, RELAY_RES_ERROR);
 	else
-		conn_close(c, n == IO_ERROR, RELAY_RES_ERROR);
+		conn_close(c, n != COPY_IO_EOF, RELAY_RES_ERROR);
 	return -1;
 }
 
@@ -1290,6 +857,7 @@ tls_start(struct relay_conn *c)
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
+	c->side[CLIENT].end.ops = &tls_ops;
 	conn_enter(c, RELAY_ST_TLS);
 	c->deadline = loop_now(rc->loop) + c->gen->cfg->timeouts.handshake_ms;
 	conn_arm(c);
@@ -1491,16 +1059,16 @@ side_cb(struct loop_io *io, uint32_t events)
 	if (st->io == NULL)
 		return;
 	if (events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-		side->rd_ready = true;
+		side->end.rd_ready = true;
 	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
-		side->drain = true;
+		side->end.drain = true;
 	if (events & EPOLLPRI)
-		side->urgent = true;
+		side->end.urgent = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-		side->wr_ready = true;
+		side->end.wr_ready = true;
 	/* TLS may need to read to write and the reverse: retry both ways. */
 	if (side == &c->side[CLIENT] && c->ls->tls != NULL)
-		side->rd_ready = side->wr_ready = true;
+		side->end.rd_ready = side->end.wr_ready = true;
 	st->io(c, side == &c->side[CLIENT] ? CLIENT : SERVER, events);
 }
 
@@ -1532,7 +1100,7 @@ relay_ctx_new(struct loop *loop, unsigned id, struct relay_counters *cnt,
 	rc->cnt = cnt;
 	rc->gone = gone;
 	rc->gone_arg = arg;
-	if (pool_init(rc) != 0) {
+	if (copy_pool_init(&rc->pool) != 0) {
 		relay_ctx_free(rc);
 		return NULL;
 	}
@@ -1545,8 +1113,14 @@ relay_ctx_free(struct relay_ctx *rc)
 	if (rc == NULL)
 		return;
 	relay_close_all(rc);
-	pool_cleanup(rc);
+	copy_pool_cleanup(&rc->pool);
 	free(rc);
+}
+
+void
+relay_pool_trim(struct relay_ctx *rc)
+{
+	copy_pool_trim(&rc->pool);
 }
 
 size_t
@@ -1598,7 +1172,11 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		c->side[s].c = c;
 		c->side[s].io.fd = -1;
 		c->side[s].io.cb = side_cb;
-		c->dir[s].p.rd = c->dir[s].p.wr = -1;
+		c->side[s].end.ops = &plain_ops;
+		c->side[s].end.arg = &c->side[s];
+		copy_dir_init(&c->dir[s]);
+		/* OpenSSL must see a TLS client's bytes: no splice. */
+		c->dir[s].spliceable = ls->tls == NULL;
 	}
 	c->side[CLIENT].io.fd = fd;
 	loop_timer_init(&c->timer, conn_timer_cb);

@@ -1,0 +1,143 @@
+/*
+ * copy: the one copy loop.  A direction moves bytes from one end to the
+ * other through a transport: plain sockets (recv/send, splice), a TLS
+ * client (OpenSSL), or a scripted fake in the unit tests.  It starts
+ * through a 16 KiB buffer (a chat message costs a read and a write); when
+ * one read fills the buffer and both ends can splice, the direction is
+ * bulk and from then on goes end -> pipe -> end by splice(2), never
+ * through user space.  Buffers and pipes come from a pool only while bytes
+ * are in flight.
+ *
+ * Ends are edge-triggered: rd_ready/wr_ready remember an edge until the
+ * transport says it would block, or until a short read/write says the end
+ * is empty/full on a transport that can be trusted to report the next edge
+ * (plain sockets; not TLS).  Invariants (checked in debug builds):
+ *  - pending bytes sit in the buffer, or in the pipe, never both, never
+ *    more than the buffer's or the pipe's size;
+ *  - eof: the source sent FIN; it is never read again;
+ *  - shut: FIN (after close_notify on TLS) went to the destination, after
+ *    the source's FIN and every byte delivered; nothing is written again.
+ *
+ * Knows nothing of connections, loops or configuration: relay.c drives it.
+ */
+#ifndef LIFELINE_COPY_H
+#define LIFELINE_COPY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* A direction's buffer: one TLS record's worth; a full read turns bulk. */
+#define COPY_BUF 16384
+
+/* What a transport call did, when not a count of bytes (> 0). */
+enum {
+	COPY_IO_EOF = 0, /* reads only: the peer finished */
+	COPY_IO_AGAIN = -1, /* would block: wait for the call's own edge */
+	COPY_IO_AGAIN_WRITE = -2, /* TLS: a read needs the socket writable */
+	COPY_IO_ERROR = -3, /* the stream is cut */
+	COPY_IO_ALERT = -4, /* TLS protocol error: an alert went out */
+};
+
+/* What copy_run came to. */
+enum copy_result {
+	COPY_OK = 0, /* moved what it could; go on */
+	COPY_CUT, /* an end failed: the connection must be reset */
+	COPY_ALERT, /* TLS protocol error on an end */
+};
+
+/*
+ * A transport.  Each call returns bytes (> 0) or a COPY_IO_* code.
+ * splice_in/splice_out are NULL when the transport cannot splice; finish,
+ * when not NULL, runs before the FIN (TLS: close_notify) and returns 0,
+ * COPY_IO_AGAIN or COPY_IO_ERROR.
+ */
+struct copy_ops {
+	ssize_t (*read)(void *arg, void *buf, size_t len);
+	ssize_t (*write)(void *arg, const void *buf, size_t len);
+	ssize_t (*splice_in)(void *arg, int pipe_wr, size_t len);
+	ssize_t (*splice_out)(void *arg, int pipe_rd, size_t len);
+	int (*finish)(void *arg);
+	/* Sends FIN (shutdown(SHUT_WR) on a socket); errors are ignored. */
+	void (*fin)(void *arg);
+	/* A short read or write proves the end empty or full. */
+	bool trust_short;
+};
+
+/* One end of a direction (a connection's side). */
+struct copy_end {
+	const struct copy_ops *ops; /* borrowed */
+	void *arg; /* borrowed: the transport's state */
+	uint64_t last; /* last byte read, written or delivered, ms */
+	bool rd_ready, wr_ready;
+	/*
+	 * An event reported a FIN, an error or urgent data: a short read no
+	 * longer proves the end empty (recv stops at an urgent mark), so reads
+	 * go on until 0 or would-block.
+	 */
+	bool drain;
+	/*
+	 * Urgent data on its way: splice(2) stops at the urgent mark for good
+	 * (would-block, or 0 once a FIN follows); one read through the buffer
+	 * goes past it (SO_OOBINLINE keeps the byte in the stream).
+	 */
+	bool urgent;
+	bool eof; /* the peer sent FIN: read returned 0 */
+	bool shut; /* we sent FIN */
+};
+
+struct copy_pipe {
+	int rd, wr; /* -1 when none */
+	uint32_t cap;
+};
+
+/* A worker's idle pipes and buffers. */
+struct copy_pool {
+	struct copy_pipe *v; /* owned array */
+	size_t n, cap;
+	size_t low; /* fewest idle pipes since the last trim */
+	uint8_t **bufs; /* owned array of owned idle buffers */
+	size_t nbufs;
+};
+
+/* One direction's bytes in flight. */
+struct copy_dir {
+	struct copy_pipe p;
+	uint8_t *buf; /* owned, COPY_BUF bytes, or NULL */
+	uint32_t off;
+	uint32_t pending; /* in buf, or in the pipe */
+	bool spliceable; /* both ends can splice (set by the owner) */
+	bool bulk; /* a full read happened: splice once the buffer drains */
+};
+
+/* Fills the pool with its reserve of pipes; returns 0 or -1. */
+int copy_pool_init(struct copy_pool *pool);
+/* Closes idle pipes beyond the reserve that stayed unused since last time. */
+void copy_pool_trim(struct copy_pool *pool);
+void copy_pool_cleanup(struct copy_pool *pool);
+
+void copy_dir_init(struct copy_dir *dir);
+/* Gives dir's pipe and buffer back (a pipe holding bytes is closed). */
+void copy_dir_release(struct copy_dir *dir, struct copy_pool *pool);
+
+/*
+ * Moves what it can from src to dst through dir, at most *budget
+ * transport calls (spent).  Bytes delivered are added to *moved; `now`
+ * stamps the ends' last activity.  When src's FIN has come and every byte
+ * is delivered: dst's finish, then FIN (unless src is shut too: then the
+ * connection closes at once and close(2) sends it).  Returns COPY_*.
+ */
+enum copy_result copy_run(struct copy_dir *dir, struct copy_end *src,
+    struct copy_end *dst, struct copy_pool *pool, int *budget, uint64_t *moved,
+    uint64_t now);
+
+/*
+ * One read from src into dir's (empty) buffer, outside copy_run (the
+ * bytes that came with a TLS client's Finished).  Returns bytes or a
+ * COPY_IO_* code; the buffer is given back when nothing was read.
+ */
+ssize_t copy_fill(struct copy_dir *dir, struct copy_end *src,
+    struct copy_pool *pool, uint64_t now);
+
+#endif

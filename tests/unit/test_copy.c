@@ -1,0 +1,541 @@
+/*
+ * Unit tests for copy.c: the copy loop against a scripted fake transport
+ * (no socket): short reads and writes, would-block, FIN, errors, TLS
+ * alerts and close_notify, urgent marks, a full pipe, the budget.  Pipes
+ * are real kernel pipes.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "copy.h"
+#include "harness.h"
+
+#define BIG (1 << 20)
+
+/* A scripted end: a source of `len` bytes and a sink with `room`. */
+struct fake {
+	/* source */
+	uint8_t *data;
+	size_t len, cur;
+	size_t chunk; /* most bytes per read or splice; 0: no limit */
+	bool eof; /* after the data: EOF (else would-block) */
+	size_t mark; /* urgent mark: splice stops there; 0: none */
+	size_t fail_at; /* reading at this offset fails; 0: never */
+	ssize_t fail_code; /* COPY_IO_ERROR or COPY_IO_ALERT */
+	/* sink */
+	uint8_t *out;
+	size_t outlen, room;
+	bool write_fails;
+	int finish_again; /* finish() says would-block this many times */
+	bool finish_fails;
+	/* counts */
+	int reads, writes, splice_ins, splice_outs, finishes, fins;
+};
+
+static size_t
+avail(struct fake *f, size_t len, bool splice)
+{
+	size_t n = f->len - f->cur;
+
+	if (splice && f->mark > f->cur && f->mark - f->cur < n)
+		n = f->mark - f->cur;
+	if (f->chunk && n > f->chunk)
+		n = f->chunk;
+	return n < len ? n : len;
+}
+
+static ssize_t
+f_read(void *arg, void *buf, size_t len)
+{
+	struct fake *f = arg;
+	size_t n;
+
+	f->reads++;
+	if (f->fail_at && f->cur >= f->fail_at)
+		return f->fail_code;
+	n = avail(f, len, false);
+	if (n == 0)
+		return f->eof ? COPY_IO_EOF : COPY_IO_AGAIN;
+	memcpy(buf, f->data + f->cur, n);
+	f->cur += n;
+	if (f->mark && f->cur > f->mark)
+		f->mark = 0; /* read past: the mark is gone */
+	return (ssize_t)n;
+}
+
+static ssize_t
+f_write(void *arg, const void *buf, size_t len)
+{
+	struct fake *f = arg;
+	size_t n = len < f->room ? len : f->room;
+
+	f->writes++;
+	if (f->write_fails)
+		return COPY_IO_ERROR;
+	if (n == 0)
+		return COPY_IO_AGAIN;
+	memcpy(f->out + f->outlen, buf, n);
+	f->outlen += n;
+	f->room -= n;
+	return (ssize_t)n;
+}
+
+/* Like the kernel: at an urgent mark, would-block, or 0 once FIN is in. */
+static ssize_t
+f_splice_in(void *arg, int pipe_wr, size_t len)
+{
+	struct fake *f = arg;
+	size_t n;
+	ssize_t w;
+
+	f->splice_ins++;
+	if (f->fail_at && f->cur >= f->fail_at)
+		return COPY_IO_ERROR;
+	n = avail(f, len, true);
+	if (n == 0)
+		return f->eof ? COPY_IO_EOF : COPY_IO_AGAIN;
+	w = write(pipe_wr, f->data + f->cur, n);
+	if (w <= 0)
+		return COPY_IO_AGAIN;
+	f->cur += (size_t)w;
+	return w;
+}
+
+static ssize_t
+f_splice_out(void *arg, int pipe_rd, size_t len)
+{
+	struct fake *f = arg;
+	size_t n = len < f->room ? len : f->room;
+	ssize_t r;
+
+	f->splice_outs++;
+	if (f->write_fails)
+		return COPY_IO_ERROR;
+	if (n == 0)
+		return COPY_IO_AGAIN;
+	r = read(pipe_rd, f->out + f->outlen, n);
+	if (r <= 0)
+		return COPY_IO_ERROR;
+	f->outlen += (size_t)r;
+	f->room -= (size_t)r;
+	return r;
+}
+
+static int
+f_finish(void *arg)
+{
+	struct fake *f = arg;
+
+	f->finishes++;
+	if (f->finish_fails)
+		return COPY_IO_ERROR;
+	if (f->finish_again > 0) {
+		f->finish_again--;
+		return COPY_IO_AGAIN;
+	}
+	return 0;
+}
+
+static void
+f_fin(void *arg)
+{
+	((struct fake *)arg)->fins++;
+}
+
+static const struct copy_ops plain = {
+    .read = f_read,
+    .write = f_write,
+    .splice_in = f_splice_in,
+    .splice_out = f_splice_out,
+    .fin = f_fin,
+    .trust_short = true,
+};
+
+static const struct copy_ops tlsish = {
+    .read = f_read,
+    .write = f_write,
+    .finish = f_finish,
+    .fin = f_fin,
+    .trust_short = false,
+};
+
+struct rig {
+	struct fake a, b; /* source, destination */
+	struct copy_end src, dst;
+	struct copy_dir dir;
+	struct copy_pool pool;
+	uint64_t moved;
+};
+
+static struct rig *
+rig_new(size_t len, const struct copy_ops *sops, const struct copy_ops *dops)
+{
+	struct rig *r = calloc(1, sizeof(*r));
+
+	r->a.data = malloc(len ? len : 1);
+	for (size_t i = 0; i < len; i++)
+		r->a.data[i] = (uint8_t)(i * 7 + (i >> 9));
+	r->a.len = len;
+	r->a.fail_code = COPY_IO_ERROR;
+	r->b.out = malloc(len ? len : 1);
+	r->b.room = BIG * 4;
+	r->src = (struct copy_end){.ops = sops, .arg = &r->a};
+	r->dst = (struct copy_end){.ops = dops, .arg = &r->b};
+	r->src.rd_ready = r->dst.wr_ready = true;
+	copy_dir_init(&r->dir);
+	r->dir.spliceable = sops->splice_in != NULL && dops->splice_out;
+	if (copy_pool_init(&r->pool) != 0)
+		abort();
+	return r;
+}
+
+static void
+rig_free(struct rig *r)
+{
+	copy_dir_release(&r->dir, &r->pool);
+	copy_pool_cleanup(&r->pool);
+	free(r->a.data);
+	free(r->b.out);
+	free(r);
+}
+
+/* Runs with a budget of n calls; returns the result. */
+static enum copy_result
+run(struct rig *r, int n)
+{
+	return copy_run(&r->dir, &r->src, &r->dst, &r->pool, &n, &r->moved, 1);
+}
+
+/* Runs until nothing moves (edges re-armed as epoll would). */
+static enum copy_result
+run_all(struct rig *r)
+{
+	enum copy_result res = COPY_OK;
+
+	for (int i = 0; i < 10000 && res == COPY_OK && !r->dst.shut; i++) {
+		size_t before = r->b.outlen + r->a.cur;
+
+		r->src.rd_ready = r->dst.wr_ready = true;
+		res = run(r, 16);
+		if (r->b.outlen + r->a.cur == before && r->dir.pending == 0 &&
+		    !r->src.eof)
+			break;
+	}
+	return res;
+}
+
+static bool
+delivered(const struct rig *r)
+{
+	return r->b.outlen == r->a.len &&
+	    memcmp(r->b.out, r->a.data, r->a.len) == 0;
+}
+
+static void
+test_chat_message(void)
+{
+	struct rig *r = rig_new(100, &plain, &plain);
+
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK(delivered(r));
+	CHECK_INT(r->moved, 100);
+	/* A short read proves a plain socket empty: no would-block call. */
+	CHECK_INT(r->a.reads, 1);
+	CHECK_INT(r->b.writes, 1);
+	CHECK(!r->src.rd_ready);
+	CHECK_INT(r->a.splice_ins + r->b.splice_outs, 0);
+	CHECK(r->dir.buf == NULL && r->dir.p.rd < 0);
+	CHECK(!r->dst.shut && r->b.fins == 0);
+	rig_free(r);
+}
+
+static void
+test_short_read_not_trusted_on_tls(void)
+{
+	struct rig *r = rig_new(100, &tlsish, &plain);
+
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK(delivered(r));
+	CHECK_INT(r->a.reads, 2); /* the second says would-block */
+	CHECK(!r->src.rd_ready);
+	rig_free(r);
+}
+
+static void
+test_drain_keeps_reading(void)
+{
+	struct rig *r = rig_new(100, &plain, &plain);
+
+	r->a.chunk = 10;
+	r->src.drain = true; /* FIN or urgent data reported: read to the end */
+	CHECK_INT(run(r, 64), COPY_OK);
+	CHECK(delivered(r));
+	CHECK_INT(r->a.reads, 11);
+	rig_free(r);
+}
+
+static void
+test_bulk_turns_to_splice_and_fins(void)
+{
+	struct rig *r = rig_new(300000, &plain, &plain);
+	size_t idle = r->pool.n;
+
+	r->a.eof = true;
+	CHECK_INT(run_all(r), COPY_OK);
+	CHECK(delivered(r));
+	CHECK_INT(r->moved, 300000);
+	CHECK(r->dir.bulk);
+	/* One full read, then splice; a read confirms splice's 0 (FIN). */
+	CHECK_INT(r->a.reads, 2);
+	CHECK(r->a.splice_ins > 0 && r->b.splice_outs > 0);
+	CHECK(r->src.eof && r->dst.shut);
+	CHECK_INT(r->b.fins, 1);
+	CHECK_INT(r->pool.n, idle); /* the pipe went back */
+	CHECK(r->dir.buf == NULL && r->dir.p.rd < 0);
+	rig_free(r);
+}
+
+static void
+test_not_spliceable_stays_buffered(void)
+{
+	struct rig *r = rig_new(100000, &plain, &plain);
+
+	r->dir.spliceable = false;
+	r->a.eof = true;
+	CHECK_INT(run_all(r), COPY_OK);
+	CHECK(delivered(r));
+	CHECK(!r->dir.bulk);
+	CHECK_INT(r->a.splice_ins, 0);
+	CHECK_INT(r->b.fins, 1);
+	rig_free(r);
+}
+
+static void
+test_backpressure(void)
+{
+	struct rig *r = rig_new(5000, &plain, &plain);
+
+	r->b.room = 1000;
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK_INT(r->b.outlen, 1000);
+	CHECK_INT(r->dir.pending, 4000);
+	/* A short write proves the socket full: no would-block call. */
+	CHECK(!r->dst.wr_ready);
+	CHECK_INT(r->b.writes, 1);
+	CHECK_INT(r->a.reads, 1); /* no read while the buffer holds bytes */
+	r->b.room = BIG;
+	r->dst.wr_ready = true;
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK(delivered(r));
+	CHECK_INT(r->dir.pending, 0);
+	rig_free(r);
+}
+
+static void
+test_fin_only_after_every_byte(void)
+{
+	struct rig *r = rig_new(10, &plain, &plain);
+
+	r->a.eof = true;
+	r->b.room = 5;
+	r->src.drain = true;
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK(!r->dst.shut);
+	CHECK_INT(r->b.fins, 0);
+	r->b.room = 100;
+	r->dst.wr_ready = r->src.rd_ready = true;
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK(delivered(r));
+	CHECK(r->src.eof && r->dst.shut);
+	CHECK_INT(r->b.fins, 1);
+	/* Nothing happens on a finished direction. */
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK_INT(r->b.fins, 1);
+	rig_free(r);
+}
+
+static void
+test_no_fin_syscall_when_other_way_done(void)
+{
+	struct rig *r = rig_new(10, &plain, &plain);
+
+	r->a.eof = true;
+	r->src.shut = true; /* the other direction already finished */
+	r->src.drain = true;
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK(delivered(r) && r->dst.shut);
+	CHECK_INT(r->b.fins, 0); /* close(2) sends it */
+	rig_free(r);
+}
+
+static void
+test_errors_cut(void)
+{
+	struct rig *r = rig_new(100, &plain, &plain);
+
+	r->b.write_fails = true;
+	CHECK_INT(run(r, 16), COPY_CUT);
+	rig_free(r);
+
+	r = rig_new(100, &plain, &plain);
+	r->a.fail_at = 1;
+	r->a.chunk = 50;
+	r->src.drain = true;
+	CHECK_INT(run(r, 16), COPY_CUT);
+	CHECK_INT(r->b.outlen, 50); /* what came before was delivered */
+	rig_free(r);
+
+	r = rig_new(300000, &plain, &plain); /* on the spliced path */
+	r->a.fail_at = 100000;
+	CHECK_INT(run_all(r), COPY_CUT);
+	CHECK(r->dir.bulk);
+	rig_free(r);
+}
+
+static void
+test_tls_alert(void)
+{
+	struct rig *r = rig_new(100, &tlsish, &plain);
+
+	r->a.fail_at = 1;
+	r->a.fail_code = COPY_IO_ALERT;
+	r->a.chunk = 40;
+	CHECK_INT(run(r, 16), COPY_ALERT);
+	CHECK_INT(r->b.outlen, 40);
+	rig_free(r);
+}
+
+static void
+test_close_notify_then_fin(void)
+{
+	struct rig *r = rig_new(100, &plain, &tlsish);
+
+	r->a.eof = true;
+	r->src.drain = true;
+	r->b.finish_again = 1;
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK(delivered(r));
+	CHECK_INT(r->b.finishes, 1);
+	CHECK(!r->dst.shut && !r->dst.wr_ready); /* waits for room */
+	CHECK_INT(r->b.fins, 0);
+	r->dst.wr_ready = true;
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK_INT(r->b.finishes, 2);
+	CHECK(r->dst.shut);
+	CHECK_INT(r->b.fins, 1);
+	rig_free(r);
+
+	r = rig_new(10, &plain, &tlsish);
+	r->a.eof = true;
+	r->src.drain = true;
+	r->b.finish_fails = true;
+	CHECK_INT(run(r, 16), COPY_CUT);
+	CHECK_INT(r->b.fins, 0);
+	rig_free(r);
+}
+
+static void
+test_urgent_mark_on_spliced_path(void)
+{
+	struct rig *r = rig_new(200000, &plain, &plain);
+
+	r->a.mark = 100000;
+	r->src.urgent = true;
+	CHECK_INT(run_all(r), COPY_OK);
+	/* One read through the buffer goes past the mark; splice resumes. */
+	CHECK(delivered(r));
+	CHECK_INT(r->a.reads, 2);
+	CHECK(!r->src.urgent);
+	CHECK(r->a.splice_ins > 2);
+	rig_free(r);
+}
+
+static void
+test_splice_zero_is_no_proof_of_eof(void)
+{
+	struct rig *r = rig_new(150000, &plain, &plain);
+
+	/* The peer's FIN follows data after a mark whose event is unseen. */
+	r->a.mark = 100000;
+	r->a.eof = true;
+	CHECK_INT(run_all(r), COPY_OK);
+	CHECK(delivered(r));
+	CHECK(r->dst.shut);
+	CHECK_INT(r->b.fins, 1);
+	rig_free(r);
+}
+
+static void
+test_full_pipe_keeps_the_edge(void)
+{
+	struct rig *r = rig_new(300000, &plain, &plain);
+
+	r->a.eof = true;
+	CHECK_INT(run(r, 3), COPY_OK); /* read, write: bulk */
+	r->b.room = 0; /* the destination stops taking */
+	r->dst.wr_ready = true;
+	CHECK_INT(run(r, 64), COPY_OK);
+	CHECK(r->dir.pending > 0);
+	CHECK(r->dir.pending <= r->dir.p.cap);
+	CHECK(r->src.rd_ready || r->a.cur == r->a.len); /* edge kept */
+	r->b.room = BIG;
+	CHECK_INT(run_all(r), COPY_OK);
+	CHECK(delivered(r) && r->dst.shut);
+	rig_free(r);
+}
+
+static void
+test_budget_bounds_the_run(void)
+{
+	struct rig *r = rig_new(100000, &plain, &plain);
+	int budget = 4;
+
+	r->src.drain = true;
+	r->a.chunk = 100;
+	CHECK_INT(copy_run(&r->dir, &r->src, &r->dst, &r->pool, &budget,
+	              &r->moved, 1),
+	    COPY_OK);
+	CHECK_INT(budget, 0);
+	CHECK_INT(r->a.reads + r->b.writes, 4);
+	CHECK_INT(r->b.outlen, 200);
+	rig_free(r);
+}
+
+static void
+test_copy_fill(void)
+{
+	struct rig *r = rig_new(0, &tlsish, &plain);
+	size_t bufs = r->pool.nbufs;
+	ssize_t n;
+
+	n = copy_fill(&r->dir, &r->src, &r->pool, 1);
+	CHECK_INT(n, COPY_IO_AGAIN);
+	CHECK(r->dir.buf == NULL); /* given back */
+	CHECK_INT(r->pool.nbufs, bufs + 1);
+	r->a.eof = true;
+	CHECK_INT(copy_fill(&r->dir, &r->src, &r->pool, 1), COPY_IO_EOF);
+	rig_free(r);
+}
+
+int
+main(void)
+{
+	test_chat_message();
+	test_short_read_not_trusted_on_tls();
+	test_drain_keeps_reading();
+	test_bulk_turns_to_splice_and_fins();
+	test_not_spliceable_stays_buffered();
+	test_backpressure();
+	test_fin_only_after_every_byte();
+	test_no_fin_syscall_when_other_way_done();
+	test_errors_cut();
+	test_tls_alert();
+	test_close_notify_then_fin();
+	test_urgent_mark_on_spliced_path();
+	test_splice_zero_is_no_proof_of_eof();
+	test_full_pipe_keeps_the_edge();
+	test_budget_bounds_the_run();
+	test_copy_fill();
+	return h_report("test_copy");
+}
