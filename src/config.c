@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "util.h"
 
 #define CFG_MAX_FILE (1024 * 1024)
 /* inih's line buffer (INI_MAX_LINE in Debian's build). */
@@ -171,35 +172,13 @@ perr(struct parse_state *st, int line, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void *
-xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n, size);
-
-	if (p == NULL)
-		fatal(1, "out of memory");
-	return p;
-}
-
-static char *
-xstrdup(const char *s)
-{
-	char *p = strdup(s);
-
-	if (p == NULL)
-		fatal(1, "out of memory");
-	return p;
-}
-
 /* Grows *arr (of *n elements of size) by one zeroed element; returns it. */
 static void *
 array_push(void *arrp, size_t *n, size_t size)
 {
 	void **arr = arrp;
-	char *p = reallocarray(*arr, *n + 1, size);
+	char *p = xreallocarray(*arr, *n + 1, size);
 
-	if (p == NULL)
-		fatal(1, "out of memory");
 	memset(p + *n * size, 0, size);
 	*arr = p;
 	return p + (*n)++ * size;
