@@ -14,6 +14,7 @@
 #include "link.h"
 #include "log.h"
 #include "stats.h"
+#include "util.h"
 #include "worker.h"
 
 #ifndef LIFELINE_VERSION
@@ -42,9 +43,6 @@
 #define STATS_SNDBUF (32 * 1024)
 /* No response is ever larger; past it the output is cut (and says so). */
 #define STATS_MAX_RESP (4 * 1024 * 1024)
-
-#define container_of(ptr, type, member)                                        \
-	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 struct sbuf {
 	char *p; /* owned */
@@ -510,8 +508,7 @@ respond_error(struct stats_client *c, int status)
 	};
 	size_t i = 0;
 
-	while (
-	    i < sizeof(errs) / sizeof(errs[0]) - 1 && errs[i].status != status)
+	while (i < ARRAY_LEN(errs) - 1 && errs[i].status != status)
 		i++;
 	respond(c, errs[i].status, errs[i].reason, "text/plain", errs[i].body,
 	    strlen(errs[i].body), false);
@@ -915,10 +912,8 @@ accept_cb(struct loop_io *io, uint32_t events)
 struct stats *
 stats_new(const struct cfg *cfg, char *err, size_t errlen)
 {
-	struct stats *st = calloc(1, sizeof(*st));
+	struct stats *st = xcalloc(1, sizeof(*st));
 
-	if (st == NULL)
-		fatal(1, "out of memory");
 	loop_task_init(&st->reap, reap_cb);
 	for (size_t i = 0; i < cfg->nstats && i < STATS_MAX_SOCKS; i++) {
 		const struct cfg_bind *b = &cfg->stats[i];
