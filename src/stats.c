@@ -611,7 +611,7 @@ route(struct stats_client *c, const char *path, bool head)
 			    46, head);
 	} else if (strcmp(path, "/") == 0) {
 		respond(c, 200, "OK", "text/html; charset=utf-8",
-		    dashboard_html, strlen(dashboard_html), head);
+		    (const char *)dashboard_html, dashboard_html_len, head);
 	} else if (strcmp(path, "/qr.svg") == 0) {
 		char link[512];
 		char *svg = NULL;
