@@ -59,6 +59,17 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
+# The dashboard is src/dashboard.html; dashboard.c includes its bytes as a
+# list of hex values written by od(1) (coreutils: no extra tool needed).
+$(BUILD)/gen/dashboard.html.inc: src/dashboard.html Makefile
+	@mkdir -p $(dir $@)
+	od -An -v -tx1 src/dashboard.html | \
+		sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g' >$@.tmp
+	mv $@.tmp $@
+
+$(BUILD)/obj/dashboard.o: $(BUILD)/gen/dashboard.html.inc
+$(BUILD)/obj/dashboard.o: ALL_CPPFLAGS += -I$(BUILD)/gen
+
 $(BIN): $(OBJS)
 	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(INIH_LIBS) $(SSL_LIBS) $(QR_LIBS) -lpthread
 

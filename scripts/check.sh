@@ -5,7 +5,9 @@
 #   2. unit tests and integration tests against build/lifeline;
 #   3. the same under AddressSanitizer + UndefinedBehaviorSanitizer, and
 #      the fuzz corpus replayed through the parsers (gcc + ASan).
-# Ends with one line "check: N passed, N failed".
+# Ends with one line from scripts/summary.py that counts integration tests,
+# unit suites (and their assertions) and fuzz corpus entries apart:
+# "check: N integration tests x2 (plain, sanitized), ...: all passed".
 set -u
 cd "$(dirname "$0")/.."
 

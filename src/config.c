@@ -17,110 +17,87 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "util.h"
 
 #define CFG_MAX_FILE (1024 * 1024)
 /* inih's line buffer (INI_MAX_LINE in Debian's build). */
 #define CFG_MAX_LINE 200
 
 /*
- * Who may send PROXY headers to the preset's -lb listeners: the loopback,
- * private and carrier-grade NAT ranges a load balancer talks from.
+ * The built-in presets, written once: what they share, then one table of
+ * listeners that says which preset has which.  preset_text() turns a preset
+ * into INI text for the ordinary parser, so a preset is checked like a file.
  */
-#define PRESET_LB_TRUSTED                                                      \
-	"trusted-proxies = 127.0.0.0/8\n"                                      \
-	"trusted-proxies = ::1/128\n"                                          \
-	"trusted-proxies = 10.0.0.0/8\n"                                       \
-	"trusted-proxies = 172.16.0.0/12\n"                                    \
-	"trusted-proxies = 192.168.0.0/16\n"                                   \
-	"trusted-proxies = 100.64.0.0/10\n"                                    \
-	"trusted-proxies = fc00::/7\n"
+enum {
+	PRESET_WHATSAPP = 1 << 0,
+	PRESET_MINIMAL = 1 << 1,
+};
 
-static const char preset_whatsapp[] =
-    "# Built-in preset 'whatsapp': the official WhatsApp proxy's port map.\n"
-    "[global]\n"
-    "maxconn = 27500\n"
-    "[timeouts]\n"
-    "connect = 5s\n"
-    "client = 200s\n"
-    "server = 200s\n"
-    "client-fin = 1s\n"
-    "server-fin = 1s\n"
-    "handshake = 10s\n"
-    "[stats]\n"
-    "listen = 127.0.0.1:8199\n"
+static const struct preset {
+	const char *name;
+	unsigned bit;
+	const char *title; /* the first line's comment */
+} presets[] = {
+    {"whatsapp", PRESET_WHATSAPP, "the official WhatsApp proxy's port map"},
+    {"minimal", PRESET_MINIMAL, "the two-port public profile"},
+};
+
+/* Every preset: limits, timeouts, stats and the two upstream groups. */
+static const char preset_common[] =
+    "[global]\nmaxconn = 27500\n"
+    "[timeouts]\nconnect = 5s\nclient = 200s\nserver = 200s\n"
+    "client-fin = 1s\nserver-fin = 1s\nhandshake = 10s\n"
+    "[stats]\nlisten = 127.0.0.1:8199\n"
     "[upstream chat]\n"
-    "server = g.whatsapp.net:5222\n"
-    "server = g-fallback.whatsapp.net:5222\n"
-    "server = g.whatsapp.net:443\n"
-    "server = g-fallback.whatsapp.net:443\n"
-    "server = g.whatsapp.net:80\n"
-    "server = g-fallback.whatsapp.net:80\n"
-    "send-proxy = v2\n"
-    "check-interval = 60s\n"
+    "server = g.whatsapp.net:5222\nserver = g-fallback.whatsapp.net:5222\n"
+    "server = g.whatsapp.net:443\nserver = g-fallback.whatsapp.net:443\n"
+    "server = g.whatsapp.net:80\nserver = g-fallback.whatsapp.net:80\n"
+    "send-proxy = v2\ncheck-interval = 60s\n"
     "[upstream media]\n"
-    "server = whatsapp.net:443\n"
-    "send-proxy = none\n"
-    "check-interval = 60s\n"
-    "[listen http]\n"
-    "bind = 0.0.0.0:80\nbind = [::]:80\nupstream = chat\nmaxconn = 27495\n"
-    "[listen http-lb]\n"
-    "bind = 0.0.0.0:8080\nbind = [::]:8080\nupstream = chat\n"
-    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n"
-    "[listen https]\n"
-    "bind = 0.0.0.0:443\nbind = [::]:443\nupstream = chat\ntls = on\n"
-    "maxconn = 27495\n"
-    "[listen https-lb]\n"
-    "bind = 0.0.0.0:8443\nbind = [::]:8443\nupstream = chat\ntls = on\n"
-    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n"
-    "[listen jabber]\n"
-    "bind = 0.0.0.0:5222\nbind = [::]:5222\nupstream = chat\n"
-    "maxconn = 27495\n"
-    "[listen jabber-lb]\n"
-    "bind = 0.0.0.0:8222\nbind = [::]:8222\nupstream = chat\n"
-    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n"
-    "[listen media]\n"
-    "bind = 0.0.0.0:587\nbind = [::]:587\nupstream = media\n"
-    "maxconn = 27495\n"
+    "server = whatsapp.net:443\nsend-proxy = none\ncheck-interval = 60s\n";
+
+/* maxconn of each preset listener. */
+#define PRESET_LISTEN_MAXCONN 27495
+
+/*
+ * Who may send PROXY headers to the -lb listeners: the loopback, private
+ * and carrier-grade NAT ranges a load balancer talks from.
+ */
+static const char *const preset_lb_trusted[] = {
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+};
+
+/*
+ * The port map, in the order of --print-config, the ports file and the
+ * metrics.  Each listener binds 0.0.0.0:PORT and [::]:PORT; an lb listener
+ * has accept-proxy = on and trusts preset_lb_trusted.
+ */
+static const struct preset_listen {
+	const char *name;
+	uint16_t port;
+	bool tls;
+	bool lb;
+	const char *upstream;
+	unsigned presets; /* PRESET_* bits */
+} preset_listens[] = {
+    {"http", 80, false, false, "chat", PRESET_WHATSAPP},
+    {"http-lb", 8080, false, true, "chat", PRESET_WHATSAPP},
+    {"https", 443, true, false, "chat", PRESET_WHATSAPP},
+    {"https-lb", 8443, true, true, "chat", PRESET_WHATSAPP},
+    {"jabber", 5222, false, false, "chat", PRESET_WHATSAPP},
+    {"jabber-lb", 8222, false, true, "chat", PRESET_WHATSAPP},
+    {"chat-tls", 443, true, false, "chat", PRESET_MINIMAL},
+    {"media", 587, false, false, "media", PRESET_WHATSAPP | PRESET_MINIMAL},
     /* 7777 relays media directly, as in the official Docker image. */
-    "[listen media-alt]\n"
-    "bind = 0.0.0.0:7777\nbind = [::]:7777\nupstream = media\n"
-    "maxconn = 27495\n"
-    "[listen media-lb]\n"
-    "bind = 0.0.0.0:8587\nbind = [::]:8587\nupstream = media\n"
-    "accept-proxy = on\n" PRESET_LB_TRUSTED "maxconn = 27495\n";
-
-static const char preset_minimal[] =
-    "# Built-in preset 'minimal': the two-port public profile.\n"
-    "[global]\n"
-    "maxconn = 27500\n"
-    "[timeouts]\n"
-    "connect = 5s\n"
-    "client = 200s\n"
-    "server = 200s\n"
-    "client-fin = 1s\n"
-    "server-fin = 1s\n"
-    "handshake = 10s\n"
-    "[stats]\n"
-    "listen = 127.0.0.1:8199\n"
-    "[upstream chat]\n"
-    "server = g.whatsapp.net:5222\n"
-    "server = g-fallback.whatsapp.net:5222\n"
-    "server = g.whatsapp.net:443\n"
-    "server = g-fallback.whatsapp.net:443\n"
-    "server = g.whatsapp.net:80\n"
-    "server = g-fallback.whatsapp.net:80\n"
-    "send-proxy = v2\n"
-    "check-interval = 60s\n"
-    "[upstream media]\n"
-    "server = whatsapp.net:443\n"
-    "send-proxy = none\n"
-    "check-interval = 60s\n"
-    "[listen chat-tls]\n"
-    "bind = 0.0.0.0:443\nbind = [::]:443\nupstream = chat\ntls = on\n"
-    "maxconn = 27495\n"
-    "[listen media]\n"
-    "bind = 0.0.0.0:587\nbind = [::]:587\nupstream = media\n"
-    "maxconn = 27495\n";
+    {"media-alt", 7777, false, false, "media", PRESET_WHATSAPP},
+    {"media-lb", 8587, false, true, "media", PRESET_WHATSAPP},
+};
 
 enum sec_kind {
 	SEC_NONE = 0,
@@ -171,35 +148,13 @@ perr(struct parse_state *st, int line, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void *
-xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n, size);
-
-	if (p == NULL)
-		fatal(1, "out of memory");
-	return p;
-}
-
-static char *
-xstrdup(const char *s)
-{
-	char *p = strdup(s);
-
-	if (p == NULL)
-		fatal(1, "out of memory");
-	return p;
-}
-
 /* Grows *arr (of *n elements of size) by one zeroed element; returns it. */
 static void *
 array_push(void *arrp, size_t *n, size_t size)
 {
 	void **arr = arrp;
-	char *p = reallocarray(*arr, *n + 1, size);
+	char *p = xreallocarray(*arr, *n + 1, size);
 
-	if (p == NULL)
-		fatal(1, "out of memory");
 	memset(p + *n * size, 0, size);
 	*arr = p;
 	return p + (*n)++ * size;
@@ -1128,18 +1083,73 @@ fail:
 	return cfg;
 }
 
+/*
+ * Writes preset p as INI text: a comment naming it, preset_common, then its
+ * listeners from preset_listens.  Returns a new string (free it).
+ */
+static char *
+preset_text(const struct preset *p)
+{
+	char *text = NULL;
+	size_t len = 0, nlb = ARRAY_LEN(preset_lb_trusted);
+	FILE *f = open_memstream(&text, &len);
+	bool failed;
+
+	if (f == NULL)
+		fatal(1, "out of memory");
+	fprintf(f, "# Built-in preset '%s': %s.\n%s", p->name, p->title,
+	    preset_common);
+	for (size_t i = 0; i < ARRAY_LEN(preset_listens); i++) {
+		const struct preset_listen *l = &preset_listens[i];
+
+		if ((l->presets & p->bit) == 0)
+			continue;
+		fprintf(f,
+		    "[listen %s]\nbind = 0.0.0.0:%u\nbind = [::]:%u\n"
+		    "upstream = %s\n",
+		    l->name, l->port, l->port, l->upstream);
+		if (l->tls)
+			fputs("tls = on\n", f);
+		if (l->lb) {
+			fputs("accept-proxy = on\n", f);
+			for (size_t j = 0; j < nlb; j++)
+				fprintf(f, "trusted-proxies = %s\n",
+				    preset_lb_trusted[j]);
+		}
+		fprintf(f, "maxconn = %d\n", PRESET_LISTEN_MAXCONN);
+	}
+	failed = ferror(f) != 0;
+	if (fclose(f) != 0 || failed)
+		fatal(1, "out of memory");
+	return text;
+}
+
 struct cfg *
 cfg_load_preset(const char *name, char *err, size_t errlen)
 {
-	char source[64];
+	char source[64], names[128] = "";
+	struct cfg *cfg;
+	char *text;
+	size_t n = ARRAY_LEN(presets);
 
-	snprintf(source, sizeof(source), "<preset %s>", name);
-	if (strcmp(name, "whatsapp") == 0)
-		return cfg_load_string(preset_whatsapp, source, err, errlen);
-	if (strcmp(name, "minimal") == 0)
-		return cfg_load_string(preset_minimal, source, err, errlen);
-	snprintf(
-	    err, errlen, "unknown preset '%s' (use whatsapp or minimal)", name);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(name, presets[i].name) != 0)
+			continue;
+		snprintf(source, sizeof(source), "<preset %s>", name);
+		text = preset_text(&presets[i]);
+		cfg = cfg_load_string(text, source, err, errlen);
+		free(text);
+		return cfg;
+	}
+	/* "a or b", "a, b or c" */
+	for (size_t i = 0; i < n; i++) {
+		size_t used = strlen(names);
+		const char *sep = i + 1 < n ? ", " : " or ";
+
+		snprintf(names + used, sizeof(names) - used, "%s%s",
+		    i > 0 ? sep : "", presets[i].name);
+	}
+	snprintf(err, errlen, "unknown preset '%s' (use %s)", name, names);
 	return NULL;
 }
 

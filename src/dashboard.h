@@ -6,6 +6,10 @@
 #ifndef LIFELINE_DASHBOARD_H
 #define LIFELINE_DASHBOARD_H
 
-extern const char dashboard_html[];
+#include <stddef.h>
+
+/* The bytes of src/dashboard.html (no terminating NUL). */
+extern const unsigned char dashboard_html[];
+extern const size_t dashboard_html_len;
 
 #endif

@@ -11,18 +11,9 @@
 
 #include "gen.h"
 #include "log.h"
+#include "util.h"
 
 #define LISTEN_BACKLOG 4096
-
-static void *
-xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n, size);
-
-	if (p == NULL)
-		fatal(1, "out of memory");
-	return p;
-}
 
 void
 lsock_unref(struct lsock *s)

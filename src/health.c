@@ -13,9 +13,7 @@
 #include "health.h"
 #include "log.h"
 #include "proxyproto.h"
-
-#define container_of(ptr, type, member)                                        \
-	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+#include "util.h"
 
 struct check {
 	struct health *h; /* borrowed */
@@ -205,13 +203,9 @@ health_apply(struct health *h, struct gen *g)
 			struct check *k = find(h, s);
 
 			if (k == NULL) {
-				struct check **nv =
-				    reallocarray(h->v, h->n + 1, sizeof(*nv));
-
-				k = calloc(1, sizeof(*k));
-				if (nv == NULL || k == NULL)
-					fatal(1, "out of memory");
-				h->v = nv;
+				h->v = xreallocarray(
+				    h->v, h->n + 1, sizeof(*h->v));
+				k = xcalloc(1, sizeof(*k));
 				h->v[h->n++] = k;
 				k->h = h;
 				k->srv = s;

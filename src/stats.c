@@ -14,6 +14,7 @@
 #include "link.h"
 #include "log.h"
 #include "stats.h"
+#include "util.h"
 #include "worker.h"
 
 #ifndef LIFELINE_VERSION
@@ -42,9 +43,6 @@
 #define STATS_SNDBUF (32 * 1024)
 /* No response is ever larger; past it the output is cut (and says so). */
 #define STATS_MAX_RESP (4 * 1024 * 1024)
-
-#define container_of(ptr, type, member)                                        \
-	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 struct sbuf {
 	char *p; /* owned */
@@ -224,201 +222,431 @@ server_connects(struct upstream_server *s)
 	return n;
 }
 
+/*
+ * /metrics is written from one table, metrics[]: each family's name, type
+ * and help, which samples it has (one, or one per listener, TLS listener
+ * or upstream server), a label that may split each sample further
+ * (result, direction), and the function that reads a value.  /stats.json
+ * reads the same values through the same functions, named by
+ * listener_fields[] and server_fields[].
+ */
+enum metric_scope {
+	METRIC_GLOBAL, /* no label */
+	METRIC_LISTENER, /* listener="NAME" */
+	METRIC_TLS_LISTENER, /* the same, TLS listeners only */
+	METRIC_SERVER, /* upstream="GROUP",server="HOST:PORT" */
+};
+
+/* What a value is read from: one listener's or server's. */
+struct metric_ctx {
+	struct stats *st; /* borrowed */
+	uint64_t now;
+	const struct listener *l; /* borrowed: listener scopes */
+	struct lsum sum; /* l's counters */
+	const struct upstream *up; /* borrowed: METRIC_SERVER */
+	struct upstream_server *srv; /* borrowed: METRIC_SERVER */
+};
+
+/* A sample's value: a count, or seconds (written with 3 decimals). */
+struct metric_val {
+	bool is_seconds;
+	uint64_t n;
+	double seconds;
+};
+
+/* Reads value number i of a split (0 without one). */
+typedef struct metric_val (*metric_get_fn)(
+    const struct metric_ctx *c, size_t i);
+
+/* A label that splits a sample: its name, and the value of each part. */
+struct metric_split {
+	const char *label;
+	size_t n;
+	const char *(*value)(size_t i);
+};
+
+struct metric {
+	const char *name;
+	const char *type;
+	const char *help;
+	enum metric_scope scope;
+	const struct metric_split *split; /* NULL: one sample per scope */
+	metric_get_fn get; /* NULL: a histogram, written by samples_hist */
+};
+
+static struct metric_val
+count(uint64_t n)
+{
+	return (struct metric_val){.n = n};
+}
+
+static const char *
+split_version(size_t i)
+{
+	(void)i;
+	return LIFELINE_VERSION;
+}
+
+static const char *
+split_result(size_t i)
+{
+	return relay_result_str((enum relay_result)i);
+}
+
+static const char *
+split_direction(size_t i)
+{
+	return i == 0 ? "in" : "out";
+}
+
+static const char *
+split_tls(size_t i)
+{
+	static const char *const v[] = {"full", "resumed", "failed"};
+
+	return v[i];
+}
+
+static const struct metric_split by_version = {"version", 1, split_version};
+static const struct metric_split by_result = {
+    "result", RELAY_RES_MAX, split_result};
+static const struct metric_split by_direction = {
+    "direction", 2, split_direction};
+static const struct metric_split by_tls = {"result", 3, split_tls};
+
+static struct metric_val
+get_one(const struct metric_ctx *c, size_t i)
+{
+	(void)c;
+	(void)i;
+	return count(1);
+}
+
+static struct metric_val
+get_uptime(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return (struct metric_val){.is_seconds = true,
+	    .seconds = (double)(c->now - c->st->started) / 1000.0};
+}
+
+static struct metric_val
+get_workers(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return count(c->st->nworkers);
+}
+
+static struct metric_val
+get_active(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return count(atomic_load(&c->l->state->active));
+}
+
+static struct metric_val
+get_closed(const struct metric_ctx *c, size_t i)
+{
+	return count(c->sum.closed[i]);
+}
+
+/* i: 0 in (client to upstream), 1 out. */
+static struct metric_val
+get_bytes(const struct metric_ctx *c, size_t i)
+{
+	return count(i == 0 ? c->sum.in : c->sum.out);
+}
+
+/* i: 0 full, 1 resumed, 2 failed. */
+static struct metric_val
+get_tls(const struct metric_ctx *c, size_t i)
+{
+	const struct lsum *s = &c->sum;
+
+	if (i == 0)
+		return count(s->hs - s->resumed);
+	if (i == 1)
+		return count(s->resumed);
+	return count(s->closed[RELAY_RES_TLS_FAILED]);
+}
+
+/* Handshakes, resumed ones included. */
+static struct metric_val
+get_tls_total(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return count(c->sum.hs);
+}
+
+static struct metric_val
+get_server_up(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return count(server_up(c->srv, c->now) ? 1 : 0);
+}
+
+static struct metric_val
+get_connects(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return count(server_connects(c->srv));
+}
+
+static struct metric_val
+get_connect_failures(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return count(atomic_load(&c->srv->connect_failures));
+}
+
+static struct metric_val
+get_accept_pauses(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return count(
+	    worker_sum(c->st, offsetof(struct relay_counters, accept_pauses)));
+}
+
+static struct metric_val
+get_connect_retries(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return count(worker_sum(
+	    c->st, offsetof(struct relay_counters, connect_retries)));
+}
+
+static struct metric_val
+get_errors(const struct metric_ctx *c, size_t i)
+{
+	(void)i;
+	return count(
+	    worker_sum(c->st, offsetof(struct relay_counters, errors)));
+}
+
+static const struct metric metrics[] = {
+    {"lifeline_build_info", "gauge", "Version of the running relay.",
+        METRIC_GLOBAL, &by_version, get_one},
+    {"lifeline_uptime_seconds", "gauge", "Seconds since start.", METRIC_GLOBAL,
+        NULL, get_uptime},
+    {"lifeline_workers", "gauge", "Event-loop threads.", METRIC_GLOBAL, NULL,
+        get_workers},
+    {"lifeline_connections_active", "gauge", "Client connections open now.",
+        METRIC_LISTENER, NULL, get_active},
+    {"lifeline_connections_total", "counter",
+        "Client connections ended, by how.", METRIC_LISTENER, &by_result,
+        get_closed},
+    {"lifeline_bytes_total", "counter",
+        "Payload bytes relayed (in: client to upstream).", METRIC_LISTENER,
+        &by_direction, get_bytes},
+    {"lifeline_tls_handshakes_total", "counter", "TLS handshakes, by result.",
+        METRIC_TLS_LISTENER, &by_tls, get_tls},
+    {"lifeline_upstream_server_up", "gauge", "1 when the server is usable.",
+        METRIC_SERVER, NULL, get_server_up},
+    {"lifeline_upstream_connect_seconds", "histogram",
+        "Time to connect to an upstream server.", METRIC_SERVER, NULL, NULL},
+    {"lifeline_upstream_connect_failures_total", "counter",
+        "Failed connection attempts.", METRIC_SERVER, NULL,
+        get_connect_failures},
+    {"lifeline_accept_pauses_total", "counter",
+        "Accept pauses for lack of file descriptors.", METRIC_GLOBAL, NULL,
+        get_accept_pauses},
+    {"lifeline_connect_retries_total", "counter",
+        "Connections retried on another upstream address or server.",
+        METRIC_GLOBAL, NULL, get_connect_retries},
+    {"lifeline_errors_total", "counter",
+        "Connections reset or cut by local errors.", METRIC_GLOBAL, NULL,
+        get_errors},
+};
+
+static void
+put_val(struct sbuf *b, struct metric_val v)
+{
+	if (v.is_seconds)
+		sb_printf(b, "%.3f", v.seconds);
+	else
+		sb_printf(b, "%llu", (unsigned long long)v.n);
+}
+
+/*
+ * Writes one sample: NAME{SCOPE LABELS,LABEL="LVAL"} VALUE, where label
+ * (NULL: none) comes after c's scope labels.
+ */
+static void
+put_sample(struct sbuf *b, const char *name, enum metric_scope scope,
+    const struct metric_ctx *c, const char *label, const char *lval,
+    struct metric_val v)
+{
+	bool labels = false;
+
+	sb_printf(b, "%s", name);
+	if (scope == METRIC_LISTENER || scope == METRIC_TLS_LISTENER) {
+		sb_printf(b, "{listener=\"%s\"", c->l->cfg->name);
+		labels = true;
+	} else if (scope == METRIC_SERVER) {
+		sb_printf(b, "{upstream=\"%s\",server=\"%s\"", c->up->cfg->name,
+		    c->srv->label);
+		labels = true;
+	}
+	if (label != NULL) {
+		sb_printf(b, "%s%s=\"%s\"", labels ? "," : "{", label, lval);
+		labels = true;
+	}
+	sb_printf(b, "%s ", labels ? "}" : "");
+	put_val(b, v);
+	sb_printf(b, "\n");
+}
+
+/* The samples of a connect-time histogram, c's server. */
+static void
+samples_hist(struct sbuf *b, const struct metric *m, const struct metric_ctx *c)
+{
+	struct upstream_server *s = c->srv;
+	char name[128], le[32];
+	uint64_t cum = 0;
+
+	snprintf(name, sizeof(name), "%s_bucket", m->name);
+	for (int k = 0; k < UPSTREAM_HIST_BUCKETS; k++) {
+		cum += atomic_load_explicit(
+		    &s->connect_hist[k], memory_order_relaxed);
+		if (k < UPSTREAM_HIST_BUCKETS - 1)
+			snprintf(le, sizeof(le), "%g",
+			    upstream_hist_bounds_ms[k] / 1000.0);
+		else
+			snprintf(le, sizeof(le), "+Inf");
+		put_sample(b, name, m->scope, c, "le", le, count(cum));
+	}
+	snprintf(name, sizeof(name), "%s_sum", m->name);
+	put_sample(b, name, m->scope, c, NULL, NULL,
+	    (struct metric_val){.is_seconds = true,
+	        .seconds = atomic_load(&s->connect_us_sum) / 1e6});
+	snprintf(name, sizeof(name), "%s_count", m->name);
+	put_sample(b, name, m->scope, c, NULL, NULL, count(cum));
+}
+
+/* The samples of m for one scope (c: which listener or server). */
+static void
+samples(struct sbuf *b, const struct metric *m, const struct metric_ctx *c)
+{
+	if (m->get == NULL) {
+		samples_hist(b, m, c);
+	} else if (m->split == NULL) {
+		put_sample(b, m->name, m->scope, c, NULL, NULL, m->get(c, 0));
+	} else {
+		for (size_t i = 0; i < m->split->n; i++)
+			put_sample(b, m->name, m->scope, c, m->split->label,
+			    m->split->value(i), m->get(c, i));
+	}
+}
+
+/* Sets c to listener l, its counters summed over the workers. */
+static void
+ctx_listener(struct metric_ctx *c, const struct listener *l)
+{
+	c->l = l;
+	listener_sum(c->st, l, &c->sum);
+}
+
 static void
 render_metrics(struct stats *st, struct sbuf *b)
 {
 	const struct gen *g = st->gen;
-	uint64_t now = loop_now(st->loop);
+	struct metric_ctx c = {.st = st, .now = loop_now(st->loop)};
 
-	sb_printf(b,
-	    "# HELP lifeline_build_info Version of the running relay.\n"
-	    "# TYPE lifeline_build_info gauge\n"
-	    "lifeline_build_info{version=\"%s\"} 1\n"
-	    "# HELP lifeline_uptime_seconds Seconds since start.\n"
-	    "# TYPE lifeline_uptime_seconds gauge\n"
-	    "lifeline_uptime_seconds %.3f\n"
-	    "# HELP lifeline_workers Event-loop threads.\n"
-	    "# TYPE lifeline_workers gauge\n"
-	    "lifeline_workers %u\n",
-	    LIFELINE_VERSION, (double)(now - st->started) / 1000.0,
-	    st->nworkers);
+	for (size_t k = 0; k < ARRAY_LEN(metrics); k++) {
+		const struct metric *m = &metrics[k];
 
-	sb_printf(b,
-	    "# HELP lifeline_connections_active Client connections "
-	    "open now.\n"
-	    "# TYPE lifeline_connections_active gauge\n");
-	for (size_t i = 0; i < g->nlisteners; i++)
-		sb_printf(b,
-		    "lifeline_connections_active{listener=\"%s\"} %u\n",
-		    g->listeners[i].cfg->name,
-		    atomic_load(&g->listeners[i].state->active));
-
-	sb_printf(b,
-	    "# HELP lifeline_connections_total Client connections "
-	    "ended, by how.\n"
-	    "# TYPE lifeline_connections_total counter\n");
-	for (size_t i = 0; i < g->nlisteners; i++) {
-		struct lsum s;
-
-		listener_sum(st, &g->listeners[i], &s);
-		for (int r = 0; r < RELAY_RES_MAX; r++)
-			sb_printf(b,
-			    "lifeline_connections_total{listener=\"%s\","
-			    "result=\"%s\"} %llu\n",
-			    g->listeners[i].cfg->name,
-			    relay_result_str((enum relay_result)r),
-			    (unsigned long long)s.closed[r]);
-	}
-	sb_printf(b,
-	    "# HELP lifeline_bytes_total Payload bytes relayed (in: "
-	    "client to upstream).\n"
-	    "# TYPE lifeline_bytes_total counter\n");
-	for (size_t i = 0; i < g->nlisteners; i++) {
-		struct lsum s;
-
-		listener_sum(st, &g->listeners[i], &s);
-		sb_printf(b,
-		    "lifeline_bytes_total{listener=\"%s\",direction=\"in\"} "
-		    "%llu\n"
-		    "lifeline_bytes_total{listener=\"%s\",direction=\"out\"} "
-		    "%llu\n",
-		    g->listeners[i].cfg->name, (unsigned long long)s.in,
-		    g->listeners[i].cfg->name, (unsigned long long)s.out);
-	}
-	sb_printf(b,
-	    "# HELP lifeline_tls_handshakes_total TLS handshakes, by "
-	    "result.\n"
-	    "# TYPE lifeline_tls_handshakes_total counter\n");
-	for (size_t i = 0; i < g->nlisteners; i++) {
-		const char *n = g->listeners[i].cfg->name;
-		struct lsum s;
-
-		if (g->listeners[i].tls == NULL)
-			continue;
-		listener_sum(st, &g->listeners[i], &s);
-		sb_printf(b,
-		    "lifeline_tls_handshakes_total{listener=\"%s\",result="
-		    "\"full\"} %llu\n"
-		    "lifeline_tls_handshakes_total{listener=\"%s\",result="
-		    "\"resumed\"} %llu\n"
-		    "lifeline_tls_handshakes_total{listener=\"%s\",result="
-		    "\"failed\"} %llu\n",
-		    n, (unsigned long long)(s.hs - s.resumed), n,
-		    (unsigned long long)s.resumed, n,
-		    (unsigned long long)s.closed[RELAY_RES_TLS_FAILED]);
-	}
-
-	sb_printf(b,
-	    "# HELP lifeline_upstream_server_up 1 when the server "
-	    "is usable.\n"
-	    "# TYPE lifeline_upstream_server_up gauge\n");
-	for (size_t u = 0; u < g->cfg->nupstreams; u++) {
-		const struct upstream *up = g->ups[u];
-
-		for (size_t j = 0; j < up->nservers; j++)
-			sb_printf(b,
-			    "lifeline_upstream_server_up{upstream=\"%s\","
-			    "server=\"%s\"} %d\n",
-			    up->cfg->name, up->servers[j]->label,
-			    server_up(up->servers[j], now) ? 1 : 0);
-	}
-	sb_printf(b,
-	    "# HELP lifeline_upstream_connect_seconds Time to connect "
-	    "to an upstream server.\n"
-	    "# TYPE lifeline_upstream_connect_seconds histogram\n");
-	for (size_t u = 0; u < g->cfg->nupstreams; u++) {
-		const struct upstream *up = g->ups[u];
-
-		for (size_t j = 0; j < up->nservers; j++) {
-			struct upstream_server *s = up->servers[j];
-			uint64_t cum = 0;
-
-			for (int k = 0; k < UPSTREAM_HIST_BUCKETS; k++) {
-				cum += atomic_load_explicit(
-				    &s->connect_hist[k], memory_order_relaxed);
-				if (k < UPSTREAM_HIST_BUCKETS - 1)
-					sb_printf(b,
-					    "lifeline_upstream_connect_seconds_"
-					    "bucket{upstream=\"%s\",server=\"%"
-					    "s\",le=\"%g\"} %llu\n",
-					    up->cfg->name, s->label,
-					    upstream_hist_bounds_ms[k] / 1000.0,
-					    (unsigned long long)cum);
-				else
-					sb_printf(b,
-					    "lifeline_upstream_connect_seconds_"
-					    "bucket{upstream=\"%s\",server=\"%"
-					    "s\",le=\"+Inf\"} %llu\n",
-					    up->cfg->name, s->label,
-					    (unsigned long long)cum);
+		sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help,
+		    m->name, m->type);
+		switch (m->scope) {
+		case METRIC_GLOBAL:
+			samples(b, m, &c);
+			break;
+		case METRIC_LISTENER:
+		case METRIC_TLS_LISTENER:
+			for (size_t i = 0; i < g->nlisteners; i++) {
+				if (m->scope == METRIC_TLS_LISTENER &&
+				    g->listeners[i].tls == NULL)
+					continue;
+				ctx_listener(&c, &g->listeners[i]);
+				samples(b, m, &c);
 			}
-			sb_printf(b,
-			    "lifeline_upstream_connect_seconds_sum{upstream=\""
-			    "%s\",server=\"%s\"} %.3f\n"
-			    "lifeline_upstream_connect_seconds_count{upstream="
-			    "\"%s\",server=\"%s\"} %llu\n",
-			    up->cfg->name, s->label,
-			    atomic_load(&s->connect_us_sum) / 1e6,
-			    up->cfg->name, s->label, (unsigned long long)cum);
+			break;
+		case METRIC_SERVER:
+			for (size_t u = 0; u < g->cfg->nupstreams; u++) {
+				c.up = g->ups[u];
+				for (size_t j = 0; j < c.up->nservers; j++) {
+					c.srv = c.up->servers[j];
+					samples(b, m, &c);
+				}
+			}
+			break;
 		}
 	}
-	sb_printf(b,
-	    "# HELP lifeline_upstream_connect_failures_total Failed "
-	    "connection attempts.\n"
-	    "# TYPE lifeline_upstream_connect_failures_total counter\n");
-	for (size_t u = 0; u < g->cfg->nupstreams; u++) {
-		const struct upstream *up = g->ups[u];
+}
 
-		for (size_t j = 0; j < up->nservers; j++)
-			sb_printf(b,
-			    "lifeline_upstream_connect_failures_total{upstream="
-			    "\"%s\",server=\"%s\"} %llu\n",
-			    up->cfg->name, up->servers[j]->label,
-			    (unsigned long long)atomic_load(
-			        &up->servers[j]->connect_failures));
+/* A number in /stats.json: "KEY":VALUE, or "KEY":{"PART":VALUE,...}. */
+struct json_field {
+	const char *key;
+	const struct metric_split *split; /* NULL: one value */
+	metric_get_fn get;
+	size_t i; /* without split: which value of get */
+};
+
+static const struct json_field listener_fields[] = {
+    {"active", NULL, get_active, 0},
+    {"connections", &by_result, get_closed, 0},
+    {"bytes_in", NULL, get_bytes, 0},
+    {"bytes_out", NULL, get_bytes, 1},
+    {"tls_handshakes", NULL, get_tls_total, 0},
+    {"tls_resumed", NULL, get_tls, 1},
+};
+
+static const struct json_field server_fields[] = {
+    {"connects", NULL, get_connects, 0},
+    {"connect_failures", NULL, get_connect_failures, 0},
+};
+
+/* Writes ,"KEY":VALUE for each field (an object for a split one). */
+static void
+json_fields(struct sbuf *b, const struct json_field *f, size_t n,
+    const struct metric_ctx *c)
+{
+	for (size_t k = 0; k < n; k++) {
+		sb_printf(b, ",\"%s\":", f[k].key);
+		if (f[k].split == NULL) {
+			put_val(b, f[k].get(c, f[k].i));
+			continue;
+		}
+		for (size_t i = 0; i < f[k].split->n; i++) {
+			sb_printf(b, "%s\"%s\":", i ? "," : "{",
+			    f[k].split->value(i));
+			put_val(b, f[k].get(c, i));
+		}
+		sb_printf(b, "}");
 	}
-	sb_printf(b,
-	    "# HELP lifeline_accept_pauses_total Accept pauses for lack of "
-	    "file descriptors.\n"
-	    "# TYPE lifeline_accept_pauses_total counter\n"
-	    "lifeline_accept_pauses_total %llu\n"
-	    "# HELP lifeline_connect_retries_total Connections retried on "
-	    "another upstream address or server.\n"
-	    "# TYPE lifeline_connect_retries_total counter\n"
-	    "lifeline_connect_retries_total %llu\n"
-	    "# HELP lifeline_errors_total Connections reset or cut by local "
-	    "errors.\n"
-	    "# TYPE lifeline_errors_total counter\n"
-	    "lifeline_errors_total %llu\n",
-	    (unsigned long long)worker_sum(
-	        st, offsetof(struct relay_counters, accept_pauses)),
-	    (unsigned long long)worker_sum(
-	        st, offsetof(struct relay_counters, connect_retries)),
-	    (unsigned long long)worker_sum(
-	        st, offsetof(struct relay_counters, errors)));
 }
 
 static void
 render_json(struct stats *st, struct sbuf *b)
 {
 	const struct gen *g = st->gen;
-	uint64_t now = loop_now(st->loop), in = 0, out = 0;
+	struct metric_ctx c = {.st = st, .now = loop_now(st->loop)};
+	uint64_t in = 0, out = 0;
 	unsigned active = 0;
 	char link[512];
 
 	for (size_t i = 0; i < g->nlisteners; i++) {
-		struct lsum s;
-
-		listener_sum(st, &g->listeners[i], &s);
-		in += s.in;
-		out += s.out;
+		ctx_listener(&c, &g->listeners[i]);
+		in += c.sum.in;
+		out += c.sum.out;
 		active += atomic_load(&g->listeners[i].state->active);
 	}
-	sb_printf(b,
-	    "{\"version\":\"%s\",\"uptime_seconds\":%.3f,"
-	    "\"workers\":%u,",
-	    LIFELINE_VERSION, (double)(now - st->started) / 1000.0,
-	    st->nworkers);
+	sb_printf(
+	    b, "{\"version\":\"%s\",\"uptime_seconds\":", LIFELINE_VERSION);
+	put_val(b, get_uptime(&c, 0));
+	sb_printf(b, ",\"workers\":");
+	put_val(b, get_workers(&c, 0));
+	sb_printf(b, ",");
 	if (g->cfg->public_host != NULL &&
 	    link_for_gen(g, link, sizeof(link)) == 0)
 		sb_printf(b, "\"public_host\":\"%s\",\"share_link\":\"%s\",",
@@ -429,12 +657,11 @@ render_json(struct stats *st, struct sbuf *b)
 	    "\"active\":%u,\"bytes_in\":%llu,\"bytes_out\":%llu,"
 	    "\"ready\":%s,\"listeners\":[",
 	    active, (unsigned long long)in, (unsigned long long)out,
-	    all_ready(g, now) ? "true" : "false");
+	    all_ready(g, c.now) ? "true" : "false");
 	for (size_t i = 0; i < g->nlisteners; i++) {
 		const struct listener *l = &g->listeners[i];
-		struct lsum s;
 
-		listener_sum(st, l, &s);
+		ctx_listener(&c, l);
 		sb_printf(b,
 		    "%s{\"name\":\"%s\",\"tls\":%s,\"accept_proxy\":%s,"
 		    "\"upstream\":\"%s\",\"addresses\":[",
@@ -443,36 +670,24 @@ render_json(struct stats *st, struct sbuf *b)
 		for (size_t j = 0; j < l->nsocks; j++)
 			sb_printf(
 			    b, "%s\"%s\"", j ? "," : "", l->socks[j]->text);
-		sb_printf(b, "],\"active\":%u,\"connections\":{",
-		    atomic_load(&l->state->active));
-		for (int r = 0; r < RELAY_RES_MAX; r++)
-			sb_printf(b, "%s\"%s\":%llu", r ? "," : "",
-			    relay_result_str((enum relay_result)r),
-			    (unsigned long long)s.closed[r]);
-		sb_printf(b,
-		    "},\"bytes_in\":%llu,\"bytes_out\":%llu,"
-		    "\"tls_handshakes\":%llu,\"tls_resumed\":%llu}",
-		    (unsigned long long)s.in, (unsigned long long)s.out,
-		    (unsigned long long)s.hs, (unsigned long long)s.resumed);
+		sb_printf(b, "]");
+		json_fields(b, listener_fields, ARRAY_LEN(listener_fields), &c);
+		sb_printf(b, "}");
 	}
 	sb_printf(b, "],\"upstreams\":[");
 	for (size_t u = 0; u < g->cfg->nupstreams; u++) {
-		const struct upstream *up = g->ups[u];
-
+		c.up = g->ups[u];
 		sb_printf(b, "%s{\"name\":\"%s\",\"ready\":%s,\"servers\":[",
-		    u ? "," : "", up->cfg->name,
-		    group_ready(up, now) ? "true" : "false");
-		for (size_t j = 0; j < up->nservers; j++) {
-			struct upstream_server *s = up->servers[j];
-
-			sb_printf(b,
-			    "%s{\"server\":\"%s\",\"up\":%s,\"connects\":%llu,"
-			    "\"connect_failures\":%llu}",
-			    j ? "," : "", s->label,
-			    server_up(s, now) ? "true" : "false",
-			    (unsigned long long)server_connects(s),
-			    (unsigned long long)atomic_load(
-			        &s->connect_failures));
+		    u ? "," : "", c.up->cfg->name,
+		    group_ready(c.up, c.now) ? "true" : "false");
+		for (size_t j = 0; j < c.up->nservers; j++) {
+			c.srv = c.up->servers[j];
+			sb_printf(b, "%s{\"server\":\"%s\",\"up\":%s",
+			    j ? "," : "", c.srv->label,
+			    server_up(c.srv, c.now) ? "true" : "false");
+			json_fields(
+			    b, server_fields, ARRAY_LEN(server_fields), &c);
+			sb_printf(b, "}");
 		}
 		sb_printf(b, "]}");
 	}
@@ -510,8 +725,7 @@ respond_error(struct stats_client *c, int status)
 	};
 	size_t i = 0;
 
-	while (
-	    i < sizeof(errs) / sizeof(errs[0]) - 1 && errs[i].status != status)
+	while (i < ARRAY_LEN(errs) - 1 && errs[i].status != status)
 		i++;
 	respond(c, errs[i].status, errs[i].reason, "text/plain", errs[i].body,
 	    strlen(errs[i].body), false);
@@ -614,7 +828,7 @@ route(struct stats_client *c, const char *path, bool head)
 			    46, head);
 	} else if (strcmp(path, "/") == 0) {
 		respond(c, 200, "OK", "text/html; charset=utf-8",
-		    dashboard_html, strlen(dashboard_html), head);
+		    (const char *)dashboard_html, dashboard_html_len, head);
 	} else if (strcmp(path, "/qr.svg") == 0) {
 		char link[512];
 		char *svg = NULL;
@@ -915,10 +1129,8 @@ accept_cb(struct loop_io *io, uint32_t events)
 struct stats *
 stats_new(const struct cfg *cfg, char *err, size_t errlen)
 {
-	struct stats *st = calloc(1, sizeof(*st));
+	struct stats *st = xcalloc(1, sizeof(*st));
 
-	if (st == NULL)
-		fatal(1, "out of memory");
 	loop_task_init(&st->reap, reap_cb);
 	for (size_t i = 0; i < cfg->nstats && i < STATS_MAX_SOCKS; i++) {
 		const struct cfg_bind *b = &cfg->stats[i];

@@ -8,16 +8,16 @@
 
 #include "log.h"
 #include "upstream.h"
+#include "util.h"
 
 static struct upstream_server *
 server_new(const struct cfg_server *cs)
 {
-	struct upstream_server *s = calloc(1, sizeof(*s));
+	struct upstream_server *s = xcalloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
 	socklen_t len;
 
-	if (s == NULL || (s->host = strdup(cs->host)) == NULL)
-		fatal(1, "out of memory");
+	s->host = xstrdup(cs->host);
 	atomic_init(&s->refs, 1);
 	s->port = cs->port;
 	if (strchr(cs->host, ':') != NULL)
@@ -55,14 +55,10 @@ struct upstream *
 upstream_new(
     const struct cfg_upstream *cu, struct upstream *const *old, size_t nold)
 {
-	struct upstream *up = calloc(1, sizeof(*up));
+	struct upstream *up = xcalloc(1, sizeof(*up));
 
-	if (up == NULL)
-		fatal(1, "out of memory");
 	up->cfg = cu;
-	up->servers = calloc(cu->nservers, sizeof(*up->servers));
-	if (up->servers == NULL)
-		fatal(1, "out of memory");
+	up->servers = xcalloc(cu->nservers, sizeof(*up->servers));
 	up->nservers = cu->nservers;
 	for (size_t i = 0; i < cu->nservers; i++) {
 		const struct cfg_server *cs = &cu->servers[i];

@@ -224,6 +224,7 @@ test_errors(void)
 	    NULL);
 	CHECK(strstr(err, "/nonexistent/lifeline.conf: cannot open") != NULL);
 	CHECK(cfg_load_preset("nope", err, sizeof(err)) == NULL);
+	CHECK_STR(err, "unknown preset 'nope' (use whatsapp or minimal)");
 }
 
 /* print(load(x)) loads again and prints the same text. */
