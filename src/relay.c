@@ -32,6 +32,7 @@
 #include "relay.h"
 #include "tls.h"
 #include "upstream.h"
+#include "util.h"
 
 /* I/O calls per connection per wake-up, for fairness. */
 #define RELAY_BUDGET 16
@@ -39,9 +40,6 @@
 #define RELAY_LINGER_MS 1000
 /* Bytes thrown away per call while lingering (MSG_TRUNC: not copied). */
 #define RELAY_DISCARD (1 << 20)
-
-#define container_of(ptr, type, member)                                        \
-	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 /*
  * A connection's states; relay_states[] below holds each one's handlers,

@@ -12,14 +12,12 @@
 
 #include "log.h"
 #include "worker.h"
+#include "util.h"
 
 /* Accepts per wake-up per socket, and the pause after EMFILE/ENFILE. */
 #define WORKER_ACCEPT_BATCH 64
 #define WORKER_PAUSE_MS 100
 #define WORKER_TICK_MS 1000
-
-#define container_of(ptr, type, member)                                        \
-	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 struct accept_handle {
 	struct loop_io io; /* io.fd: borrowed from sock->fds[w->id] */
@@ -130,9 +128,7 @@ apply_gen(struct worker *w, struct gen *g)
 				}
 			}
 			if (ah == NULL) {
-				ah = calloc(1, sizeof(*ah));
-				if (ah == NULL)
-					fatal(1, "out of memory");
+				ah = xcalloc(1, sizeof(*ah));
 				ah->io.fd = s->fds[w->id];
 				ah->io.cb = accept_cb;
 				ah->w = w;
@@ -145,9 +141,7 @@ apply_gen(struct worker *w, struct gen *g)
 			ah->ls = l;
 			if (n == cap) {
 				cap = cap ? cap * 2 : 8;
-				nacc = reallocarray(nacc, cap, sizeof(*nacc));
-				if (nacc == NULL)
-					fatal(1, "out of memory");
+				nacc = xreallocarray(nacc, cap, sizeof(*nacc));
 			}
 			nacc[n++] = ah;
 		}
