@@ -48,7 +48,18 @@ LABEL = {
     "haproxy-official": "HAProxy official",
     "haproxy-tuned": "HAProxy tuned",
     "lifeline": "lifeline",
+    "lifeline-base": "lifeline (base)",
 }
+# With --base BIN, a second lifeline binary (say, the previous commit's)
+# runs beside the first in the same interleaved rounds: "lifeline-base".
+BASE = "lifeline-base"
+
+
+def add_base_path():
+    PATHS.append(BASE)
+    RELAYS.append(BASE)
+    TLS_PATHS.append(BASE)
+    TLS_LABEL[BASE] = "lifeline base (EC P-256)"
 
 FULL = dict(
     reps=3,
@@ -236,13 +247,14 @@ class Relay:
         self.ctx = ctx
         self.dir = tempfile.mkdtemp(prefix=f"{kind}-", dir=ctx.tmp)
         name = f"{kind}-{upstream_port}-{len(PROCS.live)}"
-        if kind == "lifeline":
+        if kind.startswith("lifeline"):
             conf = os.path.join(self.dir, "lifeline.conf")
             pf = os.path.join(self.dir, "ports")
             with open(conf, "w") as f:
                 f.write(LIFELINE_CONF.format(up=upstream_port,
                                              tls="tls = on\n" if tls_pem else ""))
-            self.proc = PROCS.start([ctx.lifeline, "-c", conf, "--ports-file", pf],
+            exe = ctx.lifeline_base if kind == BASE else ctx.lifeline
+            self.proc = PROCS.start([exe, "-c", conf, "--ports-file", pf],
                                     name, ctx.tmp)
             line = wait_until(lambda: _ports_line(pf), 30, "lifeline's ports file",
                               self.proc)
@@ -267,7 +279,7 @@ class Relay:
 
     def stop(self):
         rc = PROCS.stop(self.proc, grace=40.0)
-        if self.kind == "lifeline" and rc != 0:
+        if self.kind.startswith("lifeline") and rc != 0:
             log(f"warning: lifeline exited {rc} on SIGTERM (expected 0)\n{log_tail(self.proc)}")
 
 
@@ -696,7 +708,7 @@ class TlsPaths(Paths):
         self.relays = {}
         try:
             for k in TLS_PATHS:
-                self.relays[k] = Relay("lifeline" if k == "lifeline" else k, upstream_port,
+                self.relays[k] = Relay(k, upstream_port,
                                        ctx, tls_pem=pems.get(k, True))
         except BaseException:
             self.stop()
@@ -840,9 +852,11 @@ def ratio(a, b):
 
 
 def table(cfg):
+    base = BASE in PATHS
     out = ["| # | case | unit | " + " | ".join(LABEL[p] for p in PATHS)
-           + " | lifeline / HAProxy official | lifeline / HAProxy tuned | lifeline % of direct |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           + " | lifeline / HAProxy official | lifeline / HAProxy tuned | lifeline % of direct |"
+           + (" lifeline / base |" if base else ""),
+           "|---|---|---|" + "---:|" * (len(PATHS) + 3 + base)]
     for case, metric, label, unit, fmt, higher, relays_only in ROWS:
         cells = []
         for p in PATHS:
@@ -859,8 +873,9 @@ def table(cfg):
             d = value(metric, "direct")
             pct = "ERR" if ll is None or not d else f"{100 * ll / d:.0f}%"
         arrow = "higher is better" if higher else "lower is better"
+        rb = f" {ratio(ll, value(metric, BASE))} |" if base else ""
         out.append(f"| {case} | {label.format(**cfg)} | {unit} ({arrow}) | " + " | ".join(cells)
-                   + f" | {r1} | {r2} | {pct} |")
+                   + f" | {r1} | {r2} | {pct} |" + rb)
     return "\n".join(out)
 
 
@@ -881,9 +896,11 @@ TLS_ROWS = [
 
 
 def tls_table(cfg):
+    base = BASE in TLS_PATHS
     out = ["| # | case | unit | " + " | ".join(TLS_LABEL[p] for p in TLS_PATHS)
-           + " | lifeline / HAProxy official | lifeline / HAProxy EC P-256 |",
-           "|---|---|---|---:|---:|---:|---:|---:|"]
+           + " | lifeline / HAProxy official | lifeline / HAProxy EC P-256 |"
+           + (" lifeline / base |" if base else ""),
+           "|---|---|---|" + "---:|" * (len(TLS_PATHS) + 2 + base)]
     for case, metric, label, unit, fmt, higher in TLS_ROWS:
         cells = []
         for p in TLS_PATHS:
@@ -893,8 +910,9 @@ def tls_table(cfg):
         r1 = ratio(ll, value(metric, "haproxy-official"))
         r2 = ratio(ll, value(metric, "haproxy-ec256"))
         arrow = "higher is better" if higher else "lower is better"
+        rb = f" {ratio(ll, value(metric, BASE))} |" if base else ""
         out.append(f"| {case} | {label.format(**cfg)} | {unit} ({arrow}) | " + " | ".join(cells)
-                   + f" | {r1} | {r2} |")
+                   + f" | {r1} | {r2} |" + rb)
     return "\n".join(out)
 
 
@@ -915,7 +933,7 @@ def targets():
 
     for m, what in (("tput1_up", "1 stream up"), ("tput1_down", "1 stream down"),
                     ("tput8", "8 streams")):
-        d, ho, ht, ll = (v(m, p) for p in PATHS)
+        d, ho, ht, ll = (v(m, p) for p in PATHS[:4])
         pd = safe(lambda: ll / d)
         ro = safe(lambda: ll / ho)
         rt = safe(lambda: ll / ht)
@@ -980,6 +998,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="every case once, tiny")
     ap.add_argument("--lifeline", required=True, help="the lifeline binary")
+    ap.add_argument("--base", help="a second lifeline binary to run beside it")
     ap.add_argument("--loadgen", required=True, help="the built bench/loadgen.c")
     ap.add_argument("--tmp", required=True, help="scratch directory (removed by run.sh)")
     ap.add_argument("--json", help="also write every sample here")
@@ -993,6 +1012,9 @@ def main():
     ctx = Ctx()
     ctx.cfg = dict(SMOKE if args.smoke else FULL)
     ctx.lifeline = os.path.abspath(args.lifeline)
+    ctx.lifeline_base = os.path.abspath(args.base) if args.base else None
+    if args.base:
+        add_base_path()
     ctx.loadgen = os.path.abspath(args.loadgen)
     ctx.tlsclient = os.path.abspath(args.tlsclient)
     ctx.tmp = args.tmp
@@ -1011,7 +1033,8 @@ def main():
     if soft < need:
         ctx.cfg["idle_conns"] = max(10, (soft - 200) // 2)
         log(f"warning: fd limit {soft}: idle connections lowered to {ctx.cfg['idle_conns']}")
-    for exe in (ctx.lifeline, ctx.loadgen, ctx.tlsclient):
+    for exe in (ctx.lifeline, ctx.loadgen, ctx.tlsclient) + (
+            (ctx.lifeline_base,) if args.base else ()):
         if not os.access(exe, os.X_OK):
             sys.exit(f"bench: {exe} is not executable")
     for tool in ("haproxy", "nginx", "iperf3", "wrk", "openssl"):

@@ -6,6 +6,8 @@
 #   bench/run.sh --smoke    every case once, tiny (< ~40 s)
 #   bench/run.sh --cases 3,4   only some cases (1,2,6 share one run; 7 is TLS)
 #   bench/run.sh --json FILE   also write every sample
+#   bench/run.sh --base BIN    also run a second lifeline binary (say, the
+#                              previous commit's) beside it: column and ratio
 #
 # LIFELINE_BIN picks the binary (default build/lifeline, rebuilt with
 # `make` first when LIFELINE_BIN is unset).  The markdown report goes to
@@ -19,7 +21,7 @@ cd "$root"
 for a in "$@"; do
 	case "$a" in
 	-h | --help)
-		sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	esac
