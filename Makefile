@@ -47,7 +47,7 @@ SRCS := $(wildcard src/*.c)
 OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 BIN := $(BUILD)/lifeline
 
-UNIT_TESTS := config addr proxyproto pp_parse loop copy
+UNIT_TESTS := config addr proxyproto pp_parse loop copy relay
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
 .PHONY: all run check check-unit check-integration check-fuzz-replay deps \
@@ -80,10 +80,15 @@ $(BUILD)/unit/test_proxyproto: tests/unit/test_proxyproto.c $(BUILD)/obj/proxypr
 $(BUILD)/unit/test_pp_parse: tests/unit/test_pp_parse.c $(BUILD)/obj/proxyproto.o
 $(BUILD)/unit/test_loop: tests/unit/test_loop.c $(BUILD)/obj/loop.o
 $(BUILD)/unit/test_copy: tests/unit/test_copy.c $(BUILD)/obj/copy.o
+# The state machine with its system calls faked: the modules a generation
+# needs, OpenSSL included.
+RELAY_TEST_OBJS := relay copy gen config addr log loop tls upstream proxyproto
+$(BUILD)/unit/test_relay: tests/unit/test_relay.c \
+	$(patsubst %,$(BUILD)/obj/%.o,$(RELAY_TEST_OBJS))
 $(UNIT_BINS): tests/unit/harness.h tests/pp_equal.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) -Isrc $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ \
-		$(filter %.c %.o,$^) $(INIH_LIBS)
+		$(filter %.c %.o,$^) $(INIH_LIBS) $(SSL_LIBS) -lpthread
 
 # Fuzzing: each tests/fuzz/fuzz_NAME.c defines LLVMFuzzerTestOneInput over
 # the pure parsers.  `make fuzz` runs each under libFuzzer (clang) for

@@ -327,5 +327,7 @@ loop_run(struct loop *loop)
 		run_timers(loop);
 		run_tasks(loop);
 	}
+	/* Stopped: it may run again (the unit tests run it in slices). */
+	loop->stop = false;
 	return 0;
 }

@@ -70,7 +70,10 @@ void loop_task_init(struct loop_task *t, loop_task_cb cb);
 void loop_task_queue(struct loop *loop, struct loop_task *t);
 void loop_task_cancel(struct loop *loop, struct loop_task *t);
 
-/* Runs until loop_stop(); returns 0, or -errno if epoll_wait fails. */
+/*
+ * Runs until loop_stop() (which may come first); returns 0, or -errno if
+ * epoll_wait fails.  It may be run again after it returned.
+ */
 int loop_run(struct loop *loop);
 void loop_stop(struct loop *loop);
 

@@ -86,6 +86,7 @@ struct relay_origin {
 
 struct relay_ctx {
 	struct loop *loop; /* borrowed: the worker's */
+	const struct relay_sys *sys; /* borrowed */
 	unsigned id; /* the worker's: index of per-listener counters */
 	struct relay_counters *cnt; /* borrowed: the worker's */
 	struct copy_pool pool;
@@ -181,19 +182,112 @@ static void conn_close(
 static void linger_read(struct relay_conn *c);
 
 /*
- * Client sockets inherit TCP_NODELAY, keep-alive and SO_OOBINLINE from
- * their listening socket (gen.c).  An upstream socket needs Nagle off (its
- * idle time is bounded by the `server` timeout) and urgent data inline, so
- * that an urgent byte is relayed in its place instead of dropped.
+ * The kernel's system calls.  Client sockets inherit TCP_NODELAY,
+ * keep-alive and SO_OOBINLINE from their listening socket (gen.c).  An
+ * upstream socket needs Nagle off (its idle time is bounded by the
+ * `server` timeout) and urgent data inline, so that an urgent byte is
+ * relayed in its place instead of dropped.
  */
-static void
-upstream_sockopts(int fd)
+static int
+k_socket(int family)
 {
 	int on = 1;
+	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
+	if (fd < 0)
+		return -1;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
 	(void)setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
+	return fd;
 }
+
+static ssize_t
+k_splice_in(int fd, int pipe_wr, size_t len)
+{
+	return splice(
+	    fd, NULL, pipe_wr, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+}
+
+static ssize_t
+k_splice_out(int pipe_rd, int fd, size_t len)
+{
+	return splice(
+	    pipe_rd, NULL, fd, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+}
+
+static int
+k_shutdown_wr(int fd)
+{
+	return shutdown(fd, SHUT_WR);
+}
+
+static void
+k_close(int fd, bool abort)
+{
+	if (abort) {
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+		(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
+	/* close(2) also removes the fd from the epoll set. */
+	close(fd);
+}
+
+static int
+k_outq(int fd, int *bytes)
+{
+	return ioctl(fd, SIOCOUTQ, bytes);
+}
+
+static int
+k_sock_error(int fd)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+		return errno;
+	return err;
+}
+
+static int
+k_peername(int fd, struct sockaddr_storage *ss)
+{
+	socklen_t len = sizeof(*ss);
+
+	return getpeername(fd, (struct sockaddr *)ss, &len);
+}
+
+static int
+k_sockname(int fd, struct sockaddr_storage *ss)
+{
+	socklen_t len = sizeof(*ss);
+
+	return getsockname(fd, (struct sockaddr *)ss, &len);
+}
+
+static int
+k_watch(struct loop *loop, struct loop_io *io)
+{
+	return loop_io_add(
+	    loop, io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET);
+}
+
+const struct relay_sys relay_sys_kernel = {
+    .socket = k_socket,
+    .connect = connect,
+    .recv = recv,
+    .send = send,
+    .splice_in = k_splice_in,
+    .splice_out = k_splice_out,
+    .shutdown_wr = k_shutdown_wr,
+    .close = k_close,
+    .outq = k_outq,
+    .sock_error = k_sock_error,
+    .peername = k_peername,
+    .sockname = k_sockname,
+    .watch = k_watch,
+};
 
 /* Closes a side's socket; with RST instead of FIN when abort. */
 static void
@@ -201,14 +295,7 @@ side_close(struct relay_side *side, bool abort)
 {
 	if (side->io.fd < 0)
 		return;
-	if (abort) {
-		struct linger lg = {.l_onoff = 1, .l_linger = 0};
-
-		(void)setsockopt(
-		    side->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	}
-	/* close(2) also removes the fd from the epoll set. */
-	close(side->io.fd);
+	side->c->rc->sys->close(side->io.fd, abort);
 	side->io.fd = -1;
 }
 
@@ -349,7 +436,7 @@ static ssize_t
 plain_read(void *arg, void *buf, size_t len)
 {
 	struct relay_side *side = arg;
-	ssize_t n = recv(side->io.fd, buf, len, 0);
+	ssize_t n = side->c->rc->sys->recv(side->io.fd, buf, len, 0);
 
 	if (n >= 0)
 		return n;
@@ -361,7 +448,7 @@ static ssize_t
 plain_write(void *arg, const void *buf, size_t len)
 {
 	struct relay_side *side = arg;
-	ssize_t n = send(side->io.fd, buf, len, MSG_NOSIGNAL);
+	ssize_t n = side->c->rc->sys->send(side->io.fd, buf, len, MSG_NOSIGNAL);
 
 	if (n > 0)
 		return n;
@@ -372,8 +459,7 @@ static ssize_t
 plain_splice_in(void *arg, int pipe_wr, size_t len)
 {
 	struct relay_side *side = arg;
-	ssize_t n = splice(side->io.fd, NULL, pipe_wr, NULL, len,
-	    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	ssize_t n = side->c->rc->sys->splice_in(side->io.fd, pipe_wr, len);
 
 	if (n >= 0)
 		return n;
@@ -384,8 +470,7 @@ static ssize_t
 plain_splice_out(void *arg, int pipe_rd, size_t len)
 {
 	struct relay_side *side = arg;
-	ssize_t n = splice(pipe_rd, NULL, side->io.fd, NULL, len,
-	    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	ssize_t n = side->c->rc->sys->splice_out(pipe_rd, side->io.fd, len);
 
 	if (n > 0)
 		return n;
@@ -398,7 +483,7 @@ plain_fin(void *arg)
 {
 	struct relay_side *side = arg;
 
-	(void)shutdown(side->io.fd, SHUT_WR);
+	(void)side->c->rc->sys->shutdown_wr(side->io.fd);
 }
 
 static const struct copy_ops plain_ops = {
@@ -502,8 +587,8 @@ linger_read(struct relay_conn *c)
 	int fd = c->side[CLIENT].io.fd;
 
 	for (int i = 0; i < RELAY_BUDGET; i++) {
-		ssize_t n =
-		    recv(fd, NULL, RELAY_DISCARD, MSG_TRUNC | MSG_DONTWAIT);
+		ssize_t n = c->rc->sys->recv(
+		    fd, NULL, RELAY_DISCARD, MSG_TRUNC | MSG_DONTWAIT);
 
 		if (n < 0 && errno == EAGAIN)
 			return;
@@ -531,7 +616,7 @@ conn_linger(struct relay_conn *c, enum relay_result result)
 	side_close(&c->side[SERVER], true);
 	conn_release(c);
 	loop_task_cancel(rc->loop, &c->task);
-	if (shutdown(c->side[CLIENT].io.fd, SHUT_WR) != 0) {
+	if (rc->sys->shutdown_wr(c->side[CLIENT].io.fd) != 0) {
 		conn_close(c, false, result);
 		return;
 	}
@@ -554,17 +639,18 @@ conn_idle_clean(const struct relay_conn *c)
 
 		if (c->dir[s].pending > 0 || side->end.eof || side->end.shut)
 			return false;
-		if (ioctl(side->io.fd, SIOCOUTQ, &q) != 0 || q > 0)
+		if (c->rc->sys->outq(side->io.fd, &q) != 0 || q > 0)
 			return false;
 	}
 	return true;
 }
 
-/* Reads and drops what a client sent before we close it with FIN. */
+/* Reads and drops what the client sent before we close it with FIN. */
 static void
-discard_input(int fd)
+discard_input(struct relay_conn *c)
 {
-	(void)recv(fd, NULL, RELAY_DISCARD, MSG_TRUNC | MSG_DONTWAIT);
+	(void)c->rc->sys->recv(c->side[CLIENT].io.fd, NULL, RELAY_DISCARD,
+	    MSG_TRUNC | MSG_DONTWAIT);
 }
 
 /* The `client` or `server` timeout ended a streaming connection. */
@@ -654,7 +740,6 @@ send_proxy_header(struct relay_conn *c, int fd)
 {
 	enum cfg_send_proxy sp = c->ls->up->cfg->send_proxy;
 	struct sockaddr_storage peer, local;
-	socklen_t plen = sizeof(peer), llen = sizeof(local);
 	uint8_t hdr[PP_BUILD_MAX];
 	bool known;
 	ssize_t n;
@@ -667,16 +752,14 @@ send_proxy_header(struct relay_conn *c, int fd)
 		    sizeof(hdr));
 		goto send;
 	}
-	known = getpeername(c->side[CLIENT].io.fd, (struct sockaddr *)&peer,
-	            &plen) == 0 &&
-	    getsockname(
-	        c->side[CLIENT].io.fd, (struct sockaddr *)&local, &llen) == 0;
+	known = c->rc->sys->peername(c->side[CLIENT].io.fd, &peer) == 0 &&
+	    c->rc->sys->sockname(c->side[CLIENT].io.fd, &local) == 0;
 	n = pp_build(sp == CFG_SEND_PROXY_V1 ? PP_V1 : PP_V2,
 	    known ? (struct sockaddr *)&peer : NULL,
 	    known ? (struct sockaddr *)&local : NULL, 0, hdr, sizeof(hdr));
 send:
 	/* A fresh socket's send buffer always takes a header this small. */
-	if (n < 0 || write(fd, hdr, (size_t)n) != n)
+	if (n < 0 || c->rc->sys->send(fd, hdr, (size_t)n, MSG_NOSIGNAL) != n)
 		c->side[SERVER].end.wr_ready = false,
 		c->side[SERVER].end.eof = true;
 }
@@ -716,8 +799,7 @@ conn_attempt_failed(struct relay_conn *c)
 	struct relay_ctx *rc = c->rc;
 
 	upstream_report(c->srv, false, loop_now(rc->loop), 0);
-	close(c->side[SERVER].io.fd);
-	c->side[SERVER].io.fd = -1;
+	side_close(&c->side[SERVER], false);
 	conn_connect(c);
 }
 
@@ -744,8 +826,7 @@ conn_connect(struct relay_conn *c)
 		}
 		if (c->attempts++ > 0)
 			RELAY_CNT_ADD(rc->cnt, connect_retries, 1);
-		fd = socket(ss.ss_family,
-		    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		fd = rc->sys->socket(ss.ss_family);
 		if (fd < 0) {
 			/* Our own shortage, not the server's fault. */
 			log_debug("upstream socket: %s", strerror(errno));
@@ -753,8 +834,7 @@ conn_connect(struct relay_conn *c)
 			conn_close(c, true, RELAY_RES_ERROR);
 			return;
 		}
-		upstream_sockopts(fd);
-		r = connect(fd, (struct sockaddr *)&ss,
+		r = rc->sys->connect(fd, (struct sockaddr *)&ss,
 		    addr_len((struct sockaddr *)&ss));
 		if (r == 0 || errno == EINPROGRESS) {
 			c->side[SERVER].io.fd = fd;
@@ -764,9 +844,8 @@ conn_connect(struct relay_conn *c)
 			c->side[SERVER].end.drain = c->side[SERVER].end.eof =
 			    false;
 			c->side[SERVER].end.urgent = false;
-			if (loop_io_add(rc->loop, &c->side[SERVER].io,
-			        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI |
-			            EPOLLET) != 0) {
+			if (rc->sys->watch(rc->loop, &c->side[SERVER].io) !=
+			    0) {
 				RELAY_CNT_ADD(rc->cnt, errors, 1);
 				conn_close(c, true, RELAY_RES_ERROR);
 				return;
@@ -779,7 +858,7 @@ conn_connect(struct relay_conn *c)
 		if (log_enabled(LOG_DEBUG))
 			log_debug("connect to upstream %s: %s", c->srv->label,
 			    strerror(errno));
-		close(fd);
+		rc->sys->close(fd, false);
 		upstream_report(c->srv, false, now, 0);
 	}
 }
@@ -877,7 +956,7 @@ header_read(struct relay_conn *c, uint32_t events)
 	enum pp_result r;
 	ssize_t n;
 
-	n = recv(c->side[CLIENT].io.fd, buf, sizeof(buf), MSG_PEEK);
+	n = c->rc->sys->recv(c->side[CLIENT].io.fd, buf, sizeof(buf), MSG_PEEK);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (n <= 0) {
@@ -898,7 +977,8 @@ header_read(struct relay_conn *c, uint32_t events)
 		conn_close(c, false, RELAY_RES_PROXY_REJECTED);
 		return;
 	}
-	if (recv(c->side[CLIENT].io.fd, buf, hdr.len, 0) != (ssize_t)hdr.len) {
+	if (c->rc->sys->recv(c->side[CLIENT].io.fd, buf, hdr.len, 0) !=
+	    (ssize_t)hdr.len) {
 		RELAY_CNT_ADD(rc->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
@@ -923,15 +1003,14 @@ header_read(struct relay_conn *c, uint32_t events)
 
 /* True when the peer of fd may send a PROXY header to listener ls. */
 static bool
-proxy_trusted(const struct listener *ls, int fd)
+proxy_trusted(const struct relay_ctx *rc, const struct listener *ls, int fd)
 {
 	const struct cfg_listen *cl = ls->cfg;
 	struct sockaddr_storage peer;
-	socklen_t len = sizeof(peer);
 
 	if (cl->trusted_text.n == 0)
 		return true;
-	if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0)
+	if (rc->sys->peername(fd, &peer) != 0)
 		return false;
 	for (size_t i = 0; i < cl->trusted_text.n; i++) {
 		if (addr_cidr_match(&cl->trusted[i], (struct sockaddr *)&peer))
@@ -952,13 +1031,9 @@ connecting_io(struct relay_conn *c, int s, uint32_t events)
 	}
 	/* A failed connect reports EPOLLERR: SO_ERROR says why. */
 	if (events & (EPOLLHUP | EPOLLERR)) {
-		int err = 0;
-		socklen_t len = sizeof(err);
-
 		if (log_enabled(LOG_DEBUG)) {
-			if (getsockopt(c->side[SERVER].io.fd, SOL_SOCKET,
-			        SO_ERROR, &err, &len) != 0)
-				err = errno;
+			int err = c->rc->sys->sock_error(c->side[SERVER].io.fd);
+
 			log_debug("connect to upstream %s: %s", c->srv->label,
 			    strerror(err ? err : ECONNRESET));
 		}
@@ -1004,14 +1079,14 @@ linger_io(struct relay_conn *c, int s, uint32_t events)
 static void
 header_timeout(struct relay_conn *c)
 {
-	discard_input(c->side[CLIENT].io.fd);
+	discard_input(c);
 	conn_close(c, false, RELAY_RES_TIMEOUT);
 }
 
 static void
 tls_timeout(struct relay_conn *c)
 {
-	discard_input(c->side[CLIENT].io.fd);
+	discard_input(c);
 	conn_close(c, false, RELAY_RES_TLS_FAILED);
 }
 
@@ -1087,7 +1162,7 @@ conn_timer_cb(struct loop_timer *t)
 
 struct relay_ctx *
 relay_ctx_new(struct loop *loop, unsigned id, struct relay_counters *cnt,
-    relay_gone_cb gone, void *arg)
+    const struct relay_sys *sys, relay_gone_cb gone, void *arg)
 {
 	struct relay_ctx *rc = calloc(1, sizeof(*rc));
 
@@ -1096,6 +1171,7 @@ relay_ctx_new(struct loop *loop, unsigned id, struct relay_counters *cnt,
 	rc->loop = loop;
 	rc->id = id;
 	rc->cnt = cnt;
+	rc->sys = sys;
 	rc->gone = gone;
 	rc->gone_arg = arg;
 	if (copy_pool_init(&rc->pool) != 0) {
@@ -1157,7 +1233,7 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		    &relay_active_total, 1, memory_order_relaxed);
 		RELAY_CNT_ADD(
 		    &ls->state->cnt[rc->id], closed[RELAY_RES_ERROR], 1);
-		close(fd);
+		rc->sys->close(fd, false);
 		return;
 	}
 	c->rc = rc;
@@ -1185,15 +1261,14 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 	rc->conns = c;
 	rc->nconns++;
 	RELAY_CNT_ADD(rc->cnt, active, 1);
-	if (loop_io_add(rc->loop, &c->side[CLIENT].io,
-	        EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET) != 0) {
+	if (rc->sys->watch(rc->loop, &c->side[CLIENT].io) != 0) {
 		RELAY_CNT_ADD(rc->cnt, errors, 1);
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
 	if (ls->cfg->accept_proxy) {
 		conn_enter(c, RELAY_ST_HEADER);
-		if (!proxy_trusted(ls, fd)) {
+		if (!proxy_trusted(rc, ls, fd)) {
 			conn_close(c, false, RELAY_RES_PROXY_REJECTED);
 			return;
 		}
@@ -1212,5 +1287,5 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 refuse:
 	RELAY_CNT_ADD(
 	    &ls->state->cnt[rc->id], closed[RELAY_RES_REFUSED_MAXCONN], 1);
-	close(fd);
+	rc->sys->close(fd, false);
 }

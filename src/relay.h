@@ -13,25 +13,60 @@
 #ifndef LIFELINE_RELAY_H
 #define LIFELINE_RELAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 
 #include "counters.h"
 
 struct gen;
 struct listener;
 struct loop;
+struct loop_io;
 struct relay_ctx;
+
+/*
+ * The system calls the relay makes on sockets, so that the unit tests can
+ * script them (tests/unit/test_relay.c).  Each has the system call's
+ * return convention (-1 with errno); relay_sys_kernel is the real one.
+ */
+struct relay_sys {
+	/* A non-blocking TCP socket with the upstream options (Nagle off,
+	 * urgent data inline). */
+	int (*socket)(int family);
+	int (*connect)(int fd, const struct sockaddr *sa, socklen_t len);
+	ssize_t (*recv)(int fd, void *buf, size_t len, int flags);
+	ssize_t (*send)(int fd, const void *buf, size_t len, int flags);
+	ssize_t (*splice_in)(int fd, int pipe_wr, size_t len);
+	ssize_t (*splice_out)(int pipe_rd, int fd, size_t len);
+	int (*shutdown_wr)(int fd);
+	/* close(2); abort: RST instead of FIN (SO_LINGER 0). */
+	void (*close)(int fd, bool abort);
+	/* Bytes sent but not yet acknowledged by the peer (SIOCOUTQ). */
+	int (*outq)(int fd, int *bytes);
+	/* SO_ERROR: why a connect failed. */
+	int (*sock_error)(int fd);
+	int (*peername)(int fd, struct sockaddr_storage *ss);
+	int (*sockname)(int fd, struct sockaddr_storage *ss);
+	/* Registers io->fd on loop, edge-triggered, for every relay event. */
+	int (*watch)(struct loop *loop, struct loop_io *io);
+};
+
+extern const struct relay_sys relay_sys_kernel;
 
 /* Called after a connection of the context has ended. */
 typedef void (*relay_gone_cb)(void *arg);
 
 /*
  * A context on loop (borrowed), for worker id, counting into cnt
- * (borrowed); gone(arg) runs after each connection ends.  Fills the pipe
- * reserve.  NULL on failure.
+ * (borrowed), making its system calls through sys (borrowed;
+ * &relay_sys_kernel but in tests); gone(arg) runs after each connection
+ * ends.  Fills the pipe reserve.  NULL on failure.
  */
 struct relay_ctx *relay_ctx_new(struct loop *loop, unsigned id,
-    struct relay_counters *cnt, relay_gone_cb gone, void *arg);
+    struct relay_counters *cnt, const struct relay_sys *sys, relay_gone_cb gone,
+    void *arg);
 /* Closes every connection (RST) and the pools; NULL-safe. */
 void relay_ctx_free(struct relay_ctx *rc);
 

@@ -261,7 +261,8 @@ worker_new(unsigned id, struct gen *gen, int notify_fd)
 	w->efd_io.cb = mailbox_cb;
 	if (loop_io_add(w->loop, &w->efd_io, EPOLLIN) != 0)
 		goto fail;
-	w->relay = relay_ctx_new(w->loop, id, &w->cnt, conn_gone, w);
+	w->relay = relay_ctx_new(
+	    w->loop, id, &w->cnt, &relay_sys_kernel, conn_gone, w);
 	if (w->relay == NULL)
 		goto fail;
 	loop_timer_init(&w->tick, tick_cb);
