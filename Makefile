@@ -6,6 +6,8 @@
 #                        and under ASan+UBSan
 #   make SANITIZE=address,undefined   sanitized build in build-san/
 #   make DEBUG=1         build-debug/: invariant checks on, -O0
+#   make mutate          does the suite catch deliberate breaks? (slow;
+#                        not part of check; MUTANTS="03 17" for some)
 #   make install PREFIX=/usr DESTDIR=...
 
 VERSION := 0.1.0
@@ -51,7 +53,7 @@ UNIT_TESTS := config addr proxyproto pp_parse loop copy relay
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
 .PHONY: all run check check-unit check-integration check-fuzz-replay deps \
-	test-deps install clean format format-check fuzz bench
+	test-deps install clean format format-check fuzz bench mutate
 
 all: $(BIN)
 
@@ -125,6 +127,11 @@ check-fuzz-replay: $(patsubst %,build-fuzz/replay_%,$(FUZZ_NAMES))
 bench:
 	@bench/run.sh
 
+# Mutation check (tests/mutants/*.patch, one deliberate break each, applied
+# to a copy of the tree): every mutant must be caught by the tests it names.
+mutate:
+	@/usr/bin/python3 scripts/mutate.py
+
 deps:
 	@scripts/deps.sh build
 
@@ -154,7 +161,7 @@ install: $(BIN)
 	install -m 0644 docs/lifeline.conf.5 $(DESTDIR)$(MANDIR)/man5/lifeline.conf.5
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-fuzz build-mutate
 
 FORMAT_FILES = src/*.c src/*.h tests/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c \
 	bench/*.c

@@ -357,6 +357,48 @@ def test_urgent_byte_relayed_in_order_download(tmp_path, head_size):
     assert sha == hashlib.sha256(want).hexdigest()
 
 
+def test_urgent_byte_mid_stream_spliced_upload(tmp_path):
+    """A spliced (bulk) direction meets an urgent byte and no FIN follows:
+    the client waits for its echo.  splice(2) stops at the mark with
+    EAGAIN; only the recv(2) that reads through it keeps the stream
+    moving, so the byte and the 42 after it come back promptly."""
+    echo = Server(h_echo, name="echo")
+    d = plain_daemon(tmp_path, echo, client="30s", server="30s")
+    s = connect(d.addr("plain"))
+    head = random.Random(3).randbytes(200000)
+    s.sendall(head)
+    assert recv_exact(s, len(head)) == head
+    tail = random.Random(4).randbytes(42)
+    want = _urgent_stream(s, b"", tail)
+    s.settimeout(2 * SLOW)  # a stalled stream fails here
+    assert recv_exact(s, len(want)) == want
+    echo_roundtrip(s)
+    s.close()
+
+
+def test_urgent_byte_mid_stream_spliced_download(tmp_path):
+    """The mirror: the upstream sends a bulk head, an urgent byte and 42
+    more, then waits for the client's answer before it closes."""
+    rng = random.Random(5)
+    head, tail = rng.randbytes(200000), rng.randbytes(42)
+
+    def handler(c, rec):
+        c.sendall(head)
+        time.sleep(0.2)  # the relay has spliced the head by now
+        _urgent_stream(c, b"", tail)
+        rec["answer"] = recv_exact(c, 2)
+
+    srv = Server(handler, name="urgent-src")
+    d = plain_daemon(tmp_path, srv, client="30s", server="30s")
+    s = connect(d.addr("plain"))
+    s.settimeout(2 * SLOW)  # a stalled stream fails here
+    want = head + b"!" + tail
+    assert recv_exact(s, len(want)) == want
+    s.sendall(b"ok")
+    rec = srv.wait_done()[0]
+    assert rec["error"] is None and rec["answer"] == b"ok", rec
+
+
 # ---------------------------------------------------------------------------
 # TLS protocol errors: the alert, FIN, a short linger, never a reset
 

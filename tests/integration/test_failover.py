@@ -1,10 +1,11 @@
-"""Upstream failover: refused, blackholed, all servers dead."""
+"""Upstream failover: refused, blackholed, all servers dead; passive health."""
 
 import time
 
 from conftest import (
-    Blackhole, check_duplex, connect, duplex_client, free_port, make_config,
+    Blackhole, SLOW, check_duplex, connect, duplex_client, free_port, make_config,
     read_until_closed, start_daemon, try_echo)
+from stats_helpers import PortServer, scrape, stats_config, wait_metric
 
 
 def test_refused_first_server_fails_over(tmp_path, duplex):
@@ -77,3 +78,67 @@ def test_all_servers_blackholed_client_closed_after_timeouts(tmp_path, echo):
     assert try_echo(d.addr("good"))
     for h in holes:
         h.verify()
+
+
+# --------------------------------------------------------------------------
+# passive health: 3 failed connects in a row mark a server down for 10 s
+
+
+DOWN_S = 10.0  # UPSTREAM_DOWN_MS
+
+
+def passive_daemon(tmp_path, first, echo):
+    """Group [first, echo], no active checks (make_config: 1h), stats on."""
+    return start_daemon(tmp_path, stats_config(
+        {"up": [first, echo.spec]}, {"plain": {"upstream": "up"}},
+        timeouts={"connect": "2s"}))
+
+
+def test_passive_three_failures_mark_a_server_down(tmp_path, echo):
+    """Clients 1-3 each try the refusing first server, then fail over; the
+    third failure marks it down, so clients 4-6 go straight to the second
+    one: the dead server sees exactly three attempts."""
+    dead = f"127.0.0.1:{free_port()}"
+    d = passive_daemon(tmp_path, dead, echo)
+    st = d.addr("stats")
+    lab = {"upstream": "up", "server": dead}
+    since = d.stderr_size()
+    for i in range(6):
+        assert try_echo(d.addr("plain")), f"client {i + 1} not served"
+        want = min(i + 1, 3)
+        m = scrape(st)
+        fails = m.need("lifeline_upstream_connect_failures_total", **lab)
+        assert fails == want, \
+            f"after client {i + 1}: {fails} failed connects to the dead server, want {want}"
+        assert m.need("lifeline_upstream_server_up", **lab) == (1 if i < 2 else 0), \
+            f"after client {i + 1}"
+    assert echo.accepted == 6
+    d.wait_stderr(since, lambda t: "marked down after 3 failed" in t,
+                  what="the 'marked down' warning")
+
+
+def test_passive_down_server_comes_back_after_10s(tmp_path, echo):
+    """The first server refuses three clients and is marked down; it comes
+    back to life at once, but is only preferred again once the 10 s are
+    over: then the next client reaches it, not the second server."""
+    port = free_port()
+    first = PortServer(port=port)
+    d = passive_daemon(tmp_path, first.spec, echo)
+    st = d.addr("stats")
+    lab = {"upstream": "up", "server": first.spec}
+    for _ in range(3):
+        assert try_echo(d.addr("plain"))
+    t_down = time.monotonic()
+    assert scrape(st).need("lifeline_upstream_server_up", **lab) == 0
+    first.start()
+    assert echo.accepted == 3
+    # Still down shortly before the end of the period: clients go to the
+    # second server.
+    time.sleep(DOWN_S - 1.5)
+    assert try_echo(d.addr("plain"))
+    assert echo.accepted == 4 and not first.conns, "down period cut short"
+    wait_metric(st, "lifeline_upstream_server_up", 1, 1.5 + 1.0 * SLOW, **lab)
+    back = time.monotonic() - t_down
+    assert back >= DOWN_S - 0.5, f"up again after {back:.2f}s"
+    assert try_echo(d.addr("plain"))
+    assert echo.accepted == 4, "the preferred server is up, yet not used"

@@ -490,6 +490,26 @@ def test_header_then_payload_same_packet(tmp_path, ll_send, hdr_version, origin)
     assert r["data"] == payload
 
 
+@pytest.mark.parametrize("ll_send", ["v1", "v2"])
+@pytest.mark.parametrize("first", ["refused", "blackholed"])
+def test_send_proxy_after_failover(tmp_path, ll_send, first):
+    """The first server refuses (or never answers: the connect timeout);
+    the server reached by failover gets the header too, first, with the
+    client's address, then the payload byte-exact."""
+    dead = (f"127.0.0.1:{conftest.free_port()}" if first == "refused"
+            else conftest.Blackhole().spec)
+    up = Server(h_pp_echo, name="pp-upstream")
+    d = start_daemon(tmp_path, make_config(
+        {"up": {"server": [dead, up.spec], "send-proxy": ll_send}},
+        {"plain": {"upstream": "up"}}, timeouts={"connect": "500ms"}))
+    s = connect(d.addr("plain"), source=CLIENT4)
+    payload = os.urandom(1000)
+    assert exchange(s, payload) == payload
+    r = only_record(up)
+    expect_origin(r["pp"], ll_send, s.getsockname()[:2], d.addr("plain"))
+    assert r["data"] == payload
+
+
 FFFF6 = ":".join(["ffff"] * 8)
 BOUNDARY = {
     # The longest v2 header accepted (16 + 1536, NOOP padding) ...

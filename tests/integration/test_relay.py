@@ -1,6 +1,7 @@
-"""Data path: integrity, half-close, resets, IPv6, host names."""
+"""Data path: integrity, half-close, resets, IPv6, host names, splice."""
 
 import hashlib
+import os
 import random
 import socket
 import threading
@@ -432,3 +433,72 @@ def test_urgent_byte_does_not_stall_the_stream(tmp_path, echo):
             got += b
         assert got == want
         s.close()
+
+
+def pipe_fds(pid):
+    """How many of the process's descriptors are pipe ends."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:["):
+                n += 1
+        except FileNotFoundError:  # closed while we looked
+            pass
+    return n
+
+
+def _flood(sock, stop):
+    """Sends zeros until stop is set or the connection fails."""
+    block = bytes(1 << 20)
+    sock.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            sock.sendall(block)
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_bulk_direction_turns_to_splice(tmp_path, direction):
+    """A bulk direction goes socket -> pipe -> socket (splice(2)), not
+    through a buffer.  Seen from outside: a stalled bulk direction holds
+    its bytes in a pipe of its own.  With one worker, n stalled
+    connections, n being the worker's idle pipes (its pool) plus two,
+    need at least two pipes more than the daemon had at rest."""
+    stop = threading.Event()
+
+    def upstream(c, rec):
+        if direction == "download":
+            recv_exact(c, 3)
+            _flood(c, stop)
+        else:
+            stop.wait(20)  # never reads: the upload stalls
+
+    srv = Server(upstream, name="stall")
+    d = start_daemon(tmp_path, make_config(
+        {"up": [srv.spec]}, {"plain": {"upstream": "up"}},
+        global_={"workers": "1"}))
+    d.stable_fd_count()  # the workers have started
+    rest = pipe_fds(d.pid)
+    assert rest % 2 == 0, rest
+    n = rest // 2 + 2
+    socks = []
+    for _ in range(n):
+        s = connect(d.addr("plain"))
+        socks.append(s)
+        if direction == "download":
+            s.sendall(b"GET")  # then never reads
+        else:
+            start_thread(_flood, s, stop, name="flood")
+    srv.wait_accepted(n)
+    try:
+        wait_for(lambda: pipe_fds(d.pid) >= rest + 4, 5, what=(
+            f"{n} stalled {direction}s holding pipes (pipe fds at rest: "
+            f"{rest}, now: {pipe_fds(d.pid)})"))
+    finally:
+        stop.set()
+    for s in socks:
+        rst_close(s)
+    assert d.alive()
