@@ -14,9 +14,9 @@ once into a temporary directory and built there (-O0: faster to build,
 and the relay's hot path is splice(2) anyway).  Before any mutant, every
 selection runs against that unmutated build: a selection that fails there
 proves nothing, so the run stops.  Then each mutant gets a copy of the
-built tree, its patch (GNU patch, fuzz allowed, so that nearby edits do
-not break it), an incremental build and its selections, stopping at the
-first failure.  The working tree itself is never touched.
+built tree, its patch (GNU patch without fuzz: a patch whose context has
+moved must be refreshed, never applied to a look-alike line elsewhere),
+an incremental build and its selections, stopping at the first failure.  The working tree itself is never touched.
 
 One line per mutant: caught, survived, or broken (the patch does not apply,
 the build fails, or a selection is not a valid pytest selection: a fault
@@ -185,7 +185,7 @@ def one_mutant(base, work, m):
     shutil.copytree(base, tree, symlinks=True)
     try:
         since = os.path.getsize(log)
-        rc = run(["patch", "-p1", "-F2", "--no-backup-if-mismatch",
+        rc = run(["patch", "-p1", "-F0", "--no-backup-if-mismatch",
                   "-r", "-", "-i", m.path], tree, log)
         if rc != 0:
             return m, "broken", f"does not apply: {log_tail(log, since)}", 0.0
