@@ -203,9 +203,23 @@ health_apply(struct health *h, struct gen *g)
 			struct check *k = find(h, s);
 
 			if (k == NULL) {
-				h->v = xreallocarray(
-				    h->v, h->n + 1, sizeof(*h->v));
-				k = xcalloc(1, sizeof(*k));
+				struct check **v =
+				    reallocarray(h->v, h->n + 1, sizeof(*h->v));
+
+				if (v != NULL)
+					h->v = v;
+				k = v != NULL ? calloc(1, sizeof(*k)) : NULL;
+				/*
+				 * Out of memory at run time: this server goes
+				 * unchecked (passive health still applies)
+				 * rather than the relay going down.
+				 */
+				if (k == NULL) {
+					log_warnx("health: out of memory; %s "
+					          "is not checked",
+					    s->label);
+					continue;
+				}
 				h->v[h->n++] = k;
 				k->h = h;
 				k->srv = s;

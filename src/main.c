@@ -348,6 +348,7 @@ static void
 reload(void)
 {
 	char err[CFG_ERRLEN];
+	struct worker_plan *plans[CFG_MAX_WORKERS];
 	struct cfg *cfg;
 	struct gen *g;
 
@@ -369,12 +370,24 @@ reload(void)
 		    "reload refused, previous configuration kept: %s", err);
 		return;
 	}
+	/* Everything the workers need first: none can fail half-way. */
+	for (unsigned i = 0; i < m.nworkers; i++) {
+		plans[i] = worker_prepare(m.workers[i], g);
+		if (plans[i] == NULL) {
+			while (i-- > 0)
+				worker_plan_free(plans[i]);
+			gen_unref(g);
+			log_errorx("reload refused, previous configuration "
+			           "kept: out of memory");
+			return;
+		}
+	}
 	apply_log_level(g->cfg);
 	cfg_warnings(g->cfg, warn_log);
 	resolver_set_gen(g);
 	resolver_wait(RESOLVE_WAIT_MS);
 	for (unsigned i = 0; i < m.nworkers; i++)
-		worker_apply(m.workers[i], g);
+		worker_commit(m.workers[i], plans[i]);
 	control_apply(g);
 	gen_unref(m.gen);
 	m.gen = g;

@@ -104,47 +104,99 @@ drop_handle(struct worker *w, struct accept_handle *ah)
 	free(ah);
 }
 
-/* Switches w to generation g (consumes the reference). */
-static void
-apply_gen(struct worker *w, struct gen *g)
-{
-	struct accept_handle **nacc = NULL;
-	size_t n = 0, cap = 0;
+/*
+ * What a worker needs to switch to a generation, all of it allocated on
+ * the main thread, so that applying it on the worker cannot fail half-way.
+ */
+struct worker_plan {
+	struct gen *gen; /* reference */
+	struct accept_handle **acc; /* owned array of owned handles */
+	size_t n;
+};
 
+static void
+plan_free(struct worker_plan *p)
+{
+	if (p == NULL)
+		return;
+	for (size_t i = 0; i < p->n; i++)
+		free(p->acc[i]);
+	free(p->acc);
+	gen_unref(p->gen);
+	free(p);
+}
+
+/*
+ * A handle for each of g's sockets that w has a descriptor of.  Returns
+ * the plan (with its own reference to g), or NULL when memory ran out.
+ */
+static struct worker_plan *
+plan_new(struct worker *w, struct gen *g)
+{
+	struct worker_plan *p = calloc(1, sizeof(*p));
+	size_t cap = 0;
+
+	if (p == NULL)
+		return NULL;
+	gen_ref(g);
+	p->gen = g;
+	for (size_t i = 0; i < g->nlisteners; i++)
+		cap += g->listeners[i].nsocks;
+	p->acc = calloc(cap ? cap : 1, sizeof(*p->acc));
+	if (p->acc == NULL)
+		goto fail;
 	for (size_t i = 0; i < g->nlisteners; i++) {
 		struct listener *l = &g->listeners[i];
 
 		for (size_t j = 0; j < l->nsocks; j++) {
 			struct lsock *s = l->socks[j];
-			struct accept_handle *ah = NULL;
+			struct accept_handle *ah;
 
 			if (s->fds[w->id] < 0)
 				continue;
-			for (size_t k = 0; k < w->nacc; k++) {
-				if (w->acc[k] != NULL && w->acc[k]->sock == s) {
-					ah = w->acc[k];
-					w->acc[k] = NULL;
-					break;
-				}
-			}
-			if (ah == NULL) {
-				ah = xcalloc(1, sizeof(*ah));
-				ah->io.fd = s->fds[w->id];
-				ah->io.cb = accept_cb;
-				ah->w = w;
-				ah->sock = s;
-				if (loop_io_add(w->loop, &ah->io,
-				        w->paused ? 0 : EPOLLIN) != 0)
-					log_warn("worker %u: cannot watch %s",
-					    w->id, s->text);
-			}
+			ah = calloc(1, sizeof(*ah));
+			if (ah == NULL)
+				goto fail;
+			ah->io.fd = s->fds[w->id];
+			ah->io.cb = accept_cb;
+			ah->w = w;
+			ah->sock = s;
 			ah->ls = l;
-			if (n == cap) {
-				cap = cap ? cap * 2 : 8;
-				nacc = xreallocarray(nacc, cap, sizeof(*nacc));
-			}
-			nacc[n++] = ah;
+			p->acc[p->n++] = ah;
 		}
+	}
+	return p;
+fail:
+	plan_free(p);
+	return NULL;
+}
+
+/*
+ * Switches w to its plan's generation (consumes the plan); allocates
+ * nothing.  A socket w watches already keeps its handle (and its place in
+ * the epoll set); new sockets are watched; sockets the generation no longer
+ * has are closed.
+ */
+static void
+apply_plan(struct worker *w, struct worker_plan *p)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		struct accept_handle *ah = p->acc[i];
+		bool kept = false;
+
+		for (size_t k = 0; k < w->nacc && !kept; k++) {
+			if (w->acc[k] != NULL && w->acc[k]->sock == ah->sock) {
+				w->acc[k]->ls = ah->ls;
+				free(ah);
+				p->acc[i] = w->acc[k];
+				w->acc[k] = NULL;
+				kept = true;
+			}
+		}
+		if (!kept &&
+		    loop_io_add(w->loop, &ah->io, w->paused ? 0 : EPOLLIN) != 0)
+			log_warn("worker %u: cannot watch %s", w->id,
+			    ah->sock->text);
 	}
 	/* Addresses the new generation no longer has. */
 	for (size_t k = 0; k < w->nacc; k++) {
@@ -152,11 +204,12 @@ apply_gen(struct worker *w, struct gen *g)
 			drop_handle(w, w->acc[k]);
 	}
 	free(w->acc);
-	w->acc = nacc;
-	w->nacc = n;
+	w->acc = p->acc;
+	w->nacc = p->n;
 	if (w->gen != NULL)
 		gen_unref(w->gen);
-	w->gen = g;
+	w->gen = p->gen;
+	free(p);
 }
 
 static void
@@ -204,7 +257,7 @@ static void
 mailbox_cb(struct loop_io *io, uint32_t events)
 {
 	struct worker *w = container_of(io, struct worker, efd_io);
-	struct gen *g;
+	struct worker_plan *plan;
 	bool drain;
 	uint64_t deadline, v;
 
@@ -212,16 +265,16 @@ mailbox_cb(struct loop_io *io, uint32_t events)
 	if (read(w->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 		log_warn("worker %u: mailbox", w->id);
 	pthread_mutex_lock(&w->mbox_lock);
-	g = w->mbox_gen;
-	w->mbox_gen = NULL;
+	plan = w->mbox_plan;
+	w->mbox_plan = NULL;
 	drain = w->mbox_drain;
 	deadline = w->mbox_deadline;
 	pthread_mutex_unlock(&w->mbox_lock);
-	if (g != NULL) {
+	if (plan != NULL) {
 		if (w->draining)
-			gen_unref(g);
+			plan_free(plan);
 		else
-			apply_gen(w, g);
+			apply_plan(w, plan);
 	}
 	if (drain) {
 		if (!w->draining)
@@ -244,6 +297,7 @@ struct worker *
 worker_new(unsigned id, struct gen *gen, int notify_fd)
 {
 	struct worker *w = calloc(1, sizeof(*w));
+	struct worker_plan *plan;
 
 	if (w == NULL)
 		return NULL;
@@ -269,8 +323,10 @@ worker_new(unsigned id, struct gen *gen, int notify_fd)
 	loop_timer_init(&w->pause, pause_cb);
 	loop_timer_init(&w->drain_timer, drain_cb);
 	loop_timer_set(w->loop, &w->tick, loop_now(w->loop) + WORKER_TICK_MS);
-	gen_ref(gen);
-	apply_gen(w, gen);
+	plan = plan_new(w, gen);
+	if (plan == NULL)
+		goto fail;
+	apply_plan(w, plan);
 	return w;
 fail:
 	worker_free(w);
@@ -313,18 +369,29 @@ mailbox_ring(struct worker *w)
 		log_warn("worker %u: mailbox write", w->id);
 }
 
-void
-worker_apply(struct worker *w, struct gen *gen)
+struct worker_plan *
+worker_prepare(struct worker *w, struct gen *gen)
 {
-	struct gen *old;
+	return plan_new(w, gen);
+}
 
-	gen_ref(gen);
+void
+worker_plan_free(struct worker_plan *p)
+{
+	plan_free(p);
+}
+
+void
+worker_commit(struct worker *w, struct worker_plan *p)
+{
+	struct worker_plan *old;
+
 	pthread_mutex_lock(&w->mbox_lock);
-	old = w->mbox_gen;
-	w->mbox_gen = gen;
+	old = w->mbox_plan;
+	w->mbox_plan = p;
 	pthread_mutex_unlock(&w->mbox_lock);
 	/* A generation never applied: its new sockets close with it. */
-	gen_unref(old);
+	plan_free(old);
 	mailbox_ring(w);
 }
 
@@ -356,7 +423,7 @@ worker_free(struct worker *w)
 		drop_handle(w, w->acc[k]);
 	free(w->acc);
 	relay_ctx_free(w->relay);
-	gen_unref(w->mbox_gen);
+	plan_free(w->mbox_plan);
 	gen_unref(w->gen);
 	if (w->efd >= 0)
 		close(w->efd);

@@ -19,6 +19,7 @@
 #include "relay.h"
 
 struct accept_handle;
+struct worker_plan;
 
 struct worker {
 	unsigned id;
@@ -42,7 +43,7 @@ struct worker {
 	_Atomic bool done;
 
 	pthread_mutex_t mbox_lock;
-	struct gen *mbox_gen; /* reference, or NULL */
+	struct worker_plan *mbox_plan; /* owned, or NULL */
 	bool mbox_drain;
 	uint64_t mbox_deadline; /* monotonic ms */
 };
@@ -51,8 +52,16 @@ struct worker {
 struct worker *worker_new(unsigned id, struct gen *gen, int notify_fd);
 /* Starts its thread; returns 0 or -1. */
 int worker_start(struct worker *w);
-/* Main thread: hands a new generation to w (w takes its own reference). */
-void worker_apply(struct worker *w, struct gen *gen);
+/*
+ * Main thread, on reload: everything w needs to switch to gen, allocated
+ * here (the plan holds its own reference to gen).  NULL when memory ran
+ * out: the reload is refused before any worker changed.
+ */
+struct worker_plan *worker_prepare(struct worker *w, struct gen *gen);
+void worker_plan_free(struct worker_plan *p);
+/* Main thread: hands the plan to w, which applies it without allocating;
+ * consumes p. */
+void worker_commit(struct worker *w, struct worker_plan *p);
 /* Main thread: stop accepting, close what is left at deadline (ms). */
 void worker_drain(struct worker *w, uint64_t deadline);
 /* Joins the thread (after it is done) and frees w; NULL-safe. */
