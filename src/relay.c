@@ -71,6 +71,12 @@ struct relay_side {
 	struct loop_io io;
 	struct relay_conn *c; /* borrowed: back pointer */
 	struct copy_end end; /* readiness, FIN state, transport */
+	/*
+	 * Once we sent FIN to this side: its send queue (SIOCOUTQ) when last
+	 * looked at.  A queue that shrinks is a peer still taking our last
+	 * bytes, not a half-closed connection left to linger.
+	 */
+	int outq;
 };
 
 /* The original connection's addresses, from an inbound PROXY header. */
@@ -191,13 +197,15 @@ static void linger_read(struct relay_conn *c);
 static int
 k_socket(int family)
 {
-	int on = 1;
+	int on = 1, lowat = GEN_NOTSENT_LOWAT;
 	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
 	if (fd < 0)
 		return -1;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
 	(void)setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
+	(void)setsockopt(
+	    fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 	return fd;
 }
 
@@ -387,38 +395,42 @@ conn_excused(const struct relay_conn *c, int s)
 	return c->dir[s].pending > 0 && c->dir[!s].pending == 0;
 }
 
+/* When side s of a streaming connection has been idle too long. */
+static uint64_t
+side_deadline(const struct relay_conn *c, int s)
+{
+	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
+	const struct relay_side *side = &c->side[s];
+	/*
+	 * Once we sent FIN to a side, it only has to acknowledge and finish:
+	 * the shorter "fin" timeout applies (FIN_WAIT).
+	 */
+	bool half = side->end.shut;
+	uint64_t to = s == CLIENT ? (half ? t->client_fin_ms : t->client_ms)
+	                          : (half ? t->server_fin_ms : t->server_ms);
+
+	/*
+	 * Backpressure is not idleness: while s's bytes wait for the other
+	 * side, s's clock stops and the other side's own clock (which only
+	 * runs on what it takes) measures the stall.  Unless both ways are
+	 * stuck: then both clocks run.
+	 */
+	if (conn_excused(c, s))
+		return UINT64_MAX;
+	return side->end.last + to;
+}
+
 /* The earliest moment a timeout ends this connection. */
 static uint64_t
 conn_deadline(const struct relay_conn *c)
 {
-	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
-	uint64_t dl[2];
+	uint64_t a, b;
 
 	if (c->state != RELAY_ST_STREAMING)
 		return c->deadline;
-	for (int s = 0; s < 2; s++) {
-		const struct relay_side *side = &c->side[s];
-		/*
-		 * Once we sent FIN to a side, it only has to acknowledge and
-		 * finish: the shorter "fin" timeout applies (FIN_WAIT).
-		 */
-		bool half = side->end.shut;
-		uint64_t to = s == CLIENT
-		    ? (half ? t->client_fin_ms : t->client_ms)
-		    : (half ? t->server_fin_ms : t->server_ms);
-
-		/*
-		 * Backpressure is not idleness: while s's bytes wait for the
-		 * other side, s's clock stops and the other side's own clock
-		 * (which only runs on what it takes) measures the stall.
-		 * Unless both ways are stuck: then both clocks run.
-		 */
-		if (conn_excused(c, s))
-			dl[s] = UINT64_MAX;
-		else
-			dl[s] = side->end.last + to;
-	}
-	return dl[0] < dl[1] ? dl[0] : dl[1];
+	a = side_deadline(c, CLIENT);
+	b = side_deadline(c, SERVER);
+	return a < b ? a : b;
 }
 
 static void
@@ -657,6 +669,28 @@ discard_input(struct relay_conn *c)
 static void
 conn_timeout(struct relay_conn *c)
 {
+	uint64_t now = loop_now(c->rc->loop);
+	bool expired = false;
+
+	for (int s = 0; s < 2; s++) {
+		struct relay_side *side = &c->side[s];
+		int q;
+
+		if (side_deadline(c, s) > now)
+			continue;
+		/* Our FIN was sent; the queue before it still drains. */
+		if (side->end.shut && c->rc->sys->outq(side->io.fd, &q) == 0 &&
+		    q > 0 && q < side->outq) {
+			side->outq = q;
+			side->end.last = now;
+			continue;
+		}
+		expired = true;
+	}
+	if (!expired) {
+		conn_arm(c);
+		return;
+	}
 	if (!conn_idle_clean(c)) {
 		conn_close(c, true, RELAY_RES_TIMEOUT);
 		return;
@@ -720,7 +754,22 @@ conn_run(struct relay_conn *c)
 	if (budget <= 0)
 		loop_task_queue(c->rc->loop, &c->task);
 	/* A side just got a FIN from us: its shorter timeout starts. */
-	if (shut_before != (c->side[0].end.shut || c->side[1].end.shut))
+	if (shut_before != (c->side[0].end.shut || c->side[1].end.shut)) {
+		for (int s = 0; s < 2; s++) {
+			struct relay_side *side = &c->side[s];
+
+			if (side->end.shut &&
+			    c->rc->sys->outq(side->io.fd, &side->outq) != 0)
+				side->outq = 0;
+		}
+		conn_arm(c);
+		return;
+	}
+	/*
+	 * The timer may be later than the deadline when a side stopped being
+	 * excused (its held bytes went out): never let a timeout slip.
+	 */
+	if (conn_deadline(c) < c->timer.deadline)
 		conn_arm(c);
 }
 

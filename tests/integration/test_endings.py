@@ -524,3 +524,115 @@ def test_tls13_resumption_brings_a_new_ticket(tmp_path):
         assert new.id != sess.id, f"resumption {i} brought no new ticket"
         sess = new
         s2.close()
+
+
+# ---------------------------------------------------------------------------
+# bytes the kernel holds: a slow reader still takes them
+
+
+def slow_reader(sock, chunk, period, timeout=30.0):
+    """Read `chunk` bytes every `period` s until EOF or reset."""
+    h = hashlib.sha256()
+    n = 0
+    sock.settimeout(timeout)
+    while True:
+        try:
+            d = sock.recv(chunk)
+        except (ConnectionResetError, ConnectionAbortedError):
+            return "reset", n, h.hexdigest()
+        except ssl.SSLEOFError:
+            return "eof-without-close_notify", n, h.hexdigest()
+        if not d:
+            return "eof", n, h.hexdigest()
+        h.update(d)
+        n += len(d)
+        time.sleep(period)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_download_drains_to_a_slow_reader_after_upstream_fin(tmp_path, tls):
+    """The upstream sends 1 MiB and FIN at once; the client reads about
+    256 KiB/s (4 s in all; a TLS read returns one 16 KiB record).
+    client-fin is 1 s: it must not cut a reader that is still taking the
+    bytes, wherever they wait (relay or kernel)."""
+    size = MiB
+    srv = Server(answering(size), name="answer")
+    d = (tls_daemon if tls else plain_daemon)(
+        tmp_path, srv, client="30s", server="30s")
+    s = tls_connect(d.addr("tls")) if tls else connect(d.addr("plain"))
+    s.sendall(b"GET")
+    how, n, sha = slow_reader(s, 16 << 10, 1 / 16) if tls else \
+        slow_reader(s, 64 << 10, 0.25)
+    rec = srv.wait_done()[0]
+    assert (how, n) == ("eof", size), f"client: {how} after {n} of {size} bytes"
+    assert sha == rec["sha"]
+
+
+def test_upload_drains_to_a_slow_upstream_after_client_fin(tmp_path):
+    """The mirror: 2 MiB and FIN from the client; the upstream starts
+    reading 2 s later (server-fin 1 s, server 30 s)."""
+    srv = Server(sink(pause_at=0, pause=2.0), name="late-sink")
+    d = plain_daemon(tmp_path, srv, client="30s", server="30s")
+    s = connect(d.addr("plain"))
+    how, sent, sha = send_hashed(s, 2 * MiB, 11)
+    assert how == "sent", how
+    s.shutdown(socket.SHUT_WR)
+    assert read_until_closed(s, 15)[:2] == ("eof", 0)
+    rec = srv.wait_done()[0]
+    assert (rec["how"], rec["got"]) == ("eof", 2 * MiB), rec
+    assert rec["sha"] == sha
+
+
+def test_steady_slow_reader_is_not_idle(tmp_path):
+    """client = 2 s; the client reads 32 KiB every 0.25 s of a 768 KiB
+    answer (6 s), the upstream keeps its side open: the reader is busy,
+    not idle.  (With megabytes queued in the kernel the relay would see no
+    progress for seconds; it keeps at most 128 KiB unsent there, so a
+    reader's progress wakes it every 64 KiB or so.)"""
+    size = 768 << 10
+
+    def handler(c, rec):
+        recv_exact(c, 3)
+        rec["end"], rec["sent"], rec["sha"] = send_hashed(c, size, 5)
+        rec["after"] = read_until_closed(c, 20)[0]
+
+    srv = Server(handler, name="no-fin")
+    d = plain_daemon(tmp_path, srv, client="2s", server="30s")
+    s = connect(d.addr("plain"))
+    s.sendall(b"GET")
+    h = hashlib.sha256()
+    got = 0
+    s.settimeout(10)
+    try:
+        while got < size:
+            chunk = s.recv(32 << 10)
+            assert chunk, f"EOF after {got} of {size} bytes"
+            h.update(chunk)
+            got += len(chunk)
+            time.sleep(0.25)
+    except ConnectionResetError:
+        pytest.fail(f"slow reader cut after {got} of {size} bytes")
+    s.close()
+    rec = srv.wait_done()[0]
+    assert h.hexdigest() == rec["sha"]
+    assert rec["after"] == "eof", rec
+
+
+def test_tls_client_timeout_applies_after_first_data(tmp_path):
+    """client = 1 s, server = 4 s: an idle TLS client is closed at 1 s,
+    whatever came with its first flight (it once waited for the server's
+    4 s when the first bytes were still held as the timer was armed)."""
+    echo = Server(h_echo, name="echo")
+    d = tls_daemon(tmp_path, echo, client="1s", server="4s")
+    late = []
+    for i in range(10):
+        s = tls_connect(d.addr("tls"))
+        tls_echo_roundtrip(s)
+        t0 = time.monotonic()
+        s.settimeout(8)
+        assert s.recv(10) == b""  # close_notify
+        elapsed = time.monotonic() - t0
+        if not within(elapsed, 1.0):
+            late.append(round(elapsed, 2))
+        s.close()
+    assert late == [], f"idle TLS clients closed after {late} s (client = 1 s)"
