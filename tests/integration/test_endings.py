@@ -636,3 +636,23 @@ def test_tls_client_timeout_applies_after_first_data(tmp_path):
             late.append(round(elapsed, 2))
         s.close()
     assert late == [], f"idle TLS clients closed after {late} s (client = 1 s)"
+
+
+def test_tail_after_fin_drains_through_a_small_window(tmp_path):
+    """A client with a 16 KiB receive buffer reads 16 KiB every 0.25 s
+    (64 KiB/s) of 384 KiB that the upstream sent with its FIN: what the
+    relay queued before its own FIN (up to 128 KiB) takes longer than
+    client-fin (1 s) to drain, and must not be cut while it does."""
+    size = 384 << 10
+    srv = Server(answering(size), name="answer")
+    d = plain_daemon(tmp_path, srv, client="30s", server="30s")
+    s = socket.socket()
+    conftest._SOCKETS.append(s)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+    s.settimeout(10)
+    s.connect(d.addr("plain"))
+    s.sendall(b"GET")
+    how, n, sha = slow_reader(s, 16 << 10, 0.25)
+    rec = srv.wait_done()[0]
+    assert (how, n) == ("eof", size), f"client: {how} after {n} of {size} bytes"
+    assert sha == rec["sha"]
