@@ -74,7 +74,7 @@ struct relay_side {
 	/*
 	 * Once we sent FIN to this side: its send queue (SIOCOUTQ) when last
 	 * looked at.  A queue that shrinks is a peer still taking our last
-	 * bytes, not a half-closed connection left to linger.
+	 * bytes, not a half-closed connection left to linger.  -1 until then.
 	 */
 	int outq;
 };
@@ -755,11 +755,16 @@ conn_run(struct relay_conn *c)
 		loop_task_queue(c->rc->loop, &c->task);
 	/* A side just got a FIN from us: its shorter timeout starts. */
 	if (shut_before != (c->side[0].end.shut || c->side[1].end.shut)) {
+		uint64_t now = loop_now(c->rc->loop);
+
 		for (int s = 0; s < 2; s++) {
 			struct relay_side *side = &c->side[s];
 
-			if (side->end.shut &&
-			    c->rc->sys->outq(side->io.fd, &side->outq) != 0)
+			if (!side->end.shut || side->outq >= 0)
+				continue;
+			/* Its -fin timeout counts from our FIN. */
+			side->end.last = now;
+			if (c->rc->sys->outq(side->io.fd, &side->outq) != 0)
 				side->outq = 0;
 		}
 		conn_arm(c);
@@ -1295,6 +1300,7 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		c->side[s].c = c;
 		c->side[s].io.fd = -1;
 		c->side[s].io.cb = side_cb;
+		c->side[s].outq = -1;
 		c->side[s].end.ops = &plain_ops;
 		c->side[s].end.arg = &c->side[s];
 		copy_dir_init(&c->dir[s]);
