@@ -465,3 +465,323 @@ def test_slow_or_pausing_upstream_reader(net, tmp_path, reader):
         assert rec["got"] < B_SIZE
     s.close()
     r.assert_recovered()
+
+
+# --------------------------------------------------------------------------
+# c. upstreams that refuse, blackhole, flap
+
+
+def duplex_from_client(net, addr, cid, up, down):
+    from conftest import duplex_client
+    with net.inside("client"):
+        return duplex_client(addr, cid, up, down)
+
+
+def two_servers(net):
+    """A (preferred) and B, both full-duplex hash servers, on the two
+    upstream addresses."""
+    from conftest import h_duplex
+    a = net.server(h_duplex, ip=UPSTREAM_IPS[0], name="A")
+    b = net.server(h_duplex, ip=UPSTREAM_IPS[1], name="B")
+    return a, b
+
+
+@pytest.mark.parametrize("fault", ["refuse", "blackhole"])
+def test_first_upstream_refusing_or_blackholed_fails_over(net, tmp_path, fault):
+    """Server A refuses (TCP RST from its host) or blackholes (SYNs dropped
+    by its host's firewall); B is fine.  Every client is relayed whole by
+    B: at once after a refusal, after one `connect` timeout (1 s) after a
+    black hole; after 3 failures A is marked down and clients go straight
+    to B."""
+    from conftest import check_duplex
+    a, b = two_servers(net)
+    r = Relay(net, tmp_path, [a.spec, b.spec], connect="1s")
+    net.set_delay(up_ms=25, down_ms=25)
+    net.set_upstream(a.host, a.port, fault)
+    times = []
+    for i in range(5):
+        t0 = time.monotonic()
+        res = duplex_from_client(net, r.addr(), i, 32 * KiB, 32 * KiB)
+        times.append(time.monotonic() - t0)
+        check_duplex(res, b)
+    hits = net.upstream_rule_hits()[(a.host, a.port)]
+    assert a.accepted == 0 and b.accepted == 5, (a.accepted, b.accepted)
+    fast = 0.5 * SLOW  # a few round trips of 50 ms, no timeout
+    if fault == "refuse":
+        assert hits == 3, f"A refused {hits} SYNs; 3 failures mark it down"
+        assert max(times) < fast, times
+    else:
+        assert 3 <= hits <= 6, f"{hits} SYNs dropped (3 attempts)"
+        assert all(0.95 <= t <= 1.0 * 1.25 * SLOW + 0.5 for t in times[:3]), \
+            f"failover after the 1 s connect timeout: {times}"
+        assert max(times[3:]) < fast, f"A not marked down: {times}"
+    r.assert_recovered()
+
+
+def test_all_upstreams_blackholed_closes_clients_then_recovers(net, tmp_path):
+    """Both servers blackholed: each client is closed with FIN (nothing was
+    relayed) after one connect timeout per server (2 x 1 s), never left
+    hanging; once B is back, clients are relayed again."""
+    from conftest import check_duplex
+    a, b = two_servers(net)
+    r = Relay(net, tmp_path, [a.spec, b.spec], connect="1s")
+    net.set_delay(up_ms=25, down_ms=25)
+    net.set_upstream(a.host, a.port, "blackhole")
+    net.set_upstream(b.host, b.port, "blackhole")
+    socks, started = [], []
+    for _ in range(4):
+        socks.append(net.connect(r.addr()))
+        started.append(time.monotonic())
+    outs = [None] * len(socks)
+
+    def wait(i):
+        how, n, _ = read_until_closed(socks[i], 10)
+        outs[i] = (how, n, time.monotonic() - started[i])
+
+    ts = [threading.Thread(target=wait, args=(i,), daemon=True)
+          for i in range(len(socks))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(15)
+    for how, n, elapsed in outs:
+        assert (how, n) == ("eof", 0), outs
+        assert 1.9 <= elapsed <= 2 * 1.25 * SLOW + 0.5, outs
+    assert a.accepted == b.accepted == 0
+    net.set_upstream(b.host, b.port, "up")
+    # both are marked down now: A (still a black hole) is tried first
+    t0 = time.monotonic()
+    check_duplex(duplex_from_client(net, r.addr(), 9, 16 * KiB, 16 * KiB), b)
+    assert time.monotonic() - t0 <= 1.0 * 1.25 * SLOW + 0.5
+    r.assert_recovered()
+
+
+def test_flapping_upstream_loses_no_client(net, tmp_path):
+    """A cycles up, refusing, up, blackholed (new connections only) every
+    quarter to half second while three clients at a time keep arriving;
+    B stays up.  Every client is relayed whole, none waits more than one
+    connect timeout for a server, and the faults were actually met."""
+    from conftest import check_all_duplex
+    a, b = two_servers(net)
+    r = Relay(net, tmp_path, [a.spec, b.spec], connect="1s")
+    net.set_delay(up_ms=25, down_ms=25)
+    stop = threading.Event()
+    cycle = [("up", 0.5), ("refuse", 0.25), ("up", 0.5), ("blackhole", 0.25)]
+    hits = {}
+
+    def flap():
+        i = 0
+        while not stop.is_set():
+            state, hold = cycle[i % len(cycle)]
+            net.set_upstream(a.host, a.port, state)
+            stop.wait(hold)
+            for k, v in net.upstream_rule_hits().items():
+                hits[(k, state)] = hits.get((k, state), 0) + v
+            i += 1
+        net.set_upstream(a.host, a.port, "up")
+
+    results, times, errors = [], [], []
+    lock = threading.Lock()
+
+    def client(first):
+        for j in range(10):
+            cid = first + j
+            t0 = time.monotonic()
+            try:
+                res = duplex_from_client(net, r.addr(), cid, 16 * KiB, 16 * KiB)
+            except Exception as e:
+                with lock:
+                    errors.append((cid, repr(e)))
+                continue
+            with lock:
+                results.append(res)
+                times.append((time.monotonic() - t0, cid))
+            time.sleep(0.15)
+
+    f = threading.Thread(target=flap, daemon=True)
+    f.start()
+    cs = [threading.Thread(target=client, args=(k * 100,), daemon=True)
+          for k in range(3)]
+    for t in cs:
+        t.start()
+    for t in cs:
+        t.join(60)
+    stop.set()
+    f.join(10)
+    assert not any(t.is_alive() for t in cs), "clients stuck"
+    assert not errors, errors
+    assert len(results) == 30
+    # a result belongs to whichever server took it
+    by = {id(s): s for s in (a, b)}
+    ids_a = {rec.get("id") for rec in a.wait_done()}
+    check_all_duplex([x for x in results if x["id"] in ids_a], a)
+    check_all_duplex([x for x in results if x["id"] not in ids_a], b)
+    assert a.accepted + b.accepted == 30, (a.accepted, b.accepted)
+    worst = max(times)
+    assert worst[0] <= 1.0 * 1.25 * SLOW + 1.0, f"slowest client: {worst}"
+    met = sum(hits.values())
+    assert met >= 1, "no client met a fault: the flapping tested nothing"
+    del by
+    print(f"flap: A took {a.accepted}, B {b.accepted}; SYNs refused or "
+          f"dropped {met}; slowest {worst[0]:.2f}s")
+    r.assert_recovered()
+
+
+# --------------------------------------------------------------------------
+# d. resets mid-stream, half-closes with the other direction slow
+
+
+def d_link(net, up_kbit=8000, down_kbit=8000):
+    net.set_delay(up_ms=40, down_ms=40, jitter_ms=5, seed=4)
+    net.set_rate(up_kbit=up_kbit, down_kbit=down_kbit, queue_ms=100)
+
+
+def test_client_reset_mid_download_resets_upstream(net, tmp_path):
+    """The client reads 256 KiB of a 4 MiB answer, then resets: the
+    upstream, still writing, sees a reset within a round trip or two (not
+    a FIN: the stream was cut); what the client got is an exact prefix."""
+    srv = net.server(answering(4 * MiB, 21), name="answer")
+    r = Relay(net, tmp_path, [srv.spec])
+    d_link(net)
+    s = net.connect(r.addr())
+    s.sendall(b"GET")
+    got = bytearray()
+    while len(got) < 256 * KiB:
+        d = s.recv(65536)
+        assert d, "EOF before the reset"
+        got += d
+    t_rst = time.monotonic()
+    rst_close(s)
+    rec = srv.wait_done(timeout=10)[0]
+    # all 4 MiB may have fitted in buffers along the way before the reset
+    assert rec["end"] in ("ConnectionResetError", "BrokenPipeError") or \
+        rec.get("after") == "reset", rec
+    assert bytes(got) == stream_bytes(4 * MiB, 21)[:len(got)], "prefix corrupted"
+    assert time.monotonic() - t_rst < 3.0 * SLOW
+    r.assert_recovered()
+
+
+def test_client_reset_mid_upload_resets_upstream(net, tmp_path):
+    """The client uploads, then resets: the upstream sees a reset, never a
+    clean EOF, and what it read is an exact prefix of what was sent."""
+    def keeper(c, rec):
+        rec["how"], rec["got"], rec["sha"], rec["data"] = read_hashed(c, keep=True)
+
+    srv = net.server(keeper, name="keeper")
+    r = Relay(net, tmp_path, [srv.spec])
+    d_link(net)
+    s = net.connect(r.addr())
+    how, sent, _ = send_hashed(s, 512 * KiB, 22)
+    assert how == "sent"
+    wait_for(lambda: srv.records and "how" not in srv.records[0]
+             and srv.records[0].get("error") is None, 5, what="upstream reading")
+    time.sleep(0.1)
+    rst_close(s)
+    rec = srv.wait_done(timeout=10)[0]
+    assert rec["how"] == "reset", f"upstream saw {rec['how']} after {rec['got']} bytes"
+    assert rec["data"] == stream_bytes(512 * KiB, 22)[:rec["got"]]
+    r.assert_recovered()
+
+
+def test_upstream_reset_mid_download_resets_client(net, tmp_path):
+    """The upstream sends 512 KiB and resets: the client sees a reset, not
+    a FIN, and what it got is an exact prefix."""
+    def resetter(c, rec):
+        recv_exact(c, 3)
+        rec["end"], rec["sent"], _ = send_hashed(c, 512 * KiB, 23)
+        rst_close(c)
+
+    srv = net.server(resetter, name="resetter")
+    r = Relay(net, tmp_path, [srv.spec])
+    d_link(net)
+    s = net.connect(r.addr())
+    s.sendall(b"GET")
+    how, n, _, data = read_hashed(s, keep=True, timeout=15)
+    assert how == "reset", f"client saw {how} after {n} bytes (a cut stream)"
+    assert data == stream_bytes(512 * KiB, 23)[:n]
+    r.assert_recovered()
+
+
+def test_upstream_reset_mid_upload_resets_client(net, tmp_path):
+    """The upstream reads 256 KiB of a 4 MiB upload and resets: the
+    client's writes fail, or its read reports a reset; never EOF."""
+    def resetter(c, rec):
+        recv_exact(c, 256 * KiB)
+        rst_close(c)
+
+    srv = net.server(resetter, name="resetter")
+    r = Relay(net, tmp_path, [srv.spec])
+    d_link(net)
+    s = net.connect(r.addr())
+    how, sent, _ = send_hashed(s, 4 * MiB, 24)
+    if how == "sent":
+        how = read_until_closed(s, 10)[0]
+    assert how in ("reset", "ConnectionResetError", "BrokenPipeError"), how
+    r.assert_recovered()
+
+
+def test_half_close_by_client_with_slow_download(net, tmp_path):
+    """The client sends a 64 KiB request and FIN; the answer, 512 KiB,
+    crosses a 1 Mbit/s downlink (over 4 s) against server-fin = 1 s: the
+    upstream is held back by the link, not idle, so it all arrives, then
+    FIN both ways."""
+    def handler(c, rec):
+        rec["req"] = read_hashed(c)
+        rec["end"], rec["sent"], rec["sha"] = send_hashed(c, 512 * KiB, 25)
+        c.shutdown(socket.SHUT_WR)
+        rec["after"] = wait_clean_end(c, 10)
+
+    srv = net.server(handler, name="answer")
+    r = Relay(net, tmp_path, [srv.spec], client_fin="1s", server_fin="1s")
+    d_link(net, down_kbit=1000)
+    s = net.connect(r.addr())
+    how, sent, req_sha = send_hashed(s, 64 * KiB, 26)
+    assert how == "sent"
+    s.shutdown(socket.SHUT_WR)
+    t0 = time.monotonic()
+    how, n, sha = read_hashed(s, timeout=20)
+    elapsed = time.monotonic() - t0
+    rec = srv.wait_done()[0]
+    assert rec["req"] == ("eof", 64 * KiB, req_sha), rec["req"]
+    assert (how, n) == ("eof", 512 * KiB), f"client: {how} after {n} bytes"
+    assert sha == rec["sha"]
+    assert elapsed > 3.5, f"{elapsed:.2f}s: the downlink was not the bottleneck"
+    assert rec["after"] == "fin", rec["after"]
+    assert wait_clean_end(s, 10) == "fin"
+    r.assert_recovered()
+
+
+def test_half_close_by_upstream_with_slow_upload(net, tmp_path):
+    """The upstream answers 64 KiB and FIN at once; the client's 512 KiB
+    upload crosses a 1 Mbit/s uplink (over 4 s) against client-fin = 1 s:
+    all of it arrives, then FIN both ways."""
+    def handler(c, rec):
+        rec["end"], rec["sent"], rec["sha"] = send_hashed(c, 64 * KiB, 27)
+        c.shutdown(socket.SHUT_WR)
+        rec["up"] = read_hashed(c, timeout=20)
+        rec["after"] = wait_clean_end(c, 10)
+
+    srv = net.server(handler, name="early-fin")
+    r = Relay(net, tmp_path, [srv.spec], client_fin="1s", server_fin="1s")
+    d_link(net, up_kbit=1000)
+    s = net.connect(r.addr())
+    down = {}
+
+    def reader():
+        down["r"] = read_hashed(s, timeout=20)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    how, sent, sha = send_hashed(s, 512 * KiB, 28)
+    assert how == "sent", how
+    s.shutdown(socket.SHUT_WR)
+    t.join(25)
+    rec = srv.wait_done()[0]
+    assert time.monotonic() - t0 > 3.5, "the uplink was not the bottleneck"
+    assert down["r"] == ("eof", 64 * KiB, rec["sha"]), down["r"]
+    assert rec["up"] == ("eof", 512 * KiB, sha), rec["up"][:2]
+    assert rec["after"] == "fin", rec["after"]
+    assert wait_clean_end(s, 10) == "fin"
+    r.assert_recovered()
+
