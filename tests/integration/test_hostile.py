@@ -785,3 +785,68 @@ def test_half_close_by_upstream_with_slow_upload(net, tmp_path):
     assert wait_clean_end(s, 10) == "fin"
     r.assert_recovered()
 
+
+def test_answer_then_fin_over_slow_far_link_arrives_whole(net, tmp_path):
+    """A media-like download: the upstream sends 1 MiB and FIN at once;
+    the client reads as fast as a 1 Mbit/s link with 300 ms each way
+    lets it (over 8 s).  With the default client-fin (1 s) the relay's
+    last bytes wait in its socket's send queue for longer than that,
+    while the client keeps taking them: they must all arrive, then FIN.
+    Fails today (daemon defect: the half-close timeout counts from the
+    relay's last write, not from the peer's progress)."""
+    def handler(c, rec):
+        recv_exact(c, 3)
+        rec["end"], rec["sent"], rec["sha"] = send_hashed(c, MiB, 31)
+        c.shutdown(socket.SHUT_WR)
+        rec["after"] = read_until_closed(c, 30)[0]
+
+    srv = net.server(handler, name="media")
+    r = Relay(net, tmp_path, [srv.spec], client="200s", server="200s",
+              client_fin="1s", server_fin="1s")
+    net.set_delay(up_ms=300, down_ms=300, jitter_ms=10, seed=5)
+    net.set_rate(up_kbit=1000, down_kbit=1000)
+    s = net.connect(r.addr())
+    s.sendall(b"GET")
+    how, n, sha = read_hashed(s, timeout=30)
+    rec = srv.wait_done(timeout=30)[0]
+    assert (how, n) == ("eof", MiB), f"client: {how} after {n} of {MiB} bytes"
+    assert sha == rec["sha"]
+    s.close()
+    assert rec["after"] == "eof", rec["after"]
+    net.set_rate()
+    net.set_delay()
+    r.assert_recovered()
+
+
+def test_half_close_after_a_quiet_spell_is_not_cut(net, tmp_path):
+    """A chat goes quiet for 1.5 s (nothing held, nothing half-closed),
+    then the client half-closes; the upstream answers "bye" and FIN
+    within 50 ms.  server-fin (1 s) is lingering after a half-close: it
+    must count from the FIN, not from the last byte before the quiet
+    spell.  Fails today (daemon defect: RST to both at once)."""
+    def handler(c, rec):
+        while True:
+            d = c.recv(100)
+            if not d:
+                break
+            c.sendall(d)
+        time.sleep(0.05)
+        c.sendall(b"bye")
+        c.shutdown(socket.SHUT_WR)
+        rec["after"] = wait_clean_end(c, 5)
+
+    srv = net.server(handler, name="bye")
+    r = Relay(net, tmp_path, [srv.spec], client="30s", server="30s",
+              client_fin="1s", server_fin="1s")
+    net.set_delay(up_ms=25, down_ms=25)
+    s = net.connect(r.addr())
+    s.sendall(b"hi")
+    assert recv_exact(s, 2) == b"hi"
+    time.sleep(1.5)
+    s.shutdown(socket.SHUT_WR)
+    how, n, sha, data = read_hashed(s, timeout=5, keep=True)
+    assert (how, data) == ("eof", b"bye"), f"client: {how} after {data!r}"
+    assert wait_clean_end(s, 5) == "fin"
+    rec = srv.wait_done()[0]
+    assert rec["error"] is None and rec["after"] == "fin", rec
+    r.assert_recovered()
