@@ -147,6 +147,7 @@ check-unit: $(UNIT_BINS)
 
 check-integration: $(BIN)
 	LIFELINE_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		$(if $(SANITIZE),-m "not plain_only",) \
 		--junitxml=$(BUILD)/junit.xml tests/integration
 
 # The whole suite, plain then sanitized.  This is what CI runs.
@@ -164,7 +165,7 @@ clean:
 	rm -rf build build-san build-fuzz build-mutate
 
 FORMAT_FILES = src/*.c src/*.h tests/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c \
-	bench/*.c
+	tests/tools/*.c bench/*.c
 
 format:
 	clang-format -i $(FORMAT_FILES)

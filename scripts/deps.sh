@@ -9,7 +9,7 @@
 set -eu
 
 build_pkgs="gcc libc6-dev make pkg-config libinih-dev libssl-dev libqrencode-dev"
-test_pkgs="python3 python3-pytest clang-format haproxy nginx iperf3 wrk openssl curl prometheus chromium zbar-tools"
+test_pkgs="python3 python3-pytest iproute2 nftables clang-format haproxy nginx iperf3 wrk openssl curl prometheus chromium zbar-tools"
 bench_pkgs="haproxy nginx iperf3 wrk procps"
 
 case "${1:-build}" in

@@ -835,6 +835,14 @@ class Blackhole:
 # fixtures
 
 
+def pytest_configure(config):
+    # Slow tests the sanitized pass of `make check` deselects (the
+    # Makefile's check-integration adds -m "not plain_only" when SANITIZE
+    # is set): they test the network more than the code.
+    config.addinivalue_line(
+        "markers", "plain_only: slow; run in the plain pass of make check only")
+
+
 @pytest.fixture(autouse=True)
 def _cleanup():
     """Bound every test's time and tear down whatever it started."""
