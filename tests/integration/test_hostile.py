@@ -792,8 +792,8 @@ def test_answer_then_fin_over_slow_far_link_arrives_whole(net, tmp_path):
     lets it (over 8 s).  With the default client-fin (1 s) the relay's
     last bytes wait in its socket's send queue for longer than that,
     while the client keeps taking them: they must all arrive, then FIN.
-    Fails today (daemon defect: the half-close timeout counts from the
-    relay's last write, not from the peer's progress)."""
+    (It failed when the half-close timeout counted from the relay's last
+    write, not from the peer's progress.)"""
     def handler(c, rec):
         recv_exact(c, 3)
         rec["end"], rec["sent"], rec["sha"] = send_hashed(c, MiB, 31)
@@ -808,10 +808,10 @@ def test_answer_then_fin_over_slow_far_link_arrives_whole(net, tmp_path):
     s = net.connect(r.addr())
     s.sendall(b"GET")
     how, n, sha = read_hashed(s, timeout=30)
+    s.close()  # within client-fin of the end: a clean close both ways
     rec = srv.wait_done(timeout=30)[0]
     assert (how, n) == ("eof", MiB), f"client: {how} after {n} of {MiB} bytes"
     assert sha == rec["sha"]
-    s.close()
     assert rec["after"] == "eof", rec["after"]
     net.set_rate()
     net.set_delay()
@@ -823,7 +823,8 @@ def test_half_close_after_a_quiet_spell_is_not_cut(net, tmp_path):
     then the client half-closes; the upstream answers "bye" and FIN
     within 50 ms.  server-fin (1 s) is lingering after a half-close: it
     must count from the FIN, not from the last byte before the quiet
-    spell.  Fails today (daemon defect: RST to both at once)."""
+    spell.  (It was cut at once, RST to both, when lingering counted from
+    the last byte.)"""
     def handler(c, rec):
         while True:
             d = c.recv(100)
