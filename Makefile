@@ -38,10 +38,13 @@ QR_CFLAGS = $(shell $(PKG_CONFIG) --cflags libqrencode 2>/dev/null)
 QR_LIBS = $(shell $(PKG_CONFIG) --libs libqrencode 2>/dev/null || echo -lqrencode)
 SSL_CFLAGS = $(shell $(PKG_CONFIG) --cflags openssl 2>/dev/null)
 SSL_LIBS = $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null || echo -lssl -lcrypto)
+SECCOMP_CFLAGS = $(shell $(PKG_CONFIG) --cflags libseccomp 2>/dev/null)
+SECCOMP_LIBS = $(shell $(PKG_CONFIG) --libs libseccomp 2>/dev/null || echo -lseccomp)
 
 # Invariant checks (src/invariant.h): on in sanitized and DEBUG=1 builds.
-INV_FLAGS := $(if $(SANITIZE)$(DEBUG),-DLIFELINE_INVARIANTS,)
-ALL_CPPFLAGS = -D_GNU_SOURCE -DLIFELINE_VERSION='"$(VERSION)"' $(INV_FLAGS) $(INIH_CFLAGS) $(SSL_CFLAGS) $(QR_CFLAGS) $(CPPFLAGS)
+INV_FLAGS := $(if $(SANITIZE)$(DEBUG),-DLIFELINE_INVARIANTS,) \
+	$(if $(SANITIZE),-DLIFELINE_SANITIZED,)
+ALL_CPPFLAGS = -D_GNU_SOURCE -DLIFELINE_VERSION='"$(VERSION)"' $(INV_FLAGS) $(INIH_CFLAGS) $(SSL_CFLAGS) $(QR_CFLAGS) $(SECCOMP_CFLAGS) $(CPPFLAGS)
 ALL_CFLAGS = -std=c11 $(WARN) $(SAN_FLAGS) $(CFLAGS)
 ALL_LDFLAGS = $(SAN_FLAGS) $(LDFLAGS)
 
@@ -49,7 +52,7 @@ SRCS := $(wildcard src/*.c)
 OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 BIN := $(BUILD)/lifeline
 
-UNIT_TESTS := config addr proxyproto pp_parse loop copy relay
+UNIT_TESTS := config addr proxyproto pp_parse loop copy relay sandbox
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
 .PHONY: all run check check-unit check-integration check-fuzz-replay deps \
@@ -73,7 +76,7 @@ $(BUILD)/obj/dashboard.o: $(BUILD)/gen/dashboard.html.inc
 $(BUILD)/obj/dashboard.o: ALL_CPPFLAGS += -I$(BUILD)/gen
 
 $(BIN): $(OBJS)
-	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(INIH_LIBS) $(SSL_LIBS) $(QR_LIBS) -lpthread
+	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(INIH_LIBS) $(SSL_LIBS) $(QR_LIBS) $(SECCOMP_LIBS) -lpthread
 
 # Unit tests: each links only the module(s) it tests.
 $(BUILD)/unit/test_config: tests/unit/test_config.c $(BUILD)/obj/config.o $(BUILD)/obj/addr.o $(BUILD)/obj/log.o
@@ -82,6 +85,7 @@ $(BUILD)/unit/test_proxyproto: tests/unit/test_proxyproto.c $(BUILD)/obj/proxypr
 $(BUILD)/unit/test_pp_parse: tests/unit/test_pp_parse.c $(BUILD)/obj/proxyproto.o
 $(BUILD)/unit/test_loop: tests/unit/test_loop.c $(BUILD)/obj/loop.o
 $(BUILD)/unit/test_copy: tests/unit/test_copy.c $(BUILD)/obj/copy.o
+$(BUILD)/unit/test_sandbox: tests/unit/test_sandbox.c $(BUILD)/obj/sandbox.o $(BUILD)/obj/log.o
 # The state machine with its system calls faked: the modules a generation
 # needs, OpenSSL included.
 RELAY_TEST_OBJS := relay copy gen config addr log loop tls upstream proxyproto
@@ -90,7 +94,7 @@ $(BUILD)/unit/test_relay: tests/unit/test_relay.c \
 $(UNIT_BINS): tests/unit/harness.h tests/pp_equal.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) -Isrc $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ \
-		$(filter %.c %.o,$^) $(INIH_LIBS) $(SSL_LIBS) -lpthread
+		$(filter %.c %.o,$^) $(INIH_LIBS) $(SSL_LIBS) $(SECCOMP_LIBS) -lpthread
 
 # Fuzzing: each tests/fuzz/fuzz_NAME.c defines LLVMFuzzerTestOneInput over
 # the pure parsers.  `make fuzz` runs each under libFuzzer (clang) for

@@ -1,14 +1,15 @@
 #!/bin/sh
 # Installs the Debian packages lifeline needs, only those missing.
 #   deps.sh build   compiler, C headers (libc6-dev: gcc only recommends
-#                   it), make, pkg-config, libinih, OpenSSL, libqrencode
+#                   it), make, pkg-config, libinih, OpenSSL, libqrencode,
+#                   libseccomp
 #   deps.sh test    the above plus what the test suite drives
 #   deps.sh bench   the above plus what `make bench` compares against
 # Services that Debian would start on install (nginx, haproxy, iperf3) are
 # kept from starting: tests and benchmarks start their own, on loopback.
 set -eu
 
-build_pkgs="gcc libc6-dev make pkg-config libinih-dev libssl-dev libqrencode-dev"
+build_pkgs="gcc libc6-dev make pkg-config libinih-dev libssl-dev libqrencode-dev libseccomp-dev"
 test_pkgs="python3 python3-pytest iproute2 nftables clang-format haproxy nginx iperf3 wrk openssl curl prometheus chromium zbar-tools"
 bench_pkgs="haproxy nginx iperf3 wrk procps"
 

@@ -464,7 +464,8 @@ static const char *const *
 section_keys(enum sec_kind kind)
 {
 	static const char *const global[] = {"workers", "maxconn", "user",
-	    "drain-timeout", "log-level", "ports-file", "public-host", NULL};
+	    "drain-timeout", "log-level", "ports-file", "public-host",
+	    "sandbox", NULL};
 	static const char *const timeouts[] = {"connect", "client", "server",
 	    "client-fin", "server-fin", "handshake", NULL};
 	static const char *const stats[] = {"listen", "public", NULL};
@@ -603,6 +604,11 @@ key_global(struct parse_state *st, const char *key, const char *value)
 			bad_value(st, key, value, "not a host name or address");
 		else
 			set_str(&cfg->public_host, value);
+	} else if (strcmp(key, "sandbox") == 0) {
+		if (!once(st, 7, key))
+			return;
+		if ((e = cfg_parse_bool(value, &cfg->sandbox)) != NULL)
+			bad_value(st, key, value, e);
 	} else {
 		perr(st, st->line, "unknown key '%s' in [global]", key);
 	}
@@ -992,6 +998,7 @@ set_defaults(struct cfg *cfg)
 {
 	cfg->workers = 0;
 	cfg->maxconn = 27500;
+	cfg->sandbox = true;
 	cfg->drain_timeout_ms = 30 * 1000;
 	cfg->log_level = LOG_INFO;
 	cfg->timeouts.connect_ms = 5 * 1000;
@@ -1318,6 +1325,7 @@ cfg_print(const struct cfg *cfg, FILE *out)
 		fprintf(out, "ports-file = %s\n", cfg->ports_file);
 	if (cfg->public_host != NULL)
 		fprintf(out, "public-host = %s\n", cfg->public_host);
+	fprintf(out, "sandbox = %s\n", cfg->sandbox ? "on" : "off");
 
 	fprintf(out, "\n[timeouts]\n");
 	fprintf(out, "connect = %s\n",

@@ -96,6 +96,7 @@ struct cfg {
 	enum log_level log_level;
 	char *ports_file; /* owned, may be NULL */
 	char *public_host; /* owned, may be NULL */
+	bool sandbox; /* seccomp allow-list after start-up (default on) */
 	struct cfg_timeouts timeouts;
 	struct cfg_bind *stats; /* owned array */
 	size_t nstats;

@@ -113,9 +113,19 @@ lsock_bind(const struct cfg_listen *cl, const struct cfg_bind *b,
 				    cl->name, b->text);
 				*skip = true;
 			} else {
+				/*
+				 * After start-up the daemon has no capability
+				 * left: say why a low port now fails.
+				 */
 				snprintf(err, errlen,
-				    "cannot listen on %s for [listen %s]: %s",
-				    b->text, cl->name, strerror(-fd));
+				    "cannot listen on %s for [listen %s]: %s%s",
+				    b->text, cl->name, strerror(-fd),
+				    fd == -EACCES &&
+				            addr_port((const struct sockaddr
+				                    *)&b->ss) < 1024
+				        ? " (ports below 1024 are bound at "
+				          "start only: restart to add one)"
+				        : "");
 			}
 			goto fail;
 		}

@@ -9,9 +9,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <grp.h>
 #include <poll.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +26,7 @@
 #include "loop.h"
 #include "relay.h"
 #include "resolver.h"
+#include "sandbox.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -243,37 +242,6 @@ static void
 warn_stderr(const char *msg)
 {
 	fprintf(stderr, "lifeline: warning: %s\n", msg);
-}
-
-/*
- * Drops root for the configured user after binding.  Returns 0 or -1.
- * Without 'user', or when not root, nothing changes.
- */
-static int
-drop_privileges(const char *user)
-{
-	struct passwd *pw;
-
-	if (user == NULL || geteuid() != 0)
-		return 0;
-	errno = 0;
-	pw = getpwnam(user);
-	if (pw == NULL) {
-		log_errorx(
-		    "user '%s' does not exist: cannot drop privileges", user);
-		return -1;
-	}
-	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 ||
-	    setuid(pw->pw_uid) != 0) {
-		log_error("cannot drop privileges to '%s'", user);
-		return -1;
-	}
-	if (setuid(0) == 0) {
-		log_errorx("privileges could be regained after dropping them");
-		return -1;
-	}
-	log_info("running as user '%s'", user);
-	return 0;
 }
 
 /*
@@ -532,11 +500,15 @@ main(int argc, char **argv)
 		fatal(1, "%s", err);
 	/* While still root: the directory may be writable by root only. */
 	write_ports(false);
-	if (drop_privileges(m.gen->cfg->user) != 0)
-		exit(1);
+	/* The only thread so far: what it gives up, every thread lacks. */
+	if (sandbox_drop(m.gen->cfg->user, err, sizeof(err)) != 0)
+		fatal(1, "%s", err);
 	if (resolver_start(m.gen, RESOLVER_INTERVAL_MS) != 0)
 		fatal(1, "cannot start the resolver thread");
 	resolver_wait(RESOLVE_WAIT_MS);
+	/* The first resolution has loaded what name lookups need. */
+	if (m.gen->cfg->sandbox && sandbox_seccomp(err, sizeof(err)) != 0)
+		fatal(1, "%s", err);
 	for (unsigned i = 0; i < m.nworkers; i++) {
 		m.workers[i] = worker_new(i, m.gen, m.notify_fd);
 		if (m.workers[i] == NULL || worker_start(m.workers[i]) != 0)
