@@ -25,14 +25,16 @@
 # Every process left in the tree is killed and every mount undone on exit,
 # failure, Ctrl-C or SIGTERM; the tree is then deleted
 # (LIFELINE_FRESH_KEEP=1 keeps it, unmounted, for a look).
-# LIFELINE_FRESH_MIRROR overrides the Debian mirror (default
-# http://deb.debian.org/debian; security updates come from
-# deb.debian.org/debian-security, as on an installed system).
+# LIFELINE_FRESH_MIRROR and LIFELINE_FRESH_SECURITY override the Debian
+# mirrors (default http://deb.debian.org/debian and .../debian-security;
+# the tree's sources.list has bookworm, bookworm-updates and
+# bookworm-security, as the installer writes it).
 set -euo pipefail
 
 cache=${LIFELINE_FRESH_CACHE:-/var/cache/lifeline-fresh-check}
 tmpbase=${LIFELINE_FRESH_TMP:-/var/tmp}
 mirror=${LIFELINE_FRESH_MIRROR:-http://deb.debian.org/debian}
+security=${LIFELINE_FRESH_SECURITY:-http://deb.debian.org/debian-security}
 suite=bookworm
 include=git,make,ca-certificates
 check_timeout=${LIFELINE_FRESH_CHECK_TIMEOUT:-1500} # seconds, make check
@@ -234,7 +236,8 @@ if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]; then
 fi
 
 # The tarball's name carries everything it is built from.
-key=$(printf '%s %s %s minbase' "$suite" "$include" "$mirror" | md5sum | cut -c1-8)
+key=$(printf '%s %s %s %s minbase' "$suite" "$include" "$mirror" "$security" |
+	md5sum | cut -c1-8)
 tarball=$cache/debian12-minbase-$key.tar.gz
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
@@ -254,12 +257,10 @@ if [ ! -s "$tarball" ]; then
 	kill_tree_procs || die "debootstrap left processes behind"
 	[ -z "$(tree_mounts)" ] || die "debootstrap left mounts: $(tree_mounts)"
 	# As the installer leaves it: the suite, its updates and security.
-	sec=${mirror%/debian}-security
-	[ "$sec" = "$mirror-security" ] && sec=http://deb.debian.org/debian-security
 	cat >"$root/etc/apt/sources.list" <<-EOF
 		deb $mirror $suite main
 		deb $mirror $suite-updates main
-		deb $sec $suite-security main
+		deb $security $suite-security main
 	EOF
 	# A booted system's /etc/hosts, hostname; no package lists yet.
 	printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
@@ -310,7 +311,7 @@ step_done "mounts"
 step "clone $head into /root/lifeline"
 git -C "$repo" bundle create "$root/root/lifeline.bundle" HEAD 2>/dev/null
 in_tree_root() { chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/bin:/bin "$@"; }
-in_tree_root git clone -q /root/lifeline.bundle /root/lifeline
+in_tree_root git -c advice.detachedHead=false clone -q /root/lifeline.bundle /root/lifeline
 rm -f "$root/root/lifeline.bundle"
 got=$(in_tree_root git -C /root/lifeline rev-parse HEAD)
 [ "$got" = "$head" ] || die "clone is at $got, want $head"
