@@ -153,6 +153,13 @@ in_tree() {
 		/bin/sh -c "cd /root/lifeline && $1"
 }
 
+# Runs "$@" in the background and waits: a signal to this script runs its
+# trap at once (bash defers traps while a foreground command runs).
+bg_wait() {
+	"$@" &
+	wait "$!"
+}
+
 do_mount() { # do_mount DIR mount-args...: mount at $root/DIR
 	local dir=$root/$1
 	shift
@@ -247,7 +254,7 @@ if [ ! -s "$tarball" ]; then
 	build=$(mktemp -d "$cache/build.XXXXXX")
 	root=$build/root # the cleanup trap unmounts what debootstrap leaves
 	work=$build
-	timeout 1200 debootstrap --variant=minbase --include="$include" \
+	bg_wait timeout 1200 debootstrap --variant=minbase --include="$include" \
 		"$suite" "$root" "$mirror" >"$build/debootstrap.log" 2>&1 || {
 		tail -n 20 "$build/debootstrap.log" >&2
 		[ -f "$root/debootstrap/debootstrap.log" ] &&
@@ -319,18 +326,18 @@ manual_before=$(in_tree_root apt-mark showmanual | sort)
 step_done "clone"
 
 step "make run (1/2): its install step, make deps, with the mirror"
-in_tree 'make deps' || die "make deps (the first step of make run) failed"
+bg_wait in_tree 'make deps' || die "make deps (the first step of make run) failed"
 step_done "make run: make deps"
 
 step "make run (2/2): whole, in its own network namespace, until the listeners are up"
-unshare -n -- bash "$self" --in-netns "$root" "$work/make-run.log" ||
-	die "make run (see above)"
+bg_wait unshare -n -- bash "$self" --in-netns "$root" "$work/make-run.log" ||
+	die "make run in its network namespace (the reason is above)"
 step_done "make run: build, listen, SIGTERM"
 
 step "make check, in the chroot (build outputs of make run removed first)"
 in_tree 'git clean -q -d -f -x' || die "git clean failed"
 rc=0
-in_tree "timeout -k 30 $check_timeout make check" || rc=$?
+bg_wait in_tree "timeout -k 30 $check_timeout make check" || rc=$?
 [ "$rc" -eq 0 ] || die "make check in a fresh Debian 12 exited $rc (timeout: 124)"
 step_done "make check in the chroot"
 
