@@ -5,6 +5,8 @@
 #                   libseccomp
 #   deps.sh test    the above plus what the test suite drives
 #   deps.sh bench   the above plus what `make bench` compares against
+#   deps.sh list    print every package named here, installs nothing
+#                   (scripts/fresh-check.sh checks nothing else got in)
 # Services that Debian would start on install (nginx, haproxy, iperf3) are
 # kept from starting: tests and benchmarks start their own, on loopback.
 set -eu
@@ -17,7 +19,11 @@ case "${1:-build}" in
 build) pkgs=$build_pkgs ;;
 test) pkgs="$build_pkgs $test_pkgs" ;;
 bench) pkgs="$build_pkgs $bench_pkgs" ;;
-*) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
+list)
+	echo "$build_pkgs $test_pkgs $bench_pkgs"
+	exit 0
+	;;
+*) echo "usage: $0 build|test|bench|list" >&2; exit 2 ;;
 esac
 
 missing=""
