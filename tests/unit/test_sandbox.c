@@ -15,20 +15,42 @@
 #include "harness.h"
 #include "sandbox.h"
 
-/* Runs fn in a child under the filter; returns its wait status. */
+/* What the last child wrote on stderr. */
+static char said[256];
+
+/*
+ * Runs fn in a child under the filter; returns its wait status.  The
+ * child's stderr (the filter's verdict) lands in said[].
+ */
 static int
 filtered(void (*fn)(void))
 {
 	char err[256];
-	int status = 0;
-	pid_t pid = fork();
+	int status = 0, p[2];
+	ssize_t n;
+	pid_t pid;
 
+	if (pipe(p) != 0)
+		return -1;
+	pid = fork();
 	if (pid == 0) {
+		dup2(p[1], STDERR_FILENO);
+		close(p[0]);
 		if (sandbox_seccomp(err, sizeof(err)) != 0)
 			_exit(90);
 		fn();
 		_exit(0);
 	}
+	close(p[1]);
+	/* To EOF: a reader gone early would kill the child with SIGPIPE. */
+	for (size_t got = 0;; got += (size_t)n) {
+		n = read(p[0], said + got, sizeof(said) - 1 - got);
+		if (n <= 0) {
+			said[got] = '\0';
+			break;
+		}
+	}
+	close(p[0]);
 	if (pid < 0 || waitpid(pid, &status, 0) != pid)
 		return -1;
 	return status;
@@ -107,6 +129,13 @@ main(void)
 
 	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	CHECK(killed_by_sigsys(filtered(do_execve)));
+	{
+		char want[64];
+
+		snprintf(want, sizeof(want), "system call %d not allowed",
+		    (int)SYS_execve);
+		CHECK(strstr(said, want) != NULL);
+	}
 #ifndef LIFELINE_SANITIZED
 	/* LeakSanitizer's tracer needs these: the sanitizer build allows
 	 * them (sandbox.c). */
