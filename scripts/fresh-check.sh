@@ -304,6 +304,9 @@ for n in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
 	IFS=: read -r name major minor <<<"$n"
 	mknod -m 0666 "$root/dev/$name" c "$major" "$minor"
 done
+# The hostile-network tests' delay line needs TUN, as on any booted system.
+mkdir -m 0755 "$root/dev/net"
+mknod -m 0666 "$root/dev/net/tun" c 10 200
 ln -s /proc/self/fd "$root/dev/fd"
 ln -s /proc/self/fd/0 "$root/dev/stdin"
 ln -s /proc/self/fd/1 "$root/dev/stdout"
