@@ -21,6 +21,8 @@ step() {
 	fi
 }
 
+# Objects a plain `make` built without -Werror would be reused: start over.
+rm -rf build/obj build-san/obj
 mkdir -p build build-san
 step format make -s format-check
 step include-order /usr/bin/python3 scripts/include-order.py
