@@ -702,7 +702,7 @@ conn_timeout(struct relay_conn *c)
 }
 
 /*
- * The invariants of the header comment, checked after each run (in
+ * The connection-level invariants (copy.c checks the per-direction ones),
  * sanitized and DEBUG=1 builds only).
  */
 static void
