@@ -702,8 +702,8 @@ conn_timeout(struct relay_conn *c)
 }
 
 /*
- * The connection-level invariants (copy.c checks the per-direction ones),
- * sanitized and DEBUG=1 builds only).
+ * The connection-level invariants, checked after each run (copy.c checks
+ * the per-direction ones; sanitized and DEBUG=1 builds only).
  */
 static void
 conn_check(const struct relay_conn *c)
