@@ -21,8 +21,8 @@ import time
 import pytest
 
 from conftest import (
-    IO_TIMEOUT, SLOW, chunks, make_config, read_until_closed, recv_exact,
-    rst_close, try_echo, wait_for,
+    IO_TIMEOUT, SLOW, chunks, h_echo, make_config, read_until_closed,
+    recv_exact, rst_close, try_echo, wait_for,
 )
 from netns import (  # noqa: F401 (fixtures)
     RELAY_IP, UPSTREAM_IPS, net, netns_shim, wait_clean_end,
@@ -49,15 +49,6 @@ def relay_config(servers, **timeouts):
 
 
 PROBE_PORT = [0]
-
-
-def h_echo(c, rec):
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
-        c.sendall(d)
-    c.shutdown(socket.SHUT_WR)
 
 
 class Relay:
