@@ -297,6 +297,9 @@ cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 step_done "unpack"
 
 step "mount /proc /sys /dev /dev/pts /dev/shm /run /tmp"
+# The tree's / must be a mount point, as on a booted system: `ip netns`
+# (the hostile-network tests) remounts / as a slave.
+mount --bind "$root" "$root"
 do_mount proc -t proc -o nosuid,nodev,noexec proc
 do_mount sys -t sysfs -o nosuid,nodev,noexec,ro sysfs
 do_mount dev -t tmpfs -o nosuid,mode=0755,size=64k dev
