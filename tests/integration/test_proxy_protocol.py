@@ -207,7 +207,21 @@ def expect_origin(pp, version, src, dst):
 # HAProxy and nginx as real peers
 
 
-def _listening_ports():
+def _listening_ports(pid):
+    """Ports of the listening sockets that process `pid` holds (a port
+    alone would also match another process's listener on some other
+    address, and a peer that failed to bind would seem up)."""
+    mine = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                mine.add(link[8:-1])
+    except OSError:
+        return set()
     ports = set()
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -215,7 +229,7 @@ def _listening_ports():
                 next(f)
                 for line in f:
                     fields = line.split()
-                    if fields[3] == "0A":  # TCP_LISTEN
+                    if fields[3] == "0A" and fields[9] in mine:  # LISTEN
                         ports.add(int(fields[1].rsplit(":", 1)[1], 16))
         except FileNotFoundError:
             pass
@@ -267,7 +281,7 @@ class Peer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False
-            if set(self.ports) <= _listening_ports():
+            if set(self.ports) <= _listening_ports(self.proc.pid):
                 return True
             time.sleep(0.02)
         return False
