@@ -7,6 +7,7 @@ process, socket and server a test creates is torn down by the autouse
 fixture `_cleanup`, even when the test fails.
 """
 
+import errno
 import faulthandler
 import hashlib
 import os
@@ -144,6 +145,20 @@ def recv_exact(sock, n):
             raise EOFError(f"EOF after {len(buf)} of {n} bytes")
         buf += d
     return bytes(buf)
+
+
+def half_close(sock):
+    """shutdown(SHUT_WR), the way a test peer ends its direction.  A reset
+    that arrived after the last byte was accepted and before this call
+    leaves the socket unconnected (ENOTCONN, the only way a connected
+    socket gets there): returns "reset" then, else "sent"."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError as e:
+        if e.errno in (errno.ENOTCONN, errno.ECONNRESET, errno.EPIPE):
+            return "reset"
+        raise
+    return "sent"
 
 
 def read_until_closed(sock, timeout):
