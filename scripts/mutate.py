@@ -182,7 +182,9 @@ def one_mutant(base, work, m):
     if m.errors:
         return m, "broken", "; ".join(m.errors), 0.0
     tree = os.path.join(work, m.name)
-    shutil.copytree(base, tree, symlinks=True)
+    # The base run's pytest directories are not part of the build.
+    shutil.copytree(base, tree, symlinks=True,
+                    ignore=shutil.ignore_patterns("pytest-*"))
     try:
         since = os.path.getsize(log)
         rc = run(["patch", "-p1", "-F0", "--no-backup-if-mismatch",

@@ -5,7 +5,8 @@
  * per worker) and the stats listener, write the ports file, drop
  * privileges, resolve upstream names (bounded wait), start the workers.
  * The main thread then only waits for signals (signalfd) and for workers
- * that finish draining.
+ * that finish draining, and tells a service manager what it does (notify:
+ * READY, RELOADING, STOPPING, STATUS).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -24,6 +25,7 @@
 #include "gen.h"
 #include "log.h"
 #include "loop.h"
+#include "notify.h"
 #include "relay.h"
 #include "resolver.h"
 #include "sandbox.h"
@@ -51,9 +53,9 @@ static struct {
 	struct gen *gen; /* reference: the generation in force */
 	struct worker *workers[CFG_MAX_WORKERS];
 	unsigned nworkers;
-	int notify_fd;
+	int done_fd; /* eventfd: workers that finished draining */
 	const char *ports_file; /* borrowed: CLI or gen->cfg */
-} m = {.notify_fd = -1};
+} m = {.done_fd = -1};
 
 static void
 usage(FILE *out)
@@ -312,7 +314,8 @@ log_summary(void)
 	    (unsigned long long)pauses, line);
 }
 
-static void
+/* Returns whether the new configuration is in force. */
+static bool
 reload(void)
 {
 	char err[CFG_ERRLEN];
@@ -325,7 +328,7 @@ reload(void)
 	if (cfg == NULL) {
 		log_errorx(
 		    "reload refused, previous configuration kept: %s", err);
-		return;
+		return false;
 	}
 	if (count_workers(cfg) != m.nworkers)
 		log_warnx("reload: 'workers' changes take effect at restart");
@@ -336,7 +339,7 @@ reload(void)
 	if (g == NULL) {
 		log_errorx(
 		    "reload refused, previous configuration kept: %s", err);
-		return;
+		return false;
 	}
 	/* Everything the workers need first: none can fail half-way. */
 	for (unsigned i = 0; i < m.nworkers; i++) {
@@ -347,7 +350,7 @@ reload(void)
 			gen_unref(g);
 			log_errorx("reload refused, previous configuration "
 			           "kept: out of memory");
-			return;
+			return false;
 		}
 	}
 	apply_log_level(g->cfg);
@@ -364,6 +367,52 @@ reload(void)
 	write_ports(true);
 	log_info("configuration reloaded: %zu listener%s", g->nlisteners,
 	    g->nlisteners == 1 ? "" : "s");
+	return true;
+}
+
+/* The live figures for STATUS=; never an address. */
+static void
+status_text(char *buf, size_t len)
+{
+	uint64_t accepted = 0;
+
+	for (unsigned i = 0; i < m.nworkers; i++)
+		accepted += RELAY_CNT_GET(&m.workers[i]->cnt, accepted);
+	snprintf(buf, len, "%u live connection%s, %llu since start",
+	    relay_total_active(), relay_total_active() == 1 ? "" : "s",
+	    (unsigned long long)accepted);
+}
+
+/* Sends STATUS= when the figures changed since the last one. */
+static void
+notify_status(void)
+{
+	static char last[NOTIFY_MAX];
+	char now[NOTIFY_MAX];
+
+	if (!notify_enabled())
+		return;
+	status_text(now, sizeof(now));
+	if (strcmp(now, last) == 0)
+		return;
+	if (notify_send("STATUS=%s", now) == 0)
+		memcpy(last, now, sizeof(last));
+}
+
+/* SIGHUP: the manager sees the reload begin and end, applied or not. */
+static void
+reload_notified(void)
+{
+	char st[NOTIFY_MAX - 64];
+
+	(void)notify_reloading();
+	if (reload()) {
+		status_text(st, sizeof(st));
+		(void)notify_send("READY=1\nSTATUS=%s", st);
+	} else {
+		(void)notify_send("READY=1\nSTATUS=reload refused, previous "
+		                  "configuration kept (see the log)");
+	}
 }
 
 static void
@@ -381,6 +430,9 @@ drain(bool now)
 		    (unsigned long long)m.gen->cfg->drain_timeout_ms);
 	for (unsigned i = 0; i < m.nworkers; i++)
 		worker_drain(m.workers[i], deadline);
+	(void)notify_send("STOPPING=1\nSTATUS=%s %u live connection%s",
+	    now ? "stopping now, closing" : "draining",
+	    relay_total_active(), relay_total_active() == 1 ? "" : "s");
 }
 
 /* Waits for signals and finished workers; returns the exit status. */
@@ -389,17 +441,24 @@ main_loop(int sfd)
 {
 	struct pollfd pfd[2] = {
 	    {.fd = sfd, .events = POLLIN},
-	    {.fd = m.notify_fd, .events = POLLIN},
+	    {.fd = m.done_fd, .events = POLLIN},
 	};
 	unsigned done = 0;
 	bool draining = false;
 
 	while (done < m.nworkers) {
-		if (poll(pfd, 2, -1) < 0) {
+		int n = poll(pfd, 2,
+		    notify_enabled() ? NOTIFY_STATUS_INTERVAL_MS : -1);
+
+		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			log_error("poll");
 			return 1;
+		}
+		if (n == 0) {
+			notify_status();
+			continue;
 		}
 		if (pfd[0].revents & POLLIN) {
 			struct signalfd_siginfo si;
@@ -414,7 +473,7 @@ main_loop(int sfd)
 				break;
 			case SIGHUP:
 				if (!draining)
-					reload();
+					reload_notified();
 				break;
 			case SIGUSR1:
 				log_summary();
@@ -424,7 +483,7 @@ main_loop(int sfd)
 		if (pfd[1].revents & POLLIN) {
 			uint64_t v;
 
-			if (read(m.notify_fd, &v, sizeof(v)) == sizeof(v))
+			if (read(m.done_fd, &v, sizeof(v)) == sizeof(v))
 				done += (unsigned)v;
 		}
 	}
@@ -471,6 +530,9 @@ main(int argc, char **argv)
 	}
 	apply_log_level(cfg);
 	cfg_warnings(cfg, warn_log);
+	/* Before the sandbox: later messages need no new descriptor. */
+	if (notify_open(err, sizeof(err)) != 0)
+		log_warnx("%s", err);
 
 	/* Workers inherit this mask: signals reach the main thread only. */
 	sigemptyset(&set);
@@ -484,8 +546,8 @@ main(int argc, char **argv)
 	sfd = signalfd(-1, &set, SFD_CLOEXEC);
 	if (sfd < 0)
 		fatal(1, "signalfd: %s", strerror(errno));
-	m.notify_fd = eventfd(0, EFD_CLOEXEC);
-	if (m.notify_fd < 0)
+	m.done_fd = eventfd(0, EFD_CLOEXEC);
+	if (m.done_fd < 0)
 		fatal(1, "eventfd: %s", strerror(errno));
 
 	m.nworkers = count_workers(cfg);
@@ -510,7 +572,7 @@ main(int argc, char **argv)
 	if (m.gen->cfg->sandbox && sandbox_seccomp(err, sizeof(err)) != 0)
 		fatal(1, "%s", err);
 	for (unsigned i = 0; i < m.nworkers; i++) {
-		m.workers[i] = worker_new(i, m.gen, m.notify_fd);
+		m.workers[i] = worker_new(i, m.gen, m.done_fd);
 		if (m.workers[i] == NULL || worker_start(m.workers[i]) != 0)
 			fatal(1, "cannot start worker %u: %s", i,
 			    strerror(errno));
@@ -520,6 +582,8 @@ main(int argc, char **argv)
 		    1, "cannot start the control thread: %s", strerror(errno));
 	log_info("lifeline %s started: %u worker%s, %zu listener%s",
 	    LIFELINE_VERSION, m.nworkers, m.nworkers == 1 ? "" : "s",
+	    m.gen->nlisteners, m.gen->nlisteners == 1 ? "" : "s");
+	(void)notify_send("READY=1\nSTATUS=serving on %zu listener%s",
 	    m.gen->nlisteners, m.gen->nlisteners == 1 ? "" : "s");
 
 	status = main_loop(sfd);
@@ -532,7 +596,8 @@ main(int argc, char **argv)
 		(void)unlink(m.ports_file);
 	log_info("stopped");
 	gen_unref(m.gen);
-	close(m.notify_fd);
+	close(m.done_fd);
 	close(sfd);
+	notify_close();
 	return status;
 }

@@ -233,7 +233,8 @@ class Daemon:
 
     _seq = 0
 
-    def __init__(self, tmp_path, config, args=(), nofile=None, name=None):
+    def __init__(self, tmp_path, config, args=(), nofile=None, name=None,
+                 env=None):
         Daemon._seq += 1
         name = name or f"lifeline{Daemon._seq}"
         self.dir = tmp_path
@@ -244,6 +245,7 @@ class Daemon:
         self.conf.write_text(config)
         self.args = list(args)
         self.nofile = nofile
+        self.env = env  # added to (or, as None values, removed from) ours
         self.proc = None
         self.ports = {}
         self.returncode = None
@@ -258,12 +260,19 @@ class Daemon:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # only a test that sets it
+        for k, v in (self.env or {}).items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [LIFELINE_BIN, "-c", str(self.conf), "--ports-file",
                  str(self.ports_file)] + self.args,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                close_fds=True, preexec_fn=preexec)
+                close_fds=True, preexec_fn=preexec, env=env)
         if wait:
             self.wait_ports()
         return self
