@@ -356,8 +356,21 @@ sandbox_seccomp(char *err, size_t errlen)
 	ctx = seccomp_init(SCMP_ACT_TRAP);
 	if (ctx == NULL)
 		return fail(err, errlen, "seccomp: cannot create a filter");
-	if (seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) != 0)
-		goto out;
+	r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+	if (r != 0) {
+		/*
+		 * libseccomp probes the seccomp(2) call for TSYNC: an outer
+		 * filter that denies it (systemd's SystemCallFilter without
+		 * "seccomp") makes the probe fail.
+		 */
+		seccomp_release(ctx);
+		return fail(err, errlen,
+		    "seccomp: cannot apply the filter to every thread "
+		    "(TSYNC: %s); is the seccomp system call denied by an "
+		    "outer filter (systemd: add SystemCallFilter=seccomp)?",
+		    strerror(-r));
+	}
+	r = -1;
 	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
 		int nr = seccomp_syscall_resolve_name(allowed[i]);
 
