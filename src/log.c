@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -15,6 +16,28 @@
 static _Atomic int log_threshold = LOG_INFO;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+/* syslog priorities of the levels: err, warning, info, debug. */
+static const char *const level_prio[] = {"<3>", "<4>", "<6>", "<7>"};
+/* Set once at start, before any thread: stderr is the journal's stream. */
+static bool log_to_journal;
+
+void
+log_detect_journal(void)
+{
+	const char *v = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	char end;
+
+	log_to_journal = false;
+	if (v == NULL || sscanf(v, "%llu:%llu%c", &dev, &ino, &end) != 2)
+		return;
+	if (fstat(STDERR_FILENO, &st) != 0)
+		return;
+	log_to_journal =
+	    (unsigned long long)st.st_dev == dev &&
+	    (unsigned long long)st.st_ino == ino;
+}
 
 void
 log_set_level(enum log_level level)
@@ -67,13 +90,20 @@ log_vemit(enum log_level level, int errnum, const char *fmt, va_list ap)
 
 	if (!log_enabled(level))
 		return;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-	r = snprintf(line + n, sizeof(line) - n,
-	    ".%03ldZ %s: ", ts.tv_nsec / 1000000, level_names[level]);
-	if (r > 0)
-		n += (size_t)r;
+	if (log_to_journal) {
+		/* The journal stamps the time; the prefix sets PRIORITY=. */
+		r = snprintf(line, sizeof(line), "%s%s: ", level_prio[level],
+		    level_names[level]);
+		n = r > 0 ? (size_t)r : 0;
+	} else {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+		r = snprintf(line + n, sizeof(line) - n, ".%03ldZ %s: ",
+		    ts.tv_nsec / 1000000, level_names[level]);
+		if (r > 0)
+			n += (size_t)r;
+	}
 	if (n < sizeof(line)) {
 		r = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
 		if (r > 0)

@@ -17,6 +17,12 @@ enum log_level {
 	LOG_DEBUG,
 };
 
+/*
+ * Under systemd, when $JOURNAL_STREAM names our stderr (sd-daemon(3)):
+ * lines then carry a "<N>" syslog priority prefix instead of a timestamp,
+ * so that the journal records each line's level.  Call once at start.
+ */
+void log_detect_journal(void);
 /* Sets the threshold; messages above it are dropped. */
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);

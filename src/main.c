@@ -503,6 +503,7 @@ main(int argc, char **argv)
 	if (argc > 1 && strcmp(argv[1], "health") == 0)
 		return cli_health(argc - 1, argv + 1);
 	parse_args(argc, argv, &m.o);
+	log_detect_journal();
 	cfg = load_config(&m.o, err, sizeof(err));
 	if (cfg == NULL) {
 		fprintf(stderr, "lifeline: %s\n", err);

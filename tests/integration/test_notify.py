@@ -223,3 +223,34 @@ def test_unusable_notify_socket_warns_and_serves(tmp_path, value, why):
     err = d.stderr_text()
     assert "NOTIFY_SOCKET" in err and why in err, err
     assert d.stop() == 0
+
+
+def test_journal_stream_lines_carry_priority(tmp_path):
+    """$JOURNAL_STREAM naming our stderr (systemd's StandardError=journal):
+    each line starts with its syslog priority, no timestamp (the journal
+    keeps both); naming another file changes nothing."""
+    echo = Server(h_echo, name="echo")
+    d = Daemon(tmp_path, relay_config(echo), name="journal")
+    d.stderr_path.write_bytes(b"")
+    st = os.stat(d.stderr_path)
+    d.env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    d.start()
+    d.conf.write_text("[global]\nworkers = many\n")
+    d.send(signal.SIGHUP)
+    d.wait_stderr(0, lambda t: "reload refused" in t)
+    assert d.stop() == 0
+    lines = d.stderr_text().splitlines()
+    assert "<6>info: lifeline " in "\n".join(lines), lines
+    refused = [x for x in lines if "reload refused" in x]
+    assert refused and refused[0].startswith("<3>error: reload refused"), lines
+    assert all(x[:3] in ("<3>", "<4>", "<6>") for x in lines), lines
+
+    other = tmp_path / "other"
+    other.write_bytes(b"")
+    st = os.stat(other)
+    d2 = Daemon(tmp_path, relay_config(echo), name="nojournal",
+                env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    d2.start()
+    assert d2.stop() == 0
+    lines = d2.stderr_text().splitlines()
+    assert lines and all(x[:2] == "20" and "Z " in x for x in lines), lines
