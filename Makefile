@@ -42,7 +42,9 @@ SECCOMP_CFLAGS = $(shell $(PKG_CONFIG) --cflags libseccomp 2>/dev/null)
 SECCOMP_LIBS = $(shell $(PKG_CONFIG) --libs libseccomp 2>/dev/null || echo -lseccomp)
 
 # Invariant checks (src/invariant.h): on in sanitized and DEBUG=1 builds.
-INV_FLAGS := $(if $(SANITIZE)$(DEBUG),-DLIFELINE_INVARIANTS,) \
+# Test hooks (SIGUSR2 makes one forbidden system call): the same builds,
+# never a release build.
+INV_FLAGS := $(if $(SANITIZE)$(DEBUG),-DLIFELINE_INVARIANTS -DLIFELINE_TEST_HOOKS,) \
 	$(if $(SANITIZE),-DLIFELINE_SANITIZED,)
 ALL_CPPFLAGS = -D_GNU_SOURCE -DLIFELINE_VERSION='"$(VERSION)"' $(INV_FLAGS) $(INIH_CFLAGS) $(SSL_CFLAGS) $(QR_CFLAGS) $(SECCOMP_CFLAGS) $(CPPFLAGS)
 ALL_CFLAGS = -std=c11 $(WARN) $(SAN_FLAGS) $(CFLAGS)
@@ -151,7 +153,7 @@ check-unit: $(UNIT_BINS)
 
 check-integration: $(BIN)
 	LIFELINE_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
-		$(if $(SANITIZE),-m "not plain_only",) \
+		$(if $(SANITIZE),-m "not plain_only",-m "not hooks_only") \
 		--junitxml=$(BUILD)/junit.xml tests/integration
 
 # The whole suite, plain then sanitized.  This is what CI runs.

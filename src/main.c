@@ -478,6 +478,11 @@ main_loop(int sfd)
 			case SIGUSR1:
 				log_summary();
 				break;
+#ifdef LIFELINE_TEST_HOOKS
+			case SIGUSR2:
+				sandbox_test_forbidden();
+				break;
+#endif
 			}
 		}
 		if (pfd[1].revents & POLLIN) {
@@ -541,6 +546,9 @@ main(int argc, char **argv)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGUSR1);
+#ifdef LIFELINE_TEST_HOOKS
+	sigaddset(&set, SIGUSR2);
+#endif
 	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
 		fatal(1, "cannot block signals");
 	signal(SIGPIPE, SIG_IGN);

@@ -403,3 +403,12 @@ out:
 	seccomp_release(ctx);
 	return fail(err, errlen, "seccomp: cannot build the filter");
 }
+
+#ifdef LIFELINE_TEST_HOOKS
+void
+sandbox_test_forbidden(void)
+{
+	log_info("test hook: calling acct(2), which the filter forbids");
+	(void)syscall(SYS_acct, NULL);
+}
+#endif

@@ -21,4 +21,9 @@ int sandbox_seccomp(char *err, size_t errlen);
 /* System calls the allow-list permits (for the docs and the tests). */
 size_t sandbox_allowed_count(void);
 
+#ifdef LIFELINE_TEST_HOOKS
+/* Test builds only: makes acct(2), which no list allows (SIGSYS). */
+void sandbox_test_forbidden(void);
+#endif
+
 #endif

@@ -865,6 +865,9 @@ def pytest_configure(config):
     # is set): they test the network more than the code.
     config.addinivalue_line(
         "markers", "plain_only: slow; run in the plain pass of make check only")
+    config.addinivalue_line(
+        "markers", "hooks_only: needs the test hooks of the sanitized build "
+        "(LIFELINE_TEST_HOOKS); run in the sanitized pass only")
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,9 @@
 """Least privilege (DESIGN.md, "Privileges"): after start-up every thread
 of the daemon has no capability in any set, no_new_privs, the seccomp
 filter (unless `sandbox = off`) and, when started as root with `user`,
-that user's identity.  The filter's verdict on a forbidden call (SIGSYS)
-is tested in tests/unit/test_sandbox.c."""
+that user's identity.  A forbidden call kills the running daemon by
+SIGSYS (through the sanitized build's test hook; the filter's verdict on
+each kind of call is tested in tests/unit/test_sandbox.c)."""
 
 import os
 import pwd
@@ -102,3 +103,36 @@ def test_reload_cannot_bind_a_low_port(tmp_path, echo):
     assert "127.0.0.1:1023" in text and "below 1024" in text, text
     echo_roundtrip(connect(d.addr("plain")), b"still")
     assert d.alive()
+
+
+@pytest.mark.hooks_only
+def test_forbidden_call_kills_the_daemon_by_sigsys(tmp_path, echo):
+    """The test hook (SIGUSR2, sanitized build only) makes acct(2) on the
+    main thread, long after start-up: the filter is in force there, the
+    daemon names the call and dies of SIGSYS, not of anything milder."""
+    d = start_daemon(tmp_path, make_config(
+        {"up": [echo.spec]}, {"plain": {"upstream": "up"}}))
+    s = connect(d.addr("plain"))
+    echo_roundtrip(s)
+    d.send(signal.SIGUSR2)
+    rc = d.wait_exit(10)
+    assert rc == -signal.SIGSYS, f"exit {rc}:\n{d.stderr_text()}"
+    err = d.stderr_text()
+    assert "test hook: calling acct(2)" in err, err
+    assert "sandbox: system call 163 not allowed" in err, err
+    s.close()
+
+
+@pytest.mark.hooks_only
+def test_sandbox_off_lets_the_forbidden_call_through(tmp_path, echo):
+    """The control: with `sandbox = off` the same call fails with an
+    ordinary error (no CAP_SYS_PACCT) and the daemon serves on."""
+    d = start_daemon(tmp_path, make_config(
+        {"up": [echo.spec]}, {"plain": {"upstream": "up"}},
+        global_={"sandbox": "off"}))
+    d.send(signal.SIGUSR2)
+    d.wait_stderr(0, lambda t: "test hook: calling acct(2)" in t)
+    s = connect(d.addr("plain"))
+    echo_roundtrip(s)
+    s.close()
+    assert d.stop() == 0
