@@ -54,7 +54,7 @@ SRCS := $(wildcard src/*.c)
 OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 BIN := $(BUILD)/lifeline
 
-UNIT_TESTS := config addr proxyproto pp_parse loop copy relay sandbox
+UNIT_TESTS := config addr proxyproto pp_parse loop copy relay sandbox srclimit
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
 .PHONY: all run check check-unit check-integration check-fuzz-replay deps \
@@ -88,9 +88,11 @@ $(BUILD)/unit/test_pp_parse: tests/unit/test_pp_parse.c $(BUILD)/obj/proxyproto.
 $(BUILD)/unit/test_loop: tests/unit/test_loop.c $(BUILD)/obj/loop.o
 $(BUILD)/unit/test_copy: tests/unit/test_copy.c $(BUILD)/obj/copy.o
 $(BUILD)/unit/test_sandbox: tests/unit/test_sandbox.c $(BUILD)/obj/sandbox.o $(BUILD)/obj/log.o
+$(BUILD)/unit/test_srclimit: tests/unit/test_srclimit.c $(BUILD)/obj/srclimit.o
 # The state machine with its system calls faked: the modules a generation
 # needs, OpenSSL included.
-RELAY_TEST_OBJS := relay copy gen config addr log loop tls upstream proxyproto
+RELAY_TEST_OBJS := relay copy gen config addr log loop tls upstream proxyproto \
+	srclimit
 $(BUILD)/unit/test_relay: tests/unit/test_relay.c \
 	$(patsubst %,$(BUILD)/obj/%.o,$(RELAY_TEST_OBJS))
 $(UNIT_BINS): tests/unit/harness.h tests/pp_equal.h

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "srclimit.h"
 #include "util.h"
 
 #define CFG_MAX_FILE (1024 * 1024)
@@ -465,7 +466,8 @@ section_keys(enum sec_kind kind)
 {
 	static const char *const global[] = {"workers", "maxconn", "user",
 	    "drain-timeout", "log-level", "ports-file", "public-host",
-	    "sandbox", NULL};
+	    "sandbox", "max-conn-per-source", "new-conn-rate-per-source",
+	    "source-prefix-v4", "source-prefix-v6", "source-table-size", NULL};
 	static const char *const timeouts[] = {"connect", "client", "server",
 	    "client-fin", "server-fin", "handshake", NULL};
 	static const char *const stats[] = {"listen", "public", NULL};
@@ -473,7 +475,8 @@ section_keys(enum sec_kind kind)
 	    "server", "send-proxy", "check-interval", NULL};
 	static const char *const listen[] = {"bind", "tls", "cert", "key",
 	    "tls-key-type", "tls-names", "tls-ips", "accept-proxy",
-	    "trusted-proxies", "upstream", "maxconn", NULL};
+	    "trusted-proxies", "upstream", "maxconn", "max-conn-per-source",
+	    "new-conn-rate-per-source", NULL};
 	static const char *const none[] = {NULL};
 
 	switch (kind) {
@@ -557,6 +560,62 @@ parse_bind(struct parse_state *st, const char *key, const char *value,
 	b->line = st->line;
 }
 
+/*
+ * The per-source keys, in [global] and [listen]: "off" or a count;
+ * "off" or "N/s", "N/m", "N/h".  Returns false when key is neither.
+ */
+static bool
+key_srclimit(struct parse_state *st, const char *key, const char *value,
+    unsigned bit, struct cfg_srclimit *sl)
+{
+	const char *e;
+
+	if (strcmp(key, "max-conn-per-source") == 0) {
+		if (!once(st, bit, key))
+			return true;
+		sl->has_conn = true;
+		if (strcmp(value, "off") == 0)
+			sl->max_conn = 0;
+		else if ((e = cfg_parse_uint(value, 1, 10000000,
+		              &sl->max_conn)) != NULL)
+			bad_value(st, key, value, "use off or 1-10000000");
+		return true;
+	}
+	if (strcmp(key, "new-conn-rate-per-source") == 0) {
+		char num[16];
+		const char *slash = strchr(value, '/');
+		size_t n = slash != NULL ? (size_t)(slash - value) : 0;
+
+		if (!once(st, bit + 1, key))
+			return true;
+		sl->has_rate = true;
+		if (strcmp(value, "off") == 0) {
+			sl->rate = 0;
+			return true;
+		}
+		if (slash == NULL || n == 0 || n >= sizeof(num) ||
+		    slash[1] == '\0' || slash[2] != '\0' ||
+		    strchr("smh", slash[1]) == NULL) {
+			bad_value(st, key, value,
+			    "use off or N/s, N/m or N/h (new connections per "
+			    "second, minute or hour)");
+			return true;
+		}
+		memcpy(num, value, n);
+		num[n] = '\0';
+		if (cfg_parse_uint(num, 1, SRCLIMIT_MAX_RATE, &sl->rate) !=
+		    NULL) {
+			bad_value(st, key, value, "N must be 1-1000000");
+			return true;
+		}
+		sl->period_ms = slash[1] == 's' ? 1000
+		    : slash[1] == 'm'           ? 60 * 1000
+		                                : 3600 * 1000;
+		return true;
+	}
+	return false;
+}
+
 static void
 key_global(struct parse_state *st, const char *key, const char *value)
 {
@@ -609,6 +668,21 @@ key_global(struct parse_state *st, const char *key, const char *value)
 			return;
 		if ((e = cfg_parse_bool(value, &cfg->sandbox)) != NULL)
 			bad_value(st, key, value, e);
+	} else if (key_srclimit(st, key, value, 8, &cfg->srclimit)) {
+		return;
+	} else if (strcmp(key, "source-prefix-v4") == 0) {
+		if (once(st, 10, key) &&
+		    cfg_parse_uint(value, 1, 32, &cfg->source_prefix4) != NULL)
+			bad_value(st, key, value, "use 1-32 (bits kept)");
+	} else if (strcmp(key, "source-prefix-v6") == 0) {
+		if (once(st, 11, key) &&
+		    cfg_parse_uint(value, 1, 128, &cfg->source_prefix6) != NULL)
+			bad_value(st, key, value, "use 1-128 (bits kept)");
+	} else if (strcmp(key, "source-table-size") == 0) {
+		if (once(st, 12, key) &&
+		    cfg_parse_uint(value, SRCLIMIT_MIN_SIZE, SRCLIMIT_MAX_SIZE,
+		        &cfg->source_table_size) != NULL)
+			bad_value(st, key, value, "use 64-16777216 (sources)");
 	} else {
 		perr(st, st->line, "unknown key '%s' in [global]", key);
 	}
@@ -754,6 +828,8 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 		if ((e = cfg_parse_uint(value, 1, 10000000, &ls->maxconn)) !=
 		    NULL)
 			bad_value(st, key, value, e);
+	} else if (key_srclimit(st, key, value, 7, &ls->srclimit)) {
+		return;
 	} else {
 		perr(st, st->line, "unknown key '%s' in [listen %s]", key,
 		    ls->name);
@@ -999,6 +1075,9 @@ set_defaults(struct cfg *cfg)
 	cfg->workers = 0;
 	cfg->maxconn = 27500;
 	cfg->sandbox = true;
+	cfg->source_prefix4 = 32;
+	cfg->source_prefix6 = 64;
+	cfg->source_table_size = SRCLIMIT_DEFAULT_SIZE;
 	cfg->drain_timeout_ms = 30 * 1000;
 	cfg->log_level = LOG_INFO;
 	cfg->timeouts.connect_ms = 5 * 1000;
@@ -1304,6 +1383,41 @@ fmt_duration(uint64_t ms, char *buf, size_t len)
 	return buf;
 }
 
+/* The per-source keys: [global] always, a listener's when it set them. */
+static void
+print_srclimit(FILE *out, const struct cfg_srclimit *sl, bool global)
+{
+	if (global || sl->has_conn) {
+		if (sl->max_conn != 0)
+			fprintf(out, "max-conn-per-source = %u\n", sl->max_conn);
+		else
+			fprintf(out, "max-conn-per-source = off\n");
+	}
+	if (global || sl->has_rate) {
+		if (sl->rate != 0)
+			fprintf(out, "new-conn-rate-per-source = %u/%c\n",
+			    sl->rate,
+			    sl->period_ms == 1000        ? 's'
+			        : sl->period_ms == 60000 ? 'm'
+			                                 : 'h');
+		else
+			fprintf(out, "new-conn-rate-per-source = off\n");
+	}
+}
+
+bool
+cfg_any_listener_srclimit(const struct cfg *cfg)
+{
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		const struct cfg_srclimit *sl = &cfg->listens[i].srclimit;
+
+		if ((sl->has_conn && sl->max_conn != 0) ||
+		    (sl->has_rate && sl->rate != 0))
+			return true;
+	}
+	return false;
+}
+
 void
 cfg_print(const struct cfg *cfg, FILE *out)
 {
@@ -1326,6 +1440,14 @@ cfg_print(const struct cfg *cfg, FILE *out)
 	if (cfg->public_host != NULL)
 		fprintf(out, "public-host = %s\n", cfg->public_host);
 	fprintf(out, "sandbox = %s\n", cfg->sandbox ? "on" : "off");
+	print_srclimit(out, &cfg->srclimit, true);
+	if (cfg->srclimit.max_conn != 0 || cfg->srclimit.rate != 0 ||
+	    cfg_any_listener_srclimit(cfg)) {
+		fprintf(out, "source-prefix-v4 = %u\n", cfg->source_prefix4);
+		fprintf(out, "source-prefix-v6 = %u\n", cfg->source_prefix6);
+		fprintf(out, "source-table-size = %u\n",
+		    cfg->source_table_size);
+	}
 
 	fprintf(out, "\n[timeouts]\n");
 	fprintf(out, "connect = %s\n",
@@ -1391,5 +1513,6 @@ cfg_print(const struct cfg *cfg, FILE *out)
 		fprintf(out, "upstream = %s\n", ls->upstream_name);
 		if (ls->maxconn != 0)
 			fprintf(out, "maxconn = %u\n", ls->maxconn);
+		print_srclimit(out, &ls->srclimit, false);
 	}
 }

@@ -58,6 +58,14 @@ struct cfg_bind {
 	int line;
 };
 
+/* Per-source limits (srclimit.h); 0 is off. */
+struct cfg_srclimit {
+	unsigned max_conn;
+	unsigned rate; /* new connections per period_ms, and the burst */
+	uint64_t period_ms;
+	bool has_conn, has_rate; /* set in this section (a listener's own) */
+};
+
 struct cfg_listen {
 	char *name; /* owned */
 	int line;
@@ -76,6 +84,7 @@ struct cfg_listen {
 	int upstream_line;
 	size_t upstream; /* index into cfg.upstreams, set by validation */
 	unsigned maxconn; /* 0: only the global cap applies */
+	struct cfg_srclimit srclimit; /* overrides of the global one */
 };
 
 struct cfg_timeouts {
@@ -97,6 +106,10 @@ struct cfg {
 	char *ports_file; /* owned, may be NULL */
 	char *public_host; /* owned, may be NULL */
 	bool sandbox; /* seccomp allow-list after start-up (default on) */
+	struct cfg_srclimit srclimit;
+	unsigned source_prefix4; /* how sources are grouped: /32 */
+	unsigned source_prefix6; /* /64 */
+	unsigned source_table_size; /* sources tracked at most */
 	struct cfg_timeouts timeouts;
 	struct cfg_bind *stats; /* owned array */
 	size_t nstats;
@@ -135,6 +148,8 @@ void cfg_warnings(const struct cfg *cfg, cfg_warn_cb warn);
 
 /* Writes the effective configuration, defaults included, as INI. */
 void cfg_print(const struct cfg *cfg, FILE *out);
+/* True when some listener sets a per-source limit of its own. */
+bool cfg_any_listener_srclimit(const struct cfg *cfg);
 
 /*
  * Parsers for values, exposed for the unit tests.  Each returns NULL on

@@ -13,6 +13,7 @@
 enum relay_result {
 	RELAY_RES_RELAYED = 0, /* reached upstream and relayed */
 	RELAY_RES_REFUSED_MAXCONN, /* over a maxconn cap */
+	RELAY_RES_REFUSED_SOURCE, /* over a per-source limit */
 	RELAY_RES_UPSTREAM_FAILED, /* no server of the group reachable */
 	RELAY_RES_TIMEOUT, /* idle, or no PROXY header in time */
 	RELAY_RES_TLS_FAILED, /* TLS handshake failed or timed out */
@@ -33,6 +34,9 @@ struct relay_lcounters {
 	_Atomic uint64_t bytes_out; /* upstream to client */
 	_Atomic uint64_t tls_handshakes;
 	_Atomic uint64_t tls_resumed;
+	/* Of closed[RELAY_RES_REFUSED_SOURCE], by limit. */
+	_Atomic uint64_t source_refused_conn;
+	_Atomic uint64_t source_refused_rate;
 } __attribute__((aligned(64)));
 
 /* Per worker: written by the worker only, read by anyone. */

@@ -241,8 +241,50 @@ gen_free(struct gen *g)
 			upstream_free(g->ups[i]);
 	}
 	free(g->ups);
+	srclimit_free(g->src);
 	cfg_free(g->cfg);
 	free(g);
+}
+
+/* A listener's limits: its own keys, else the global ones. */
+static struct srclimit_rule
+src_rule(const struct cfg *cfg, const struct cfg_listen *cl)
+{
+	const struct cfg_srclimit *gl = &cfg->srclimit, *ll = &cl->srclimit;
+	struct srclimit_rule r;
+
+	r.max_conn = ll->has_conn ? ll->max_conn : gl->max_conn;
+	r.rate = ll->has_rate ? ll->rate : gl->rate;
+	r.period_ms = ll->has_rate ? ll->period_ms : gl->period_ms;
+	/* Its own count when it has its own limits. */
+	r.scope =
+	    ll->has_conn || ll->has_rate ? srclimit_scope(cl->name) : 0;
+	return r;
+}
+
+/* The table of sources: the old generation's when its settings hold. */
+static int
+src_table(struct gen *g, const struct gen *old, char *err, size_t errlen)
+{
+	const struct cfg *cfg = g->cfg;
+
+	if (cfg->srclimit.max_conn == 0 && cfg->srclimit.rate == 0 &&
+	    !cfg_any_listener_srclimit(cfg))
+		return 0;
+	if (old != NULL && old->src != NULL &&
+	    srclimit_same(old->src, cfg->source_table_size,
+	        cfg->source_prefix4, cfg->source_prefix6)) {
+		srclimit_ref(old->src);
+		g->src = old->src;
+		return 0;
+	}
+	g->src = srclimit_new(cfg->source_table_size, cfg->source_prefix4,
+	    cfg->source_prefix6);
+	if (g->src == NULL) {
+		snprintf(err, errlen, "out of memory for the table of sources");
+		return -1;
+	}
+	return 0;
 }
 
 struct gen *
@@ -260,6 +302,8 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 		    old != NULL ? old->ups : NULL,
 		    old != NULL ? old->cfg->nupstreams : 0);
 	g->listeners = xcalloc(cfg->nlistens, sizeof(*g->listeners));
+	if (src_table(g, old, err, errlen) != 0)
+		goto fail;
 	for (size_t i = 0; i < cfg->nlistens; i++) {
 		const struct cfg_listen *cl = &cfg->listens[i];
 		struct listener *l;
@@ -268,6 +312,7 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 		l = &g->listeners[g->nlisteners++];
 		l->cfg = cl;
 		l->up = g->ups[cl->upstream];
+		l->src_rule = src_rule(cfg, cl);
 		st = find_lstate(old, cl->name);
 		if (st != NULL) {
 			atomic_fetch_add(&st->refs, 1);

@@ -22,6 +22,7 @@
 #include "addr.h"
 #include "config.h"
 #include "counters.h"
+#include "srclimit.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -61,6 +62,7 @@ struct listener {
 	struct tls_ctx *tls; /* reference; NULL: plain listener */
 	struct lsock **socks; /* owned array of references */
 	size_t nsocks;
+	struct srclimit_rule src_rule; /* its own per-source limits, or global */
 };
 
 struct gen {
@@ -70,6 +72,7 @@ struct gen {
 	struct upstream **ups; /* owned array, parallel to cfg->upstreams */
 	struct listener *listeners; /* owned array: listeners started */
 	size_t nlisteners;
+	struct srclimit *src; /* reference; NULL: no per-source limit */
 };
 
 /*

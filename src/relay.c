@@ -113,6 +113,7 @@ struct relay_conn {
 	struct relay_lcounters *lc; /* borrowed: listener's, this worker's */
 	struct relay_origin *origin; /* owned; NULL: the socket's addresses */
 	struct tls_conn *tls; /* owned; NULL on a plain listener */
+	struct srclimit_ticket src; /* held in gen->src while it lives */
 	struct loop_timer timer;
 	struct loop_task task; /* continue relaying, or free */
 	uint64_t deadline; /* header or connect attempt */
@@ -133,6 +134,8 @@ relay_result_str(enum relay_result r)
 		return "relayed";
 	case RELAY_RES_REFUSED_MAXCONN:
 		return "refused_maxconn";
+	case RELAY_RES_REFUSED_SOURCE:
+		return "refused_source";
 	case RELAY_RES_UPSTREAM_FAILED:
 		return "upstream_failed";
 	case RELAY_RES_TIMEOUT:
@@ -357,6 +360,7 @@ conn_close(struct relay_conn *c, bool abort_peers, enum relay_result result)
 		c->next->prev = c->prev;
 	c->prev = c->next = NULL;
 	rc->nconns--;
+	srclimit_release(c->gen->src, &c->src);
 	RELAY_CNT_ADD(rc->cnt, active, -1);
 	atomic_fetch_sub_explicit(&relay_active_total, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(
@@ -997,6 +1001,36 @@ tls_start(struct relay_conn *c)
 }
 
 /*
+ * Per-source limits (srclimit.h): admits a new connection of listener ls
+ * from sa.  True when admitted (tk set if counted); false when refused,
+ * counted under the limit that refused it.
+ */
+static bool
+source_admit(struct relay_ctx *rc, struct gen *g, struct listener *ls,
+    const struct sockaddr *sa, struct srclimit_ticket *tk)
+{
+	enum srclimit_verdict v;
+
+	srclimit_ticket_init(tk);
+	if (g->src == NULL)
+		return true;
+	v = srclimit_admit(g->src, &ls->src_rule, sa, loop_now(rc->loop), tk);
+	if (v == SRCLIMIT_REFUSE_CONN)
+		RELAY_CNT_ADD(&ls->state->cnt[rc->id], source_refused_conn, 1);
+	else if (v == SRCLIMIT_REFUSE_RATE)
+		RELAY_CNT_ADD(&ls->state->cnt[rc->id], source_refused_rate, 1);
+	return v == SRCLIMIT_ADMIT || v == SRCLIMIT_ADMIT_FULL;
+}
+
+/* True when listener ls has a per-source limit in generation g. */
+static bool
+source_limited(const struct gen *g, const struct listener *ls)
+{
+	return g->src != NULL &&
+	    (ls->src_rule.max_conn != 0 || ls->src_rule.rate != 0);
+}
+
+/*
  * Reads the inbound PROXY header.  The bytes are peeked, not taken, until
  * the header is whole: then exactly the header is consumed, and whatever
  * came with it stays in the socket as payload for the relay.
@@ -1046,6 +1080,17 @@ header_read(struct relay_conn *c, uint32_t events)
 		}
 		origin_set(&c->origin->src, &hdr.src);
 		origin_set(&c->origin->dst, &hdr.dst);
+		/*
+		 * The source is the client the header names.  A header
+		 * without addresses (LOCAL: the balancer's own checks) is
+		 * not limited: its peer is the balancer, shared by all.
+		 */
+		if (source_limited(c->gen, c->ls) &&
+		    !source_admit(rc, c->gen, c->ls, &c->origin->src.sa,
+		        &c->src)) {
+			conn_close(c, false, RELAY_RES_REFUSED_SOURCE);
+			return;
+		}
 	}
 	if (c->ls->tls != NULL) {
 		tls_start(c);
@@ -1262,6 +1307,7 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 {
 	const struct cfg *cfg = g->cfg;
 	unsigned lmax = ls->cfg->maxconn;
+	struct srclimit_ticket tk;
 	struct relay_conn *c;
 
 	RELAY_CNT_ADD(rc->cnt, accepted, 1);
@@ -1279,8 +1325,26 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		    &relay_active_total, 1, memory_order_relaxed);
 		goto refuse;
 	}
+	srclimit_ticket_init(&tk);
+	/* On accept-proxy listeners the source comes with the header. */
+	if (!ls->cfg->accept_proxy && source_limited(g, ls)) {
+		struct sockaddr_storage peer;
+
+		if (rc->sys->peername(fd, &peer) == 0 &&
+		    !source_admit(rc, g, ls, (struct sockaddr *)&peer, &tk)) {
+			atomic_fetch_sub_explicit(
+			    &ls->state->active, 1, memory_order_relaxed);
+			atomic_fetch_sub_explicit(
+			    &relay_active_total, 1, memory_order_relaxed);
+			RELAY_CNT_ADD(&ls->state->cnt[rc->id],
+			    closed[RELAY_RES_REFUSED_SOURCE], 1);
+			rc->sys->close(fd, false);
+			return;
+		}
+	}
 	c = calloc(1, sizeof(*c));
 	if (c == NULL) {
+		srclimit_release(g->src, &tk);
 		atomic_fetch_sub_explicit(
 		    &ls->state->active, 1, memory_order_relaxed);
 		atomic_fetch_sub_explicit(
@@ -1293,6 +1357,7 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 	c->rc = rc;
 	c->gen = g;
 	gen_ref(c->gen);
+	c->src = tk;
 	c->ls = ls;
 	c->lc = &ls->state->cnt[rc->id];
 	c->state = RELAY_ST_NEW;

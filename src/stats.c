@@ -150,6 +150,7 @@ sb_free(struct sbuf *b)
 struct lsum {
 	uint64_t closed[RELAY_RES_MAX];
 	uint64_t in, out, hs, resumed;
+	uint64_t src_conn, src_rate; /* refused by each per-source limit */
 };
 
 static void
@@ -165,6 +166,8 @@ listener_sum(const struct stats *st, const struct listener *l, struct lsum *s)
 		s->out += RELAY_CNT_GET(c, bytes_out);
 		s->hs += RELAY_CNT_GET(c, tls_handshakes);
 		s->resumed += RELAY_CNT_GET(c, tls_resumed);
+		s->src_conn += RELAY_CNT_GET(c, source_refused_conn);
+		s->src_rate += RELAY_CNT_GET(c, source_refused_rate);
 	}
 }
 
@@ -314,6 +317,52 @@ static const struct metric_split by_direction = {
     "direction", 2, split_direction};
 static const struct metric_split by_tls = {"result", 3, split_tls};
 
+static const char *
+split_limit(size_t i)
+{
+	return i == 0 ? "connections" : "rate";
+}
+
+static const struct metric_split by_limit = {"limit", 2, split_limit};
+
+/* i: 0 max-conn-per-source, 1 new-conn-rate-per-source. */
+static struct metric_val
+get_source_refused(const struct metric_ctx *c, size_t i)
+{
+	return count(i == 0 ? c->sum.src_conn : c->sum.src_rate);
+}
+
+/* The table of sources (zeros when no limit is configured). */
+static struct metric_val
+get_source_table(const struct metric_ctx *c, size_t i, int which)
+{
+	struct srclimit_stats s;
+
+	(void)i;
+	srclimit_stats(c->st->gen->src, &s);
+	return count(which == 0 ? s.entries
+	        : which == 1   ? s.capacity
+	                       : s.full_admitted);
+}
+
+static struct metric_val
+get_source_entries(const struct metric_ctx *c, size_t i)
+{
+	return get_source_table(c, i, 0);
+}
+
+static struct metric_val
+get_source_capacity(const struct metric_ctx *c, size_t i)
+{
+	return get_source_table(c, i, 1);
+}
+
+static struct metric_val
+get_source_full(const struct metric_ctx *c, size_t i)
+{
+	return get_source_table(c, i, 2);
+}
+
 static struct metric_val
 get_one(const struct metric_ctx *c, size_t i)
 {
@@ -456,6 +505,18 @@ static const struct metric metrics[] = {
     {"lifeline_errors_total", "counter",
         "Connections reset or cut by local errors.", METRIC_GLOBAL, NULL,
         get_errors},
+    {"lifeline_source_refused_total", "counter",
+        "Connections refused by a per-source limit, by limit.",
+        METRIC_LISTENER, &by_limit, get_source_refused},
+    {"lifeline_source_table_entries", "gauge",
+        "Sources tracked for per-source limits.", METRIC_GLOBAL, NULL,
+        get_source_entries},
+    {"lifeline_source_table_capacity", "gauge",
+        "Sources the table can track (source-table-size).", METRIC_GLOBAL,
+        NULL, get_source_capacity},
+    {"lifeline_source_table_full_total", "counter",
+        "Connections admitted without a per-source limit: table full.",
+        METRIC_GLOBAL, NULL, get_source_full},
 };
 
 static void

@@ -128,6 +128,19 @@ test_errors(void)
 	    {"[global]\nmaxconn = lots\n", 2, "bad value 'lots'"},
 	    {"[global]\nlog-level = loud\n", 2, "use error, warn, info"},
 	    {"[global]\nworkers = 0\n", 2, "use auto or 1-64"},
+	    {"[global]\nmax-conn-per-source = 0\n", 2, "use off or 1-"},
+	    {"[global]\nnew-conn-rate-per-source = 10\n", 2,
+	        "use off or N/s, N/m or N/h"},
+	    {"[global]\nnew-conn-rate-per-source = 10/d\n", 2, "N/h"},
+	    {"[global]\nnew-conn-rate-per-source = /s\n", 2, "N/h"},
+	    {"[global]\nnew-conn-rate-per-source = 0/s\n", 2, "1-1000000"},
+	    {"[global]\nnew-conn-rate-per-source = 10/ss\n", 2, "N/h"},
+	    {"[global]\nmax-conn-per-source = 2\nmax-conn-per-source = 3\n",
+	        3, "duplicate key"},
+	    {"[global]\nsource-prefix-v6 = 129\n", 2, "use 1-128"},
+	    {"[global]\nsource-prefix-v4 = 0\n", 2, "use 1-32"},
+	    {"[global]\nsource-table-size = 10\n", 2, "use 64-16777216"},
+	    {"[listen a]\nnew-conn-rate-per-source = many\n", 2, "N/h"},
 	    {"[upstream u]\nserver = h:1\nsend-proxy = v3\n", 3,
 	        "use none, v1 or v2"},
 	    {"[listen a]\nbind = 300.1.1.1:80\n", 2, "not a numeric"},
@@ -333,6 +346,51 @@ test_presets(void)
 	cfg_free(m);
 }
 
+/* Per-source limits: global values, listener overrides, printing. */
+static void
+test_srclimit_keys(void)
+{
+	static const char text[] =
+	    "[global]\nmax-conn-per-source = 20\n"
+	    "new-conn-rate-per-source = 30/m\nsource-prefix-v6 = 56\n"
+	    "[upstream u]\nserver = 127.0.0.1:1\n"
+	    "[listen a]\nbind = 127.0.0.1:0\nupstream = u\n"
+	    "[listen b]\nbind = 127.0.0.1:0\nupstream = u\n"
+	    "max-conn-per-source = off\nnew-conn-rate-per-source = 5/s\n";
+	struct cfg *c = cfg_load_string(text, "s.conf", err, sizeof(err));
+	struct cfg *d;
+
+	CHECK(c != NULL);
+	if (c == NULL)
+		return;
+	CHECK_INT(c->srclimit.max_conn, 20);
+	CHECK_INT(c->srclimit.rate, 30);
+	CHECK_INT(c->srclimit.period_ms, 60000);
+	CHECK_INT(c->source_prefix4, 32);
+	CHECK_INT(c->source_prefix6, 56);
+	CHECK_INT(c->source_table_size, 65536);
+	CHECK(!c->listens[0].srclimit.has_conn);
+	CHECK(!c->listens[0].srclimit.has_rate);
+	CHECK(c->listens[1].srclimit.has_conn);
+	CHECK_INT(c->listens[1].srclimit.max_conn, 0);
+	CHECK_INT(c->listens[1].srclimit.rate, 5);
+	CHECK_INT(c->listens[1].srclimit.period_ms, 1000);
+	CHECK(cfg_any_listener_srclimit(c));
+	roundtrip(c);
+	cfg_free(c);
+	/* Off by default, and printed as off. */
+	d = cfg_load_string("[upstream u]\nserver = 127.0.0.1:1\n"
+	                    "[listen a]\nbind = 127.0.0.1:0\nupstream = u\n",
+	    "o.conf", err, sizeof(err));
+	CHECK(d != NULL);
+	if (d != NULL) {
+		CHECK_INT(d->srclimit.max_conn, 0);
+		CHECK_INT(d->srclimit.rate, 0);
+		CHECK(!cfg_any_listener_srclimit(d));
+		cfg_free(d);
+	}
+}
+
 int
 main(void)
 {
@@ -342,6 +400,7 @@ main(void)
 	test_valid();
 	test_errors();
 	test_presets();
+	test_srclimit_keys();
 	c = cfg_load_string(base, "b.conf", err, sizeof(err));
 	cfg_free(c);
 	return h_report("test_config");
