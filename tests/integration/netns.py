@@ -556,4 +556,5 @@ def relay_listen_spec():
 
 
 __all__ = ["Net", "Host", "host_factory", "inside", "net", "netns_shim",
-           "wait_clean_end", "tcp_state", "CLIENT_IP", "RELAY_IP", "UPSTREAM_IPS", "LIFELINE_BIN"]
+           "wait_clean_end", "tcp_state", "CLIENT_IP", "RELAY_IP",
+           "UPSTREAM_IPS", "LIFELINE_BIN"]

@@ -297,17 +297,24 @@ def test_never_an_open_proxy(net, tmp_path):
 # many connections, one thread
 
 
-def raise_nofile(need):
-    """Our descriptor limit up to `need` (the daemon inherits it); fails,
-    never skips, when the hard limit is lower."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= need:
-        return soft
-    if hard != resource.RLIM_INFINITY and hard < need:
-        pytest.fail(f"this test needs {need} file descriptors; the hard "
-                    f"limit is {hard} (raise it: ulimit -Hn)")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-    return need
+@pytest.fixture
+def nofile():
+    """nofile(n): our descriptor limit raised to n for this test (the
+    daemon inherits it), put back afterwards; fails, never skips, when
+    the hard limit is lower."""
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def need(n):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft >= n:
+            return
+        if hard != resource.RLIM_INFINITY and hard < n:
+            pytest.fail(f"this test needs {n} file descriptors; the hard "
+                        f"limit is {hard} (raise it: ulimit -Hn)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+
+    yield need
+    resource.setrlimit(resource.RLIMIT_NOFILE, saved)
 
 
 class Swarm:
@@ -377,7 +384,8 @@ class Swarm:
         while not self.stop.is_set():
             now = time.monotonic()
             # connects, paced
-            while todo and (now - t0) * self.pace >= len(self.clients) - len(todo):
+            started = len(self.clients) - len(todo)
+            while todo and (now - t0) * self.pace >= started:
                 i = todo.pop()
                 rec = self.clients[i]
                 s = socket.socket(socket.AF_INET6 if ":" in rec["addr"][0]
@@ -388,6 +396,7 @@ class Swarm:
                 err = s.connect_ex(rec["addr"])
                 assert err in (0, errno.EINPROGRESS), os.strerror(err)
                 sel.register(s, selectors.EVENT_WRITE, ("connecting", i))
+                started += 1
             timeout = 0.05
             if due:
                 timeout = max(0.0, min(timeout, due[0][0] - now))
@@ -427,6 +436,9 @@ class Swarm:
                         self._end(rec, s, "reset", now)
                         continue
                     except BlockingIOError:
+                        continue
+                    except OSError as e:  # EPIPE: a FIN, then an RST
+                        self._end(rec, s, f"error {e!r}", now)
                         continue
                     if not data:
                         self._end(rec, s, "eof", now)
@@ -495,7 +507,7 @@ IDLE = 3.0  # client and server idle timeouts of this test
 
 
 @pytest.mark.plain_only
-def test_slowloris_on_every_listener_kind(host_factory, tmp_path):
+def test_slowloris_on_every_listener_kind(host_factory, nofile, tmp_path):
     """2,000 connections, 400 on each listener kind (plain, TLS, PROXY,
     PROXY + TLS, stats); half say nothing, half dribble their first
     message (a ClientHello, a PROXY header, an HTTP request) a byte at a
@@ -506,7 +518,7 @@ def test_slowloris_on_every_listener_kind(host_factory, tmp_path):
     most).  Meanwhile a normal client on each kind, and GET /healthz,
     are served within 0.5 s."""
     n = SLOWLORIS_PER_KIND
-    raise_nofile(6 * n + 1000)
+    nofile(6 * n + 1000)
     host = host_factory()
     swarm = Swarm(host)
     tls = {"tls": "on"}
@@ -527,14 +539,17 @@ def test_slowloris_on_every_listener_kind(host_factory, tmp_path):
     hello = client_hello()
     header = pp_v1(("192.0.2.1", 1000), ("192.0.2.2", 443))
     request = request_bytes("GET", "/healthz", d.addr("stats"))
-    dribble = [0.5, 1.5, 2.5]  # every byte before the 3 s deadline
+    # A byte every 0.8 s, the last well before the deadline (a byte that
+    # crossed the relay's FIN would draw an RST, and blur how it ended);
+    # a deadline counted from the last byte would come at 4.9 s.
+    dribble = [0.3, 1.1, 1.9]
     scripts = {
         "tls": [(t, hello[i:i + 1]) for i, t in enumerate(dribble)],
         "pp": [(t, header[i:i + 1]) for i, t in enumerate(dribble)],
         "pp-tls": [(0.0, header)] + [(t, hello[i:i + 1])
                                      for i, t in enumerate(dribble)],
         "stats": [(t, request[i:i + 1]) for i, t in
-                  enumerate([0.5, 1.0, 1.5])],
+                  enumerate([0.3, 0.7, 1.1])],
     }
     kinds = ("tls", "pp", "pp-tls", "stats", "plain")
     for i in range(n):  # interleaved, so each listener's burst is spread
@@ -626,3 +641,185 @@ def test_slowloris_on_every_listener_kind(host_factory, tmp_path):
     assert d.alive()
     n_fd = d.wait_fds_at_most(fd0, timeout=3.0)
     assert n_fd <= fd0, f"descriptors {n_fd}, baseline {fd0}"
+
+
+# --------------------------------------------------------------------------
+# memory held by stalled connections
+
+COPY_PIPE_SIZE = 256 * KiB  # src/copy.c: a direction's splice pipe, at most
+COPY_BUF = 16 * KiB  # src/copy.h: a direction's buffer
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def daemon_pipes(pid):
+    """{pipe inode: (capacity, bytes held)} of every pipe the process has
+    open, each counted once.  Read from outside: opening
+    /proc/PID/fd/N opens the same pipe, where F_GETPIPE_SZ and FIONREAD
+    answer (nothing is read from it)."""
+    import termios
+    pipes = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            link = os.readlink(path)
+        except FileNotFoundError:
+            continue
+        if not link.startswith("pipe:") or link in pipes:
+            continue
+        try:
+            f = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            continue
+        try:
+            cap = fcntl.fcntl(f, fcntl.F_GETPIPE_SZ)
+            held = array.array("i", [0])
+            fcntl.ioctl(f, termios.FIONREAD, held)
+        finally:
+            os.close(f)
+        pipes[link] = (cap, held[0])
+    return pipes
+
+
+def socket_bytes(host, pid):
+    """Bytes queued in the kernel buffers of the process's TCP sockets
+    (ss: skmem r, received; w, queued to send), for the record."""
+    out = nsx(host.ns, "ss", "-tmpnH").stdout
+    total = 0
+    for line, mem in re.findall(r"(.*?)\n?\s*skmem:\((.*?)\)", out):
+        if f"pid={pid}," not in line:
+            continue
+        f = dict(re.findall(r"([a-z]+)(\d+)", mem))
+        total += int(f.get("r", 0)) + int(f.get("w", 0))
+    return total
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
+    return int(m.group(1)) * 1024
+
+
+STALLED = 500  # connections, each stalled both ways (1,000 directions)
+STALL_WRITE = 512 * KiB  # written each way: more than the relay can hold
+
+
+@pytest.mark.plain_only
+def test_memory_bound_per_stalled_connection(host_factory, nofile, tmp_path):
+    """500 connections through a plain (splicing) listener, each stalled
+    both ways: the client does not read while the upstream writes, and
+    the upstream does not read while the client writes, 512 KiB each way,
+    more than the relay can hold.  What the daemon holds for them (its
+    resident memory, and the kernel pages of its pipes, each counted at
+    its capacity, the most pages it can pin) stays at or under one pipe
+    (256 KiB) plus one buffer (16 KiB) per direction per connection; and
+    all of it is given back when they go."""
+    n = STALLED
+    nofile(8 * n + 1000)
+    host = host_factory()
+    with host.inside():
+        probe = conftest.Server(h_echo, name="probe")
+        lsock = socket.socket()
+        # the stalled peers' receive buffers: small and fixed, so that the
+        # bytes wait in the relay, not in them
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KiB)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(4096)
+        d = start_daemon(tmp_path, make_config(
+            {"stall": [f"127.0.0.1:{lsock.getsockname()[1]}"],
+             "probe": [probe.spec]},
+            {"plain": {"upstream": "stall"}, "probe": {"upstream": "probe"}},
+            global_={"maxconn": "10000"},
+            timeouts={"client": "60s", "server": "60s"}))
+    conftest._SOCKETS.append(lsock)
+
+    def relays():
+        with host.inside():
+            return conftest.try_echo(d.addr("probe"), timeout=5.0)
+
+    assert relays()  # warm: a worker has relayed, its pools exist
+    fd0 = d.stable_fd_count()
+    rss0, pipes0 = rss_bytes(d.pid), daemon_pipes(d.pid)
+
+    socks = []
+    with host.inside():
+        for _ in range(n):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KiB)
+            c.connect(d.addr("plain"))
+            socks.append(c)
+            conftest._SOCKETS.append(c)
+    lsock.settimeout(5.0)
+    for _ in range(n):
+        u, _ = lsock.accept()
+        socks.append(u)
+        conftest._SOCKETS.append(u)
+    chunk = os.urandom(64 * KiB)
+    left = {s: STALL_WRITE for s in socks}
+    for s in socks:
+        s.setblocking(False)
+    t0 = time.monotonic()
+    quiet_since, last = None, None
+    while True:  # write until nothing moves any more, anywhere
+        moved = 0
+        for s, k in left.items():
+            if k == 0:
+                continue
+            try:
+                sent = s.send(chunk[:min(k, len(chunk))])
+            except BlockingIOError:
+                continue
+            left[s] -= sent
+            moved += sent
+        pipes = daemon_pipes(d.pid)
+        state = (sum(h for _, h in pipes.values()), len(pipes))
+        now = time.monotonic()
+        if moved or state != last:
+            quiet_since, last = now, state
+        elif now - quiet_since >= 0.5:
+            break
+        assert now - t0 < 30, "the stalled connections never settled"
+        if not moved:
+            time.sleep(0.05)
+    rss1 = rss_bytes(d.pid)
+    pipes1 = daemon_pipes(d.pid)
+    kernel_sockets = socket_bytes(host, d.pid)
+
+    caps = sorted(c for c, _ in pipes1.values())
+    held = sum(h for _, h in pipes1.values())
+    full = sum(1 for c, h in pipes1.values() if h >= c - PAGE)
+    extra_pipes = len(pipes1) - len(pipes0)
+    pipe_mem = sum(caps) - sum(c for c, _ in pipes0.values())
+    rss = rss1 - rss0
+    per_conn = (rss + pipe_mem) / n
+    bound = 2 * (COPY_PIPE_SIZE + COPY_BUF)
+    sizes = {c // KiB: caps.count(c) for c in set(caps)}
+    print(f"stalled: {n} connections x 2 directions: {len(pipes1)} pipes "
+          f"(KiB: count {sizes}), {full} full, {held / 2**20:.1f} MiB held "
+          f"in them; RSS +{rss / 2**20:.1f} MiB; per connection "
+          f"{per_conn / KiB:.0f} KiB (RSS {rss / n / KiB:.1f} KiB + pipes "
+          f"{pipe_mem / n / KiB:.0f} KiB), bound {bound // KiB} KiB; "
+          f"unsent by the writers {sum(left.values()) / 2**20:.0f} MiB; "
+          f"in the daemon's socket buffers (the kernel's, not counted) "
+          f"{kernel_sockets / n / KiB:.0f} KiB per connection")
+    # The workload holds what the relay can hold: every direction's pipe
+    # is full (else the figure would flatter the relay).
+    assert extra_pipes >= 2 * n - 8, \
+        f"{extra_pipes} new pipes for {2 * n} stalled directions"
+    assert full >= 2 * n - 8, f"only {full} of {len(pipes1)} pipes full"
+    assert max(caps) <= COPY_PIPE_SIZE, sizes
+    # one pipe per direction, at most: no pipe for nothing
+    assert extra_pipes <= 2 * n, f"{extra_pipes} pipes for {2 * n} directions"
+    assert per_conn <= bound, \
+        f"{per_conn / KiB:.0f} KiB per stalled connection, bound {bound // KiB}"
+    # user space: at most a buffer per direction and the connection's own
+    # state, whatever the pipes hold
+    assert rss / n <= 2 * COPY_BUF + 4 * KiB, \
+        f"RSS grew {rss / n / KiB:.1f} KiB per connection"
+
+    for s in socks:  # the peers give up: RST both ways
+        conftest.rst_close(s)
+    n_fd = d.wait_fds_at_most(fd0, timeout=5.0 * SLOW)
+    assert n_fd <= fd0, f"descriptors {n_fd}, baseline {fd0}"
+    assert len(daemon_pipes(d.pid)) <= len(pipes0) + 2 * 256 * 2, \
+        "pipes beyond the pools' bound kept"
+    assert relays()
