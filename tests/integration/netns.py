@@ -476,9 +476,85 @@ def net(netns_shim, tmp_path):
         n.destroy()
 
 
+class Host:
+    """One namespace with only its loopback device, and extra addresses on
+    it: a host of its own for tests that need recognisable addresses
+    (IPv4 and IPv6), many connections without touching the machine's
+    ephemeral ports, or nftables rules of their own.  Client, daemon and
+    servers all live in it, so no shim and no router: cheaper than Net."""
+
+    def __init__(self, addrs=(), name="host"):
+        global _seq
+        with _seq_lock:
+            _seq += 1
+            n = _seq
+        self.ns = f"{_PREFIX}{n}-{name}"
+        self._created = False
+        try:
+            sh("ip", "netns", "add", self.ns)
+            self._created = True
+            sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+            for a in addrs:
+                plen = 128 if ":" in a else 32
+                sh("ip", "-n", self.ns, "addr", "add", f"{a}/{plen}", "dev",
+                   "lo")
+        except BaseException:
+            self.destroy()
+            raise
+
+    def inside(self):
+        return inside(self.ns)
+
+    def destroy(self):
+        """Stop daemons (SIGTERM, for the sanitizer report), kill what else
+        runs here, delete the namespace."""
+        import conftest
+        if not self._created:
+            return
+        for d in conftest._DAEMONS:
+            if d.alive():
+                d.proc.send_signal(signal.SIGTERM)
+                try:
+                    d.proc.wait(8)
+                except subprocess.TimeoutExpired:
+                    d.kill()
+        pids = sh("ip", "netns", "pids", self.ns, check=False).stdout.split()
+        for p in pids:
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        sh("ip", "netns", "del", self.ns, check=False)
+        self._created = False
+
+
+@pytest.fixture
+def host_factory():
+    """Makes Hosts (Host(addrs)); every one is deleted after the test, even
+    when it fails.  Fails (never skips) without root or iproute2."""
+    if shutil.which("ip") is None:
+        pytest.fail("netns tests need `ip` (Debian package iproute2)")
+    if os.geteuid() != 0:
+        pytest.fail("netns tests need root (namespaces)")
+    _sweep_stale()
+    made = []
+
+    def make(addrs=(), name="host"):
+        h = Host(addrs, name)
+        made.append(h)
+        return h
+
+    try:
+        yield make
+    finally:
+        for h in made:
+            h.destroy()
+
+
 def relay_listen_spec():
     return f"{RELAY_IP}:0"
 
 
-__all__ = ["Net", "inside", "net", "netns_shim", "wait_clean_end", "tcp_state",
-           "CLIENT_IP", "RELAY_IP", "UPSTREAM_IPS", "LIFELINE_BIN"]
+__all__ = ["Net", "Host", "host_factory", "inside", "net", "netns_shim",
+           "wait_clean_end", "tcp_state", "CLIENT_IP", "RELAY_IP",
+           "UPSTREAM_IPS", "LIFELINE_BIN"]
