@@ -77,8 +77,11 @@ $(BUILD)/gen/dashboard.html.inc: src/dashboard.html Makefile
 $(BUILD)/obj/dashboard.o: $(BUILD)/gen/dashboard.html.inc
 $(BUILD)/obj/dashboard.o: ALL_CPPFLAGS += -I$(BUILD)/gen
 
+# Test builds route the daemon's allocations through src/failalloc.c.
+comma := ,
+WRAP_ALLOC := $(if $(SANITIZE)$(DEBUG),-Wl$(comma)--wrap=malloc$(comma)--wrap=calloc$(comma)--wrap=realloc,)
 $(BIN): $(OBJS)
-	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(INIH_LIBS) $(SSL_LIBS) $(QR_LIBS) $(SECCOMP_LIBS) -lpthread
+	$(CC) $(ALL_LDFLAGS) $(WRAP_ALLOC) -o $@ $(OBJS) $(INIH_LIBS) $(SSL_LIBS) $(QR_LIBS) $(SECCOMP_LIBS) -lpthread
 
 # Unit tests: each links only the module(s) it tests.
 $(BUILD)/unit/test_config: tests/unit/test_config.c $(BUILD)/obj/config.o $(BUILD)/obj/addr.o $(BUILD)/obj/log.o

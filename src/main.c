@@ -22,6 +22,7 @@
 #include "cli.h"
 #include "config.h"
 #include "control.h"
+#include "failalloc.h"
 #include "gen.h"
 #include "log.h"
 #include "loop.h"
@@ -507,6 +508,13 @@ main(int argc, char **argv)
 		return cli_link(argc - 1, argv + 1);
 	if (argc > 1 && strcmp(argv[1], "health") == 0)
 		return cli_health(argc - 1, argv + 1);
+#ifdef LIFELINE_TEST_HOOKS
+	tls_test_hooks_init();
+	if (failalloc_init(err, sizeof(err)) != 0) {
+		fprintf(stderr, "lifeline: %s\n", err);
+		return 2;
+	}
+#endif
 	parse_args(argc, argv, &m.o);
 	log_detect_journal();
 	cfg = load_config(&m.o, err, sizeof(err));
@@ -594,6 +602,9 @@ main(int argc, char **argv)
 	    m.gen->nlisteners, m.gen->nlisteners == 1 ? "" : "s");
 	(void)notify_send("READY=1\nSTATUS=serving on %zu listener%s",
 	    m.gen->nlisteners, m.gen->nlisteners == 1 ? "" : "s");
+#ifdef LIFELINE_TEST_HOOKS
+	failalloc_arm();
+#endif
 
 	status = main_loop(sfd);
 

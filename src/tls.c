@@ -601,3 +601,36 @@ tls_status_str(enum tls_status st)
 	}
 	return "?";
 }
+
+#ifdef LIFELINE_TEST_HOOKS
+/* malloc and realloc here are the daemon's: failalloc decides. */
+static void *
+hook_malloc(size_t n, const char *file, int line)
+{
+	(void)file;
+	(void)line;
+	return malloc(n);
+}
+
+static void *
+hook_realloc(void *p, size_t n, const char *file, int line)
+{
+	(void)file;
+	(void)line;
+	return realloc(p, n);
+}
+
+static void
+hook_free(void *p, const char *file, int line)
+{
+	(void)file;
+	(void)line;
+	free(p);
+}
+
+void
+tls_test_hooks_init(void)
+{
+	(void)CRYPTO_set_mem_functions(hook_malloc, hook_realloc, hook_free);
+}
+#endif

@@ -21,6 +21,11 @@
 struct tls_ctx;
 struct tls_conn;
 
+#ifdef LIFELINE_TEST_HOOKS
+/* OpenSSL's allocations through failalloc; before any other TLS call. */
+void tls_test_hooks_init(void);
+#endif
+
 enum tls_status {
 	TLS_DONE = 0, /* handshake finished, or shutdown alert sent */
 	TLS_WANT_READ, /* retry when the socket is readable */
