@@ -67,6 +67,16 @@ thread_status() {
 	cat "/proc/$1"/task/*/status 2>/dev/null | awk -v k="$2:" '$1 == k' | sort -u
 }
 
+# The PID of the installed lifeline running in the tree (one at a time).
+lifeline_pid() {
+	local p
+	for p in $(tree_pids); do
+		case "$(readlink "/proc/$p/exe" 2>/dev/null)" in
+		*/usr/sbin/lifeline) echo "$p" ;;
+		esac
+	done
+}
+
 # ---------------------------------------------------------------------------
 # Step 5's run of the installed binary: this script again, under unshare -n.
 if [ "${1:-}" = "--in-netns" ]; then
@@ -120,16 +130,14 @@ if [ "${1:-}" = "--in-netns" ]; then
 	}
 	in_tree 'exec lifeline -c /tmp/relay.conf --ports-file /run/relay.ports' \
 		>"$work/relay.log" 2>&1 &
-	lpid=$!
-	wait_for '[ -s "$root/run/relay.ports" ] || ! kill -0 $lpid 2>/dev/null' 15
+	job=$! # its exit status is lifeline's
+	wait_for '[ -s "$root/run/relay.ports" ] || ! kill -0 $job 2>/dev/null' 15
 	[ -s "$root/run/relay.ports" ] || {
 		cat "$work/relay.log"
 		die "the installed lifeline did not start (its log is above)"
 	}
-	case "$(readlink "/proc/$lpid/exe")" in
-	*/usr/sbin/lifeline) ;;
-	*) die "process $lpid is not the installed /usr/sbin/lifeline" ;;
-	esac
+	lpid=$(lifeline_pid)
+	[ -n "$lpid" ] || die "no /usr/sbin/lifeline process in the tree"
 	# The filter comes after the first name resolution.
 	wait_for '[ "$(thread_status $lpid Seccomp)" = "Seccomp:	2" ]' 10 ||
 		die "not every thread has a seccomp filter: $(thread_status "$lpid" Seccomp)"
@@ -152,7 +160,7 @@ if [ "${1:-}" = "--in-netns" ]; then
 	say "relayed $payload_size bytes to the echo server and back, byte for byte"
 	kill -TERM "$lpid"
 	rc=0
-	wait "$lpid" || rc=$?
+	wait "$job" || rc=$?
 	[ "$rc" -eq 0 ] || {
 		cat "$work/relay.log"
 		die "the relay exited $rc on SIGTERM (want 0)"
@@ -162,10 +170,10 @@ if [ "${1:-}" = "--in-netns" ]; then
 	# keeps uid 0 without 'user', with no capability left).
 	in_tree 'exec lifeline -c /etc/lifeline/lifeline.conf --ports-file /run/shipped.ports' \
 		>"$work/shipped.log" 2>&1 &
-	spid=$!
+	job=$!
 	up=""
 	for ((i = 0; i < 150; i++)); do
-		kill -0 "$spid" 2>/dev/null || break
+		kill -0 "$job" 2>/dev/null || break
 		if [ -s "$root/run/shipped.ports" ]; then
 			up=1
 			for a in 127.0.0.1/443 ::1/443 127.0.0.1/587 ::1/587 127.0.0.1/8199; do
@@ -180,11 +188,12 @@ if [ "${1:-}" = "--in-netns" ]; then
 		die "the shipped configuration did not bring up 443, 587 and 8199"
 	}
 	say "/etc/lifeline/lifeline.conf: 443 and 587 (IPv4 and IPv6) and 127.0.0.1:8199 accept"
-	kill -TERM "$spid"
+	kill -TERM "$(lifeline_pid)"
 	rc=0
-	wait "$spid" || rc=$?
+	wait "$job" || rc=$?
 	[ "$rc" -eq 0 ] || die "lifeline with the shipped configuration exited $rc on SIGTERM"
 	kill "$epid"
+	wait "$epid" 2>/dev/null || true
 	exit 0
 fi
 
