@@ -67,14 +67,13 @@ thread_status() {
 	cat "/proc/$1"/task/*/status 2>/dev/null | awk -v k="$2:" '$1 == k' | sort -u
 }
 
-# The PID of the installed lifeline running in the tree (one at a time).
-lifeline_pid() {
+# The PIDs of the tree's processes running program $1 (a path in the tree).
+tree_pids_of() {
 	local p
 	for p in $(tree_pids); do
-		case "$(readlink "/proc/$p/exe" 2>/dev/null)" in
-		*/usr/sbin/lifeline) echo "$p" ;;
-		esac
+		[ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$root$1" ] && echo "$p"
 	done
+	return 0
 }
 
 # ---------------------------------------------------------------------------
@@ -123,7 +122,6 @@ if [ "${1:-}" = "--in-netns" ]; then
 	EOF
 
 	in_tree 'exec perl /tmp/echo.pl' >"$work/echo.log" 2>&1 &
-	epid=$!
 	wait_for '[ -e "$root/tmp/echo.ready" ]' 10 || {
 		cat "$work/echo.log"
 		die "the echo server did not start"
@@ -136,7 +134,7 @@ if [ "${1:-}" = "--in-netns" ]; then
 		cat "$work/relay.log"
 		die "the installed lifeline did not start (its log is above)"
 	}
-	lpid=$(lifeline_pid)
+	lpid=$(tree_pids_of /usr/sbin/lifeline)
 	[ -n "$lpid" ] || die "no /usr/sbin/lifeline process in the tree"
 	# The filter comes after the first name resolution.
 	wait_for '[ "$(thread_status $lpid Seccomp)" = "Seccomp:	2" ]' 10 ||
@@ -188,12 +186,16 @@ if [ "${1:-}" = "--in-netns" ]; then
 		die "the shipped configuration did not bring up 443, 587 and 8199"
 	}
 	say "/etc/lifeline/lifeline.conf: 443 and 587 (IPv4 and IPv6) and 127.0.0.1:8199 accept"
-	kill -TERM "$(lifeline_pid)"
+	lpid=$(tree_pids_of /usr/sbin/lifeline)
+	[ -n "$lpid" ] || die "no /usr/sbin/lifeline process in the tree"
+	kill -TERM "$lpid"
 	rc=0
 	wait "$job" || rc=$?
 	[ "$rc" -eq 0 ] || die "lifeline with the shipped configuration exited $rc on SIGTERM"
-	kill "$epid"
-	wait "$epid" 2>/dev/null || true
+	pids=$(tree_pids_of /usr/bin/perl)
+	# shellcheck disable=SC2086
+	[ -z "$pids" ] || kill $pids
+	wait
 	exit 0
 fi
 
@@ -239,10 +241,11 @@ step_done "dpkg-buildpackage"
 
 step "lintian (E: or W: fails)"
 rc=0
-lintian --allow-root -I --pedantic "$work"/src/lifeline_*.changes >"$work/lintian.log" 2>&1 || rc=$?
+lintian --allow-root -I --pedantic --show-overrides "$work"/src/lifeline_*.changes >"$work/lintian.log" 2>&1 || rc=$?
 sed 's/^/    /' "$work/lintian.log"
 say "lintian: $(grep -c '^E:' "$work/lintian.log") errors, $(grep -c '^W:' "$work/lintian.log") warnings," \
-	"$(grep -c '^[IP]:' "$work/lintian.log") info/pedantic (exit $rc)"
+	"$(grep -c '^[IP]:' "$work/lintian.log") info/pedantic," \
+	"$(grep -c '^O:' "$work/lintian.log") overridden (exit $rc)"
 ! grep -q '^[EW]:' "$work/lintian.log" || die "lintian reports errors or warnings"
 [ "$rc" -eq 0 ] || die "lintian exited $rc"
 step_done "lintian"
@@ -285,8 +288,10 @@ accounts() { cat "$root"/etc/{passwd,group,shadow,gshadow}; }
 step "the package's dependencies from the mirror"
 depends=$(dpkg-deb -f "$deb" Depends)
 bg_wait in_tree "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq &&
-	apt-get satisfy -y -qq --no-install-recommends '$depends' >/dev/null" ||
+	apt-get satisfy -y -qq --no-install-recommends '$depends'" >"$work/deps.log" 2>&1 || {
+	cat "$work/deps.log"
 	die "the package's dependencies do not install from the mirror"
+}
 files_before=$(tree_files)
 accounts_before=$(accounts)
 pkgs_before=$(in_tree_root dpkg-query -W -f '${Package}\n' | sort)
