@@ -241,7 +241,8 @@ step_done "dpkg-buildpackage"
 
 step "lintian (E: or W: fails)"
 rc=0
-lintian --allow-root -I --pedantic --show-overrides "$work"/src/lifeline_*.changes >"$work/lintian.log" 2>&1 || rc=$?
+bg_wait lintian --allow-root -I --pedantic --show-overrides "$work"/src/lifeline_*.changes \
+	>"$work/lintian.log" 2>&1 || rc=$?
 sed 's/^/    /' "$work/lintian.log"
 say "lintian: $(grep -c '^E:' "$work/lintian.log") errors, $(grep -c '^W:' "$work/lintian.log") warnings," \
 	"$(grep -c '^[IP]:' "$work/lintian.log") info/pedantic," \
