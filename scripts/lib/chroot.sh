@@ -246,7 +246,7 @@ chroot_workdir() {
 chroot_unpack() {
 	[ -n "$work" ] || chroot_workdir
 	mkdir "$root"
-	tar -C "$root" --numeric-owner -xzf "$tarball"
+	bg_wait tar -C "$root" --numeric-owner -xzf "$tarball"
 	exec 9>&- # the cache is free for another run
 	cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 }
