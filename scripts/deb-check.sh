@@ -31,6 +31,10 @@
 #    has the same files as before the install (dpkg's and apt's databases,
 #    caches and logs aside, and the shadow tools' backups /etc/passwd- and
 #    the like) and the same /etc/passwd, group, shadow and gshadow.
+# 7. The package again, with systemd, in the same tree, unmounted and booted
+#    with systemd-nspawn: scripts/unit-check.sh checks the unit for real
+#    (start at boot, Type=notify, sandbox under the unit, reload, restart,
+#    stop).  LIFELINE_DEB_BOOT=0 skips it.
 #
 # Every process left in the tree is killed, every mount undone and the
 # temporary directory deleted on exit, failure, Ctrl-C or SIGTERM
@@ -355,6 +359,19 @@ left=$(grep -rlw lifeline "$root/etc" --exclude='*-' 2>/dev/null || true)
 [ -z "$left" ] || die "files in /etc still name lifeline: $left"
 say "nothing left: the tree has the files and accounts it had before the install"
 step_done "purge"
+
+if [ "${LIFELINE_DEB_BOOT:-1}" != 0 ]; then
+	step "the unit booted for real: scripts/unit-check.sh (systemd-nspawn --boot)"
+	bg_wait in_tree "cd /tmp && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends systemd ./$debname" >"$work/boot-install.log" 2>&1 || {
+		cat "$work/boot-install.log"
+		die "apt-get install systemd ./$debname failed"
+	}
+	chroot_umount || die "the tree would not unmount for systemd-nspawn"
+	bg_wait "$repo/scripts/unit-check.sh" "$root" ||
+		die "scripts/unit-check.sh: the unit booted (the reason is above)"
+	step_done "unit-check (boot)"
+fi
 
 [ "$(git -C "$repo" status --porcelain)" = "$status_before" ] ||
 	die "the checkout changed during the run"

@@ -109,23 +109,31 @@ tree_mounts() {
 		/proc/self/mountinfo
 }
 
+# Kills every process in the tree and undoes every mount under it; false
+# when one survives.
+chroot_umount() {
+	local ok=1 m
+	kill_tree_procs || ok=""
+	# Ours and any debootstrap left, innermost (latest) first.
+	for m in $(tree_mounts | tac); do
+		umount "$m" 2>/dev/null || {
+			sleep 1
+			umount "$m" || ok=""
+		}
+	done
+	if [ -n "$(tree_mounts)" ]; then
+		say "$prog: still mounted:" "$(tree_mounts)" >&2
+		ok=""
+	fi
+	[ -n "$ok" ]
+}
+
 chroot_cleanup() {
-	local rc=$? ok=1 m
+	local rc=$? ok=1
 	trap - EXIT INT TERM HUP
 	set +e
 	if [ -n "$root" ]; then
-		kill_tree_procs || ok=""
-		# Ours and any debootstrap left, innermost (latest) first.
-		for m in $(tree_mounts | tac); do
-			umount "$m" 2>/dev/null || {
-				sleep 1
-				umount "$m" || ok=""
-			}
-		done
-		if [ -n "$(tree_mounts)" ]; then
-			say "$prog: still mounted:" "$(tree_mounts)" >&2
-			ok=""
-		fi
+		chroot_umount || ok=""
 	fi
 	if [ -n "$work" ] && [ -d "$work" ]; then
 		if [ -z "$ok" ]; then
