@@ -376,4 +376,4 @@ fi
 [ "$(git -C "$repo" status --porcelain)" = "$status_before" ] ||
 	die "the checkout changed during the run"
 print_timings
-say "deb-check: OK ($debname builds, passes lintian, installs, relays and purges cleanly on a fresh Debian 12 at $head)"
+say "deb-check: OK ($debname builds, passes lintian, installs, relays, boots and purges cleanly on a fresh Debian 12 at $head)"
