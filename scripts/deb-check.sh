@@ -71,15 +71,6 @@ thread_status() {
 	cat "/proc/$1"/task/*/status 2>/dev/null | awk -v k="$2:" '$1 == k' | sort -u
 }
 
-# The PIDs of the tree's processes running program $1 (a path in the tree).
-tree_pids_of() {
-	local p
-	for p in $(tree_pids); do
-		[ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$root$1" ] && echo "$p"
-	done
-	return 0
-}
-
 # ---------------------------------------------------------------------------
 # Step 5's run of the installed binary: this script again, under unshare -n.
 if [ "${1:-}" = "--in-netns" ]; then
@@ -176,12 +167,10 @@ if [ "${1:-}" = "--in-netns" ]; then
 	up=""
 	for ((i = 0; i < 150; i++)); do
 		kill -0 "$job" 2>/dev/null || break
-		if [ -s "$root/run/shipped.ports" ]; then
+		if [ -s "$root/run/shipped.ports" ] &&
+			accepting 127.0.0.1/443 ::1/443 127.0.0.1/587 ::1/587 127.0.0.1/8199; then
 			up=1
-			for a in 127.0.0.1/443 ::1/443 127.0.0.1/587 ::1/587 127.0.0.1/8199; do
-				(exec 3<>"/dev/tcp/$a") 2>/dev/null || up=""
-			done
-			[ -n "$up" ] && break
+			break
 		fi
 		sleep 0.1
 	done

@@ -62,14 +62,11 @@ if [ "${1:-}" = "--in-netns" ]; then
 			die "make run exited ($rc) before its listeners were up"
 		fi
 		# The ports file is written once every listener is bound.
-		if [ -s "$root/tmp/ports" ]; then
+		# shellcheck disable=SC2046
+		if [ -s "$root/tmp/ports" ] && accepting 127.0.0.1/$stats_port \
+			$(for p in $ports; do echo "127.0.0.1/$p ::1/$p"; done); then
 			up=1
-			for p in $ports; do
-				(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || up=""
-				(exec 3<>"/dev/tcp/::1/$p") 2>/dev/null || up=""
-			done
-			(exec 3<>"/dev/tcp/127.0.0.1/$stats_port") 2>/dev/null || up=""
-			[ -n "$up" ] && break
+			break
 		fi
 		sleep 0.2
 	done
@@ -81,12 +78,7 @@ if [ "${1:-}" = "--in-netns" ]; then
 	say "listeners up: $(wc -l <"$root/tmp/ports") sockets in the ports file;"
 	say "ports $ports (127.0.0.1 and ::1) and $stats_port accept connections"
 	sed 's/^/    /' "$root/tmp/ports"
-	lpid=""
-	for p in $(tree_pids); do
-		case "$(readlink "/proc/$p/exe" 2>/dev/null)" in
-		*/build/lifeline) lpid=$p ;;
-		esac
-	done
+	lpid=$(tree_pids_of "$tree_cwd/build/lifeline")
 	[ -n "$lpid" ] || die "make run: no lifeline process found in the tree"
 	kill -TERM "$lpid"
 	rc=0

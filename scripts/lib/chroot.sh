@@ -22,6 +22,8 @@
 #   in_tree CMD         CMD (a shell command line) as root in the tree, in
 #                       $tree_cwd, with the environment of a fresh login
 #   in_tree_root ARG..  ARG.. in the tree, minimal environment, no shell
+#   tree_pids_of PATH   the PIDs of the tree's processes running PATH
+#   accepting A/P ...   every ADDRESS/PORT accepts a TCP connection
 #   step / step_done / print_timings   step headers and timings
 #
 # On exit, failure, Ctrl-C, SIGTERM or SIGHUP every process left in the
@@ -101,6 +103,24 @@ kill_tree_procs() {
 	done
 	say "$prog: processes survive SIGKILL:" "$(tree_pids)" >&2
 	return 1
+}
+
+# The PIDs of the tree's processes running program $1 (a path in the tree).
+tree_pids_of() {
+	local p
+	for p in $(tree_pids); do
+		[ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$root$1" ] && echo "$p"
+	done
+	return 0
+}
+
+# True when every ADDRESS/PORT argument accepts a TCP connection (run in
+# the tree's network namespace).
+accepting() {
+	local a
+	for a in "$@"; do
+		(exec 3<>"/dev/tcp/$a") 2>/dev/null || return 1
+	done
 }
 
 # Mount points at or below the tree, from /proc/self/mountinfo.
