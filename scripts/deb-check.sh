@@ -252,7 +252,6 @@ command -v man >/dev/null 2>&1 || {
 	man_opt=--man=no
 	say "deb-check: no man(1) on this machine: Documentation= not checked"
 }
-# shellcheck disable=SC2016
 out=$(unshare -m --propagation private sh -c '
 	mount -t overlay overlay -o "lowerdir=$1/usr/sbin:/usr/sbin" /usr/sbin &&
 	mount -t overlay overlay -o "lowerdir=$1/usr/share/man:/usr/share/man" /usr/share/man &&
