@@ -8,12 +8,19 @@
 #   make DEBUG=1         build-debug/: invariant checks on, -O0
 #   make mutate          does the suite catch deliberate breaks? (slow;
 #                        not part of check; MUTANTS="03 17" for some)
-#   make install PREFIX=/usr DESTDIR=...
+#   make install         binary, man pages, systemd unit, /etc/lifeline/
+#                        lifeline.conf (kept if present); PREFIX (default
+#                        /usr/local), DESTDIR, SBINDIR, MANDIR, UNITDIR,
+#                        SYSCONFDIR.  make uninstall undoes it.
 
 VERSION := 0.1.0
 PREFIX ?= /usr/local
-BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
 MANDIR ?= $(PREFIX)/share/man
+# systemd reads units from /usr/local/lib/systemd/system too; the Debian
+# package sets /lib/systemd/system (bookworm's place for them).
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
 DESTDIR ?=
 CC ?= cc
 PKG_CONFIG ?= pkg-config
@@ -58,7 +65,7 @@ UNIT_TESTS := config addr proxyproto pp_parse loop copy relay sandbox srclimit
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
 .PHONY: all run check check-unit check-integration check-fuzz-replay deps \
-	test-deps install clean format format-check fuzz bench mutate
+	test-deps install uninstall clean format format-check fuzz bench mutate
 
 all: $(BIN)
 
@@ -165,12 +172,41 @@ check-integration: $(BIN)
 check: test-deps
 	@scripts/check.sh
 
+# The unit names /usr/sbin/lifeline and /etc/lifeline/lifeline.conf: both
+# are rewritten to where this install puts them.  An existing configuration
+# file is never overwritten (the shipped one is deploy/lifeline.conf, the
+# 'minimal' preset written out).
+CONF := $(DESTDIR)$(SYSCONFDIR)/lifeline/lifeline.conf
 install: $(BIN)
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8
-	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/lifeline
-	install -d $(DESTDIR)$(MANDIR)/man5
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/lifeline
+	install -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/lifeline
 	install -m 0644 docs/lifeline.8 $(DESTDIR)$(MANDIR)/man8/lifeline.8
 	install -m 0644 docs/lifeline.conf.5 $(DESTDIR)$(MANDIR)/man5/lifeline.conf.5
+	sed -e 's|/usr/sbin/lifeline|$(SBINDIR)/lifeline|g' \
+		-e 's|/etc/lifeline/|$(SYSCONFDIR)/lifeline/|g' \
+		deploy/systemd/lifeline.service >$(DESTDIR)$(UNITDIR)/lifeline.service.tmp
+	chmod 0644 $(DESTDIR)$(UNITDIR)/lifeline.service.tmp
+	mv $(DESTDIR)$(UNITDIR)/lifeline.service.tmp $(DESTDIR)$(UNITDIR)/lifeline.service
+	@if [ -e $(CONF) ]; then \
+		echo "install: $(CONF) exists, kept (the shipped one is deploy/lifeline.conf)"; \
+	else \
+		echo "install -m 0644 deploy/lifeline.conf $(CONF)"; \
+		install -m 0644 deploy/lifeline.conf $(CONF); \
+	fi
+
+# The configuration goes only when it is the one shipped, unchanged.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/lifeline $(DESTDIR)$(MANDIR)/man8/lifeline.8 \
+		$(DESTDIR)$(MANDIR)/man5/lifeline.conf.5 \
+		$(DESTDIR)$(UNITDIR)/lifeline.service
+	@if [ -e $(CONF) ] && ! cmp -s deploy/lifeline.conf $(CONF); then \
+		echo "uninstall: $(CONF) was changed, kept"; \
+	else \
+		rm -f $(CONF); \
+		rmdir $(DESTDIR)$(SYSCONFDIR)/lifeline 2>/dev/null || true; \
+	fi
 
 clean:
 	rm -rf build build-san build-fuzz build-mutate

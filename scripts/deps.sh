@@ -5,6 +5,12 @@
 #                   libseccomp
 #   deps.sh test    the above plus what the test suite drives
 #   deps.sh bench   the above plus what `make bench` compares against
+#   deps.sh deb     the build packages plus what building and checking the
+#                   Debian package takes (scripts/deb-check.sh): debhelper,
+#                   dpkg-dev, lintian; systemd for systemd-analyze,
+#                   systemd-container to boot the unit (scripts/unit-check.sh);
+#                   and for the throwaway Debian 12 tree, debootstrap and
+#                   iproute2
 #   deps.sh list    print every package named here, installs nothing
 #                   (scripts/fresh-check.sh checks nothing else got in)
 # Services that Debian would start on install (nginx, haproxy, iperf3) are
@@ -14,16 +20,18 @@ set -eu
 build_pkgs="gcc libc6-dev make pkg-config libinih-dev libssl-dev libqrencode-dev libseccomp-dev"
 test_pkgs="python3 python3-pytest iproute2 nftables clang-format haproxy nginx iperf3 wrk openssl curl prometheus chromium zbar-tools"
 bench_pkgs="haproxy nginx iperf3 wrk procps"
+deb_pkgs="dpkg-dev debhelper lintian systemd systemd-container debootstrap iproute2"
 
 case "${1:-build}" in
 build) pkgs=$build_pkgs ;;
 test) pkgs="$build_pkgs $test_pkgs" ;;
 bench) pkgs="$build_pkgs $bench_pkgs" ;;
+deb) pkgs="$build_pkgs $deb_pkgs" ;;
 list)
-	echo "$build_pkgs $test_pkgs $bench_pkgs"
+	echo "$build_pkgs $test_pkgs $bench_pkgs $deb_pkgs"
 	exit 0
 	;;
-*) echo "usage: $0 build|test|bench|list" >&2; exit 2 ;;
+*) echo "usage: $0 build|test|bench|deb|list" >&2; exit 2 ;;
 esac
 
 missing=""
