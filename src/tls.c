@@ -5,6 +5,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -56,10 +57,46 @@ static struct {
 static EVP_CIPHER *ticket_cipher;
 static pthread_once_t ticket_cipher_once = PTHREAD_ONCE_INIT;
 
+/*
+ * OpenSSL 3 fills its store of algorithms one kind of operation at a time,
+ * at the first fetch of that kind, and remembers that it did.  If memory
+ * runs short in the middle (a handshake under memory pressure), the kind
+ * is marked done with algorithms missing, and every later handshake fails
+ * for good ("unsupported": HMAC, TLS13-KDF), though the process lives on.
+ * So every kind a handshake uses is loaded here, at start-up, where a
+ * failure is fatal and visible.  Returns false when one is missing.
+ */
+static bool
+algorithms_load(void)
+{
+	EVP_MD *md = EVP_MD_fetch(NULL, "SHA256", NULL);
+	EVP_CIPHER *ci = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
+	EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "TLS13-KDF", NULL);
+	EVP_KEYMGMT *km = EVP_KEYMGMT_fetch(NULL, "X25519", NULL);
+	EVP_KEYEXCH *kx = EVP_KEYEXCH_fetch(NULL, "ECDH", NULL);
+	EVP_SIGNATURE *sig = EVP_SIGNATURE_fetch(NULL, "ECDSA", NULL);
+	EVP_ASYM_CIPHER *ac = EVP_ASYM_CIPHER_fetch(NULL, "RSA", NULL);
+	EVP_RAND *rand = EVP_RAND_fetch(NULL, "CTR-DRBG", NULL);
+	bool ok = md && ci && mac && kdf && km && kx && sig && ac && rand;
+
+	EVP_MD_free(md);
+	EVP_CIPHER_free(ci);
+	EVP_MAC_free(mac);
+	EVP_KDF_free(kdf);
+	EVP_KEYMGMT_free(km);
+	EVP_KEYEXCH_free(kx);
+	EVP_SIGNATURE_free(sig);
+	EVP_ASYM_CIPHER_free(ac);
+	EVP_RAND_free(rand);
+	return ok;
+}
+
 static void
 ticket_cipher_fetch(void)
 {
-	ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+	if (algorithms_load())
+		ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
 }
 
 static void
@@ -416,7 +453,9 @@ tls_ctx_new(const struct cfg_listen *cl, char *err, size_t errlen)
 	SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_OFF);
 	pthread_once(&ticket_cipher_once, ticket_cipher_fetch);
 	if (ticket_cipher == NULL) {
-		openssl_err(err, errlen, "fetching AES-256-CBC for tickets");
+		openssl_err(err, errlen,
+		    "loading OpenSSL's algorithms (AES-256-CBC for tickets, "
+		    "those of a handshake)");
 		goto fail;
 	}
 	SSL_CTX_set_num_tickets(ssl, 1);
@@ -518,6 +557,12 @@ status_of(struct tls_conn *tc, int ret)
 		if (ERR_GET_LIB(why) == ERR_LIB_SSL &&
 		    ERR_GET_REASON(why) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
 			return TLS_FAIL;
+		if (log_enabled(LOG_DEBUG)) {
+			char text[256];
+
+			ERR_error_string_n(why, text, sizeof(text));
+			log_debug("TLS error: %s", text);
+		}
 		return TLS_ALERT;
 	default:
 		return TLS_FAIL;

@@ -10,6 +10,7 @@ descriptor, and serves everything normally once the failures stop.
 Sanitized pass only (hooks_only): the plain build has no hook."""
 
 import hashlib
+import os
 import random
 import socket
 import ssl
@@ -93,7 +94,7 @@ def client(d, kind, cid, up, down, out):
     except (ConnectionResetError, BrokenPipeError, ssl.SSLError,
             ssl.SSLEOFError) as e:
         out[cid] = "cut"
-        out[f"{cid}-why"] = type(e).__name__
+        out[f"{cid}-why"] = repr(e)[:120]
     except Exception as e:  # reported with its id
         out[cid] = f"error {e!r}"
 
@@ -122,12 +123,12 @@ def test_allocation_failures_cut_visibly_and_service_resumes(tmp_path):
         "plain": {"upstream": "e"},
         "tls": {"upstream": "e", "tls": "on"},
         "pp": {"upstream": "e", "accept-proxy": "on"},
-    })
-    d = start_daemon(tmp_path, cfg, env={
-        "LIFELINE_FAIL_ALLOC": f"3:{FAIL_SECONDS}@7"})
+    }, global_={"log-level": "debug"})
+    spec = os.environ.get("FAILALLOC_SPEC", f"3:{FAIL_SECONDS}@7")
+    d = start_daemon(tmp_path, cfg, env={"LIFELINE_FAIL_ALLOC": spec})
     t0 = time.monotonic()
     base = d.stable_fd_count()
-    assert "test hook: 3% of allocations fail" in d.stderr_text()
+    assert "% of allocations fail" in d.stderr_text()
 
     # While allocations fail: waves until the window closes.
     results, cid = {}, 0
