@@ -21,8 +21,9 @@ from stats_helpers import (
     request_bytes, scrape, sink_then_reply_client, stats_config, wait_metric)
 from tls_helpers import client_ctx, tls_connect, tls_echo_roundtrip
 
-RESULTS = ("relayed", "refused_maxconn", "upstream_failed", "timeout",
-           "tls_failed", "proxy_rejected", "error")
+RESULTS = ("relayed", "refused_maxconn", "refused_source",
+           "upstream_failed", "timeout", "tls_failed", "proxy_rejected",
+           "error")
 
 
 @pytest.fixture(autouse=True)
@@ -238,6 +239,10 @@ FAMILIES = {
     "lifeline_upstream_connect_failures_total": "counter",
     "lifeline_accept_pauses_total": "counter",
     "lifeline_connect_retries_total": "counter",
+    "lifeline_source_refused_total": "counter",
+    "lifeline_source_table_entries": "gauge",
+    "lifeline_source_table_capacity": "gauge",
+    "lifeline_source_table_full_total": "counter",
 }
 
 
