@@ -165,6 +165,7 @@ check-unit: $(UNIT_BINS)
 
 check-integration: $(BIN)
 	LIFELINE_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		--basetemp=$(abspath $(BUILD))/pytest -p no:cacheprovider \
 		$(if $(SANITIZE),-m "not plain_only",-m "not hooks_only") \
 		--junitxml=$(BUILD)/junit.xml tests/integration
 
