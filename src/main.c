@@ -586,6 +586,7 @@ main(int argc, char **argv)
 		fatal(1, "cannot start the resolver thread");
 	resolver_wait(RESOLVE_WAIT_MS);
 	/* The first resolution has loaded what name lookups need. */
+	sandbox_preload_nss();
 	if (m.gen->cfg->sandbox && sandbox_seccomp(err, sizeof(err)) != 0)
 		fatal(1, "%s", err);
 	for (unsigned i = 0; i < m.nworkers; i++) {

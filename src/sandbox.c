@@ -1,6 +1,7 @@
 /*
  * sandbox: user switch, capabilities, no_new_privs, core files, seccomp.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -142,8 +143,8 @@ static const char *const sanitizer_allowed[] = {
 size_t
 sandbox_allowed_count(void)
 {
-	/* Plus socket, ioctl and clone, allowed with argument checks. */
-	return sizeof(allowed) / sizeof(allowed[0]) + 3;
+	/* Plus socket, ioctl, clone and prctl, with argument checks. */
+	return sizeof(allowed) / sizeof(allowed[0]) + 4;
 }
 
 static int
@@ -295,7 +296,9 @@ allow_socket(scmp_filter_ctx ctx)
 /*
  * ioctl(2): SIOCOUTQ (bytes unacknowledged, at a timeout) and FIONREAD
  * (the resolver); clone(2): threads only, never a new process;
- * clone3(2): ENOSYS, which makes glibc fall back to clone.
+ * clone3(2): ENOSYS, which makes glibc fall back to clone;
+ * prctl(2): PR_CAPBSET_READ only, a read that libcap's constructor makes
+ * when an NSS module linked with it (mymachines) is loaded late.
  */
 static int
 allow_checked(scmp_filter_ctx ctx)
@@ -311,7 +314,52 @@ allow_checked(scmp_filter_ctx ctx)
 	    seccomp_rule_add(
 	        ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0) != 0)
 		return -1;
+#ifndef LIFELINE_SANITIZED /* there, prctl is allowed whole */
+	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+	        SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)PR_CAPBSET_READ)) != 0)
+		return -1;
+#endif
 	return 0;
+}
+
+/*
+ * Loads now the NSS modules that /etc/nsswitch.conf names for hosts
+ * (beyond files and dns, which are in libc): glibc would load one at the
+ * first lookup that reaches it, a name missing from /etc/hosts perhaps
+ * hours later, under the filter, and a module's libraries run their
+ * constructors then (libcap's, under mymachines, calls prctl).  Loaded
+ * here, glibc later finds them loaded.  A module that does not load is
+ * skipped: glibc skips it too.
+ */
+void
+sandbox_preload_nss(void)
+{
+	char line[512];
+	FILE *f = fopen("/etc/nsswitch.conf", "re");
+
+	if (f == NULL)
+		return;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char *save = NULL, *tok;
+
+		if (strncmp(line, "hosts:", 6) != 0)
+			continue;
+		for (tok = strtok_r(line + 6, " \t\n", &save); tok != NULL;
+		     tok = strtok_r(NULL, " \t\n", &save)) {
+			char lib[128];
+
+			/* "[NOTFOUND=return]" and the like are actions. */
+			if (tok[0] == '[' || strcmp(tok, "files") == 0 ||
+			    strcmp(tok, "dns") == 0 || strchr(tok, '/') != NULL)
+				continue;
+			snprintf(lib, sizeof(lib), "libnss_%s.so.2", tok);
+			if (dlopen(lib, RTLD_NOW | RTLD_LOCAL) != NULL)
+				log_debug("sandbox: loaded %s before the filter",
+				    lib);
+		}
+		break;
+	}
+	fclose(f);
 }
 
 /*

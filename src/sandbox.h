@@ -17,6 +17,8 @@
 
 int sandbox_drop(const char *user, char *err, size_t errlen);
 int sandbox_seccomp(char *err, size_t errlen);
+/* Before sandbox_seccomp: the NSS modules for host lookups, loaded now. */
+void sandbox_preload_nss(void);
 
 /* System calls the allow-list permits (for the docs and the tests). */
 size_t sandbox_allowed_count(void);

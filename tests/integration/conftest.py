@@ -234,7 +234,7 @@ class Daemon:
     _seq = 0
 
     def __init__(self, tmp_path, config, args=(), nofile=None, name=None,
-                 env=None):
+                 env=None, wrap=()):
         Daemon._seq += 1
         name = name or f"lifeline{Daemon._seq}"
         self.dir = tmp_path
@@ -246,6 +246,7 @@ class Daemon:
         self.args = list(args)
         self.nofile = nofile
         self.env = env  # added to (or, as None values, removed from) ours
+        self.wrap = list(wrap)  # a command that execs the daemon
         self.proc = None
         self.ports = {}
         self.returncode = None
@@ -269,8 +270,8 @@ class Daemon:
                 env[k] = v
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [LIFELINE_BIN, "-c", str(self.conf), "--ports-file",
-                 str(self.ports_file)] + self.args,
+                self.wrap + [LIFELINE_BIN, "-c", str(self.conf),
+                             "--ports-file", str(self.ports_file)] + self.args,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 close_fds=True, preexec_fn=preexec, env=env)
         if wait:
@@ -497,14 +498,15 @@ class Server:
     `records` has one dict per accepted connection (peer, error, and whatever
     the handler stores).  A handler exception is stored in record["error"]."""
 
-    def __init__(self, handler, host="127.0.0.1", backlog=128, name="server"):
+    def __init__(self, handler, host="127.0.0.1", backlog=128, name="server",
+                 port=0):
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.host = host
         self.handler = handler
         self.name = name
         self.lsock = socket.socket(fam, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind((host, 0))
+        self.lsock.bind((host, port))
         self.lsock.listen(backlog)
         self.lsock.settimeout(0.05)
         self.port = self.lsock.getsockname()[1]
