@@ -576,8 +576,8 @@ key_srclimit(struct parse_state *st, const char *key, const char *value,
 		sl->has_conn = true;
 		if (strcmp(value, "off") == 0)
 			sl->max_conn = 0;
-		else if ((e = cfg_parse_uint(value, 1, 10000000,
-		              &sl->max_conn)) != NULL)
+		else if ((e = cfg_parse_uint(
+		              value, 1, 10000000, &sl->max_conn)) != NULL)
 			bad_value(st, key, value, "use off or 1-10000000");
 		return true;
 	}
@@ -1389,7 +1389,8 @@ print_srclimit(FILE *out, const struct cfg_srclimit *sl, bool global)
 {
 	if (global || sl->has_conn) {
 		if (sl->max_conn != 0)
-			fprintf(out, "max-conn-per-source = %u\n", sl->max_conn);
+			fprintf(
+			    out, "max-conn-per-source = %u\n", sl->max_conn);
 		else
 			fprintf(out, "max-conn-per-source = off\n");
 	}
@@ -1445,8 +1446,8 @@ cfg_print(const struct cfg *cfg, FILE *out)
 	    cfg_any_listener_srclimit(cfg)) {
 		fprintf(out, "source-prefix-v4 = %u\n", cfg->source_prefix4);
 		fprintf(out, "source-prefix-v6 = %u\n", cfg->source_prefix6);
-		fprintf(out, "source-table-size = %u\n",
-		    cfg->source_table_size);
+		fprintf(
+		    out, "source-table-size = %u\n", cfg->source_table_size);
 	}
 
 	fprintf(out, "\n[timeouts]\n");

@@ -67,7 +67,8 @@ failalloc_arm(void)
 {
 	if (fail_pct == 0)
 		return;
-	atomic_store(&fail_until, fail_ms == 0 ? UINT64_MAX : now_ms() + fail_ms);
+	atomic_store(
+	    &fail_until, fail_ms == 0 ? UINT64_MAX : now_ms() + fail_ms);
 	fprintf(stderr,
 	    "lifeline: test hook: %u%% of allocations fail for %llus\n",
 	    fail_pct, (unsigned long long)fail_ms / 1000);
@@ -76,7 +77,8 @@ failalloc_arm(void)
 bool
 failalloc_now(void)
 {
-	uint64_t until = atomic_load_explicit(&fail_until, memory_order_relaxed);
+	uint64_t until =
+	    atomic_load_explicit(&fail_until, memory_order_relaxed);
 	uint64_t x, y;
 
 	if (until == 0)

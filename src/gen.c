@@ -257,8 +257,7 @@ src_rule(const struct cfg *cfg, const struct cfg_listen *cl)
 	r.rate = ll->has_rate ? ll->rate : gl->rate;
 	r.period_ms = ll->has_rate ? ll->period_ms : gl->period_ms;
 	/* Its own count when it has its own limits. */
-	r.scope =
-	    ll->has_conn || ll->has_rate ? srclimit_scope(cl->name) : 0;
+	r.scope = ll->has_conn || ll->has_rate ? srclimit_scope(cl->name) : 0;
 	return r;
 }
 
@@ -272,14 +271,14 @@ src_table(struct gen *g, const struct gen *old, char *err, size_t errlen)
 	    !cfg_any_listener_srclimit(cfg))
 		return 0;
 	if (old != NULL && old->src != NULL &&
-	    srclimit_same(old->src, cfg->source_table_size,
-	        cfg->source_prefix4, cfg->source_prefix6)) {
+	    srclimit_same(old->src, cfg->source_table_size, cfg->source_prefix4,
+	        cfg->source_prefix6)) {
 		srclimit_ref(old->src);
 		g->src = old->src;
 		return 0;
 	}
-	g->src = srclimit_new(cfg->source_table_size, cfg->source_prefix4,
-	    cfg->source_prefix6);
+	g->src = srclimit_new(
+	    cfg->source_table_size, cfg->source_prefix4, cfg->source_prefix6);
 	if (g->src == NULL) {
 		snprintf(err, errlen, "out of memory for the table of sources");
 		return -1;

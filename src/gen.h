@@ -62,7 +62,8 @@ struct listener {
 	struct tls_ctx *tls; /* reference; NULL: plain listener */
 	struct lsock **socks; /* owned array of references */
 	size_t nsocks;
-	struct srclimit_rule src_rule; /* its own per-source limits, or global */
+	struct srclimit_rule
+	    src_rule; /* its own per-source limits, or global */
 };
 
 struct gen {

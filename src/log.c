@@ -34,8 +34,7 @@ log_detect_journal(void)
 		return;
 	if (fstat(STDERR_FILENO, &st) != 0)
 		return;
-	log_to_journal =
-	    (unsigned long long)st.st_dev == dev &&
+	log_to_journal = (unsigned long long)st.st_dev == dev &&
 	    (unsigned long long)st.st_ino == ino;
 }
 
@@ -99,8 +98,8 @@ log_vemit(enum log_level level, int errnum, const char *fmt, va_list ap)
 		clock_gettime(CLOCK_REALTIME, &ts);
 		gmtime_r(&ts.tv_sec, &tm);
 		n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-		r = snprintf(line + n, sizeof(line) - n, ".%03ldZ %s: ",
-		    ts.tv_nsec / 1000000, level_names[level]);
+		r = snprintf(line + n, sizeof(line) - n,
+		    ".%03ldZ %s: ", ts.tv_nsec / 1000000, level_names[level]);
 		if (r > 0)
 			n += (size_t)r;
 	}

@@ -432,8 +432,8 @@ drain(bool now)
 	for (unsigned i = 0; i < m.nworkers; i++)
 		worker_drain(m.workers[i], deadline);
 	(void)notify_send("STOPPING=1\nSTATUS=%s %u live connection%s",
-	    now ? "stopping now, closing" : "draining",
-	    relay_total_active(), relay_total_active() == 1 ? "" : "s");
+	    now ? "stopping now, closing" : "draining", relay_total_active(),
+	    relay_total_active() == 1 ? "" : "s");
 }
 
 /* Waits for signals and finished workers; returns the exit status. */
@@ -448,8 +448,8 @@ main_loop(int sfd)
 	bool draining = false;
 
 	while (done < m.nworkers) {
-		int n = poll(pfd, 2,
-		    notify_enabled() ? NOTIFY_STATUS_INTERVAL_MS : -1);
+		int n = poll(
+		    pfd, 2, notify_enabled() ? NOTIFY_STATUS_INTERVAL_MS : -1);
 
 		if (n < 0) {
 			if (errno == EINTR)

@@ -69,8 +69,8 @@ notify_open(char *err, size_t errlen)
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, len) != 0) {
 		char what[160];
 
-		snprintf(what, sizeof(what), "%.100s: %s", path,
-		    strerror(errno));
+		snprintf(
+		    what, sizeof(what), "%.100s: %s", path, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		(void)unsetenv("NOTIFY_SOCKET");

@@ -1086,8 +1086,8 @@ header_read(struct relay_conn *c, uint32_t events)
 		 * not limited: its peer is the balancer, shared by all.
 		 */
 		if (source_limited(c->gen, c->ls) &&
-		    !source_admit(rc, c->gen, c->ls, &c->origin->src.sa,
-		        &c->src)) {
+		    !source_admit(
+		        rc, c->gen, c->ls, &c->origin->src.sa, &c->src)) {
 			conn_close(c, false, RELAY_RES_REFUSED_SOURCE);
 			return;
 		}

@@ -354,7 +354,8 @@ sandbox_preload_nss(void)
 				continue;
 			snprintf(lib, sizeof(lib), "libnss_%s.so.2", tok);
 			if (dlopen(lib, RTLD_NOW | RTLD_LOCAL) != NULL)
-				log_debug("sandbox: loaded %s before the filter",
+				log_debug(
+				    "sandbox: loaded %s before the filter",
 				    lib);
 		}
 		break;

@@ -68,8 +68,8 @@ key_hash(const struct srclimit *t, const uint8_t key[16], uint32_t scope)
 
 	memcpy(&a, key, 8);
 	memcpy(&b, key + 8, 8);
-	return mix(mix(mix(a ^ t->seed[0]) ^ b ^ t->seed[1]) ^ scope ^
-	    t->seed[2]);
+	return mix(
+	    mix(mix(a ^ t->seed[0]) ^ b ^ t->seed[1]) ^ scope ^ t->seed[2]);
 }
 
 /* Keeps the first prefix bits of the len bytes at p. */
@@ -78,8 +78,8 @@ cut(uint8_t *p, unsigned len, unsigned prefix)
 {
 	for (unsigned i = 0; i < len; i++) {
 		unsigned keep = prefix >= 8 * (i + 1) ? 8
-		    : prefix > 8 * i                 ? prefix - 8 * i
-		                                     : 0;
+		    : prefix > 8 * i                  ? prefix - 8 * i
+		                                      : 0;
 
 		p[i] &= (uint8_t)(0xff00u >> keep);
 	}
@@ -101,7 +101,8 @@ make_key(const struct srclimit *t, const struct sockaddr *sa, uint8_t key[16])
 		return true;
 	}
 	if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		const struct sockaddr_in6 *in6 =
+		    (const struct sockaddr_in6 *)sa;
 
 		memcpy(key, &in6->sin6_addr, 16);
 		if (memcmp(key, mapped, 12) == 0)
@@ -125,8 +126,8 @@ table_per(unsigned size)
 }
 
 bool
-srclimit_same(const struct srclimit *t, unsigned size, unsigned prefix4,
-    unsigned prefix6)
+srclimit_same(
+    const struct srclimit *t, unsigned size, unsigned prefix4, unsigned prefix6)
 {
 	return t->per == table_per(size) && t->prefix4 == prefix4 &&
 	    t->prefix6 == prefix6;
@@ -155,7 +156,8 @@ srclimit_new(unsigned size, unsigned prefix4, unsigned prefix6)
 	if (getrandom(t->seed, sizeof(t->seed), GRND_NONBLOCK) !=
 	    (ssize_t)sizeof(t->seed)) {
 		/* Before the pool is ready, at boot: still unpredictable enough
-		 * for shard spreading; chains stay bounded by the shard size. */
+		 * for shard spreading; chains stay bounded by the shard size.
+		 */
 		t->seed[0] = (uint64_t)(uintptr_t)t ^ 0x9e3779b97f4a7c15ULL;
 		t->seed[1] = mix(t->seed[0]);
 		t->seed[2] = mix(t->seed[1]);
@@ -365,10 +367,10 @@ srclimit_admit(struct srclimit *t, const struct srclimit_rule *rule,
 		/* Keep the fraction of a full bucket it had. */
 		uint64_t cap = capacity(e);
 
-		e->tokens = cap == 0 ? (uint64_t)rule->rate * rule->period_ms
-		                     : (uint64_t)((double)e->tokens / (double)cap *
-		                           (double)rule->rate *
-		                           (double)rule->period_ms);
+		e->tokens = cap == 0
+		    ? (uint64_t)rule->rate * rule->period_ms
+		    : (uint64_t)((double)e->tokens / (double)cap *
+		          (double)rule->rate * (double)rule->period_ms);
 		e->rate = rule->rate;
 		e->period_ms = rule->period_ms;
 	}
@@ -410,8 +412,8 @@ srclimit_stats(const struct srclimit *t, struct srclimit_stats *out)
 	if (t == NULL)
 		return;
 	for (unsigned i = 0; i < SRCLIMIT_SHARDS; i++)
-		out->entries += __atomic_load_n(&t->shards[i].used,
-		    __ATOMIC_RELAXED);
+		out->entries +=
+		    __atomic_load_n(&t->shards[i].used, __ATOMIC_RELAXED);
 	out->capacity = (uint64_t)t->per * SRCLIMIT_SHARDS;
 	out->full_admitted =
 	    __atomic_load_n(&t->full_admitted, __ATOMIC_RELAXED);

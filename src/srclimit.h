@@ -70,8 +70,8 @@ struct srclimit;
  * SRCLIMIT_SHARDS); prefix4/prefix6 cut the addresses.  Memory is taken
  * per shard at its first use.  NULL when out of memory.
  */
-struct srclimit *srclimit_new(unsigned size, unsigned prefix4,
-    unsigned prefix6);
+struct srclimit *srclimit_new(
+    unsigned size, unsigned prefix4, unsigned prefix6);
 /* Reference counted: a generation holds one, and shares it with the next
  * when the table's settings did not change. */
 void srclimit_ref(struct srclimit *t);

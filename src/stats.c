@@ -341,8 +341,8 @@ get_source_table(const struct metric_ctx *c, size_t i, int which)
 	(void)i;
 	srclimit_stats(c->st->gen->src, &s);
 	return count(which == 0 ? s.entries
-	        : which == 1   ? s.capacity
-	                       : s.full_admitted);
+	        : which == 1    ? s.capacity
+	                        : s.full_admitted);
 }
 
 static struct metric_val
@@ -506,14 +506,14 @@ static const struct metric metrics[] = {
         "Connections reset or cut by local errors.", METRIC_GLOBAL, NULL,
         get_errors},
     {"lifeline_source_refused_total", "counter",
-        "Connections refused by a per-source limit, by limit.",
-        METRIC_LISTENER, &by_limit, get_source_refused},
+        "Connections refused by a per-source limit, by limit.", METRIC_LISTENER,
+        &by_limit, get_source_refused},
     {"lifeline_source_table_entries", "gauge",
         "Sources tracked for per-source limits.", METRIC_GLOBAL, NULL,
         get_source_entries},
     {"lifeline_source_table_capacity", "gauge",
-        "Sources the table can track (source-table-size).", METRIC_GLOBAL,
-        NULL, get_source_capacity},
+        "Sources the table can track (source-table-size).", METRIC_GLOBAL, NULL,
+        get_source_capacity},
     {"lifeline_source_table_full_total", "counter",
         "Connections admitted without a per-source limit: table full.",
         METRIC_GLOBAL, NULL, get_source_full},

@@ -109,19 +109,19 @@ test_prefixes(void)
 	CHECK_INT(admit(t, &r, "2001:db8:1:3::1", 0, &tk), SRCLIMIT_ADMIT);
 	/* v4-mapped is the IPv4 address. */
 	CHECK_INT(admit(t, &r, "198.51.100.7", 0, &tk), SRCLIMIT_ADMIT);
-	CHECK_INT(admit(t, &r, "::ffff:198.51.100.7", 0, &tk),
-	    SRCLIMIT_REFUSE_CONN);
+	CHECK_INT(
+	    admit(t, &r, "::ffff:198.51.100.7", 0, &tk), SRCLIMIT_REFUSE_CONN);
 	CHECK_INT(admit(t, &r, "198.51.100.8", 0, &tk), SRCLIMIT_ADMIT);
 	/* Configured prefixes: /24 and /48. */
 	CHECK_INT(admit(t2, &r, "198.51.100.7", 0, &tk), SRCLIMIT_ADMIT);
-	CHECK_INT(admit(t2, &r, "198.51.100.200", 0, &tk),
-	    SRCLIMIT_REFUSE_CONN);
-	CHECK_INT(admit(t2, &r, "::ffff:198.51.100.9", 0, &tk),
-	    SRCLIMIT_REFUSE_CONN);
+	CHECK_INT(
+	    admit(t2, &r, "198.51.100.200", 0, &tk), SRCLIMIT_REFUSE_CONN);
+	CHECK_INT(
+	    admit(t2, &r, "::ffff:198.51.100.9", 0, &tk), SRCLIMIT_REFUSE_CONN);
 	CHECK_INT(admit(t2, &r, "198.51.101.7", 0, &tk), SRCLIMIT_ADMIT);
 	CHECK_INT(admit(t2, &r, "2001:db8:1:2::1", 0, &tk), SRCLIMIT_ADMIT);
-	CHECK_INT(admit(t2, &r, "2001:db8:1:ffff::1", 0, &tk),
-	    SRCLIMIT_REFUSE_CONN);
+	CHECK_INT(
+	    admit(t2, &r, "2001:db8:1:ffff::1", 0, &tk), SRCLIMIT_REFUSE_CONN);
 	CHECK_INT(admit(t2, &r, "2001:db8:2::1", 0, &tk), SRCLIMIT_ADMIT);
 	srclimit_free(t);
 	srclimit_free(t2);
@@ -180,11 +180,13 @@ test_rate(void)
 		    .scope = 7, .max_conn = 1, .rate = 2, .period_ms = 1000};
 		struct srclimit_ticket a, b;
 
-		CHECK_INT(admit(t, &both, "192.0.2.4", now, &a), SRCLIMIT_ADMIT);
+		CHECK_INT(
+		    admit(t, &both, "192.0.2.4", now, &a), SRCLIMIT_ADMIT);
 		CHECK_INT(admit(t, &both, "192.0.2.4", now, &b),
 		    SRCLIMIT_REFUSE_CONN);
 		srclimit_release(t, &a);
-		CHECK_INT(admit(t, &both, "192.0.2.4", now, &a), SRCLIMIT_ADMIT);
+		CHECK_INT(
+		    admit(t, &both, "192.0.2.4", now, &a), SRCLIMIT_ADMIT);
 		srclimit_release(t, &a);
 		CHECK_INT(admit(t, &both, "192.0.2.4", now, &a),
 		    SRCLIMIT_REFUSE_RATE);
@@ -247,8 +249,8 @@ test_full_table_fails_open(void)
 			snprintf(a, sizeof(a), "10.9.%d.%d", i / 256, i % 256);
 			(void)admit(u, &rr, a, 10, &x);
 		}
-		CHECK_INT(admit(u, &rr, "192.0.2.1", 20, &x),
-		    SRCLIMIT_REFUSE_RATE);
+		CHECK_INT(
+		    admit(u, &rr, "192.0.2.1", 20, &x), SRCLIMIT_REFUSE_RATE);
 		srclimit_free(u);
 	}
 	srclimit_free(t);
@@ -303,8 +305,8 @@ test_threads_exact(void)
 		pthread_join(th[i], NULL);
 	/* All released: exactly 8 fit again, not one more. */
 	for (int i = 0; i < 8; i++)
-		CHECK_INT(admit(t, &rule, "2001:db8::1", 0, &tk[i]),
-		    SRCLIMIT_ADMIT);
+		CHECK_INT(
+		    admit(t, &rule, "2001:db8::1", 0, &tk[i]), SRCLIMIT_ADMIT);
 	CHECK_INT(
 	    admit(t, &rule, "2001:db8::1", 0, &tk[8]), SRCLIMIT_REFUSE_CONN);
 	CHECK(r[0].refused + r[1].refused + r[2].refused + r[3].refused > 0);
