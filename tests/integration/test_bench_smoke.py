@@ -13,6 +13,8 @@ import re
 import signal
 import subprocess
 
+import pytest
+
 from conftest import LIFELINE_BIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,6 +85,10 @@ def _check(out, header, rows, columns, ratio_columns, cases):
                 assert RATIO.match(r[col]), f"case {case} {r['case']}: {col} is {r[col]!r}"
 
 
+# The benchmark script is the same whichever build it measures: the plain
+# pass runs it, not the sanitized one (where it would also run at the same
+# time as the plain pass's, two benchmarks disturbing each other).
+@pytest.mark.plain_only
 def test_bench_smoke():
     rc, out, err = _run_smoke()
     assert rc == 0, f"bench/run.sh --smoke exited {rc}\nstdout:\n{out}\nstderr:\n{err[-4000:]}"
