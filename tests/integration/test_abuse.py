@@ -581,9 +581,17 @@ def test_slowloris_on_every_listener_kind(host_factory, nofile, tmp_path):
     # every connection of every kind, its end and when
     open_ = [c["tag"] for c in swarm.clients if c["how"] is None]
     assert not open_, f"{len(open_)} still open: {open_[:5]}"
+    # A dribbler whose latest byte is still unread when it is closed gets
+    # an RST from the kernel, as from any server (a race with a loaded
+    # machine: seen for a few of 400 evicted stats clients); the rest end
+    # with a FIN, and nobody gets a byte.
     bad = [(c["tag"], c["how"], c["got"]) for c in swarm.clients
-           if c["how"] != "eof" or c["got"] != 0]
+           if c["got"] != 0 or c["how"] not in ("eof", "reset") or
+           (c["how"] == "reset" and c["tag"][1] != "dribble")]
     assert not bad, f"{len(bad)} did not end with a FIN and no byte: {bad[:5]}"
+    resets = sum(c["how"] == "reset" for c in swarm.clients)
+    assert resets <= len(swarm.clients) // 20, \
+        f"{resets} dribblers reset, not closed with a FIN"
     sends = [(c["tag"], c["send_error"]) for c in swarm.clients
              if "send_error" in c]
     assert not sends, f"a byte was refused before the deadline: {sends[:5]}"
