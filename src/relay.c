@@ -441,13 +441,19 @@ conn_arm(struct relay_conn *c)
 
 /*
  * The transports copy.c moves bytes through: a plain socket, and the
- * client side of a TLS listener (OpenSSL).  arg is the relay_side.
+ * client side of a TLS listener (OpenSSL).  The end is a relay_side's.
  */
 
-static ssize_t
-plain_read(void *arg, void *buf, size_t len)
+static struct relay_side *
+side_of(struct copy_end *e)
 {
-	struct relay_side *side = arg;
+	return container_of(e, struct relay_side, end);
+}
+
+static ssize_t
+plain_read(struct copy_end *e, void *buf, size_t len)
+{
+	struct relay_side *side = side_of(e);
 	ssize_t n = side->c->rc->sys->recv(side->io.fd, buf, len, 0);
 
 	if (n >= 0)
@@ -457,9 +463,9 @@ plain_read(void *arg, void *buf, size_t len)
 }
 
 static ssize_t
-plain_write(void *arg, const void *buf, size_t len)
+plain_write(struct copy_end *e, const void *buf, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	ssize_t n = side->c->rc->sys->send(side->io.fd, buf, len, MSG_NOSIGNAL);
 
 	if (n > 0)
@@ -468,9 +474,9 @@ plain_write(void *arg, const void *buf, size_t len)
 }
 
 static ssize_t
-plain_splice_in(void *arg, int pipe_wr, size_t len)
+plain_splice_in(struct copy_end *e, int pipe_wr, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	ssize_t n = side->c->rc->sys->splice_in(side->io.fd, pipe_wr, len);
 
 	if (n >= 0)
@@ -479,9 +485,9 @@ plain_splice_in(void *arg, int pipe_wr, size_t len)
 }
 
 static ssize_t
-plain_splice_out(void *arg, int pipe_rd, size_t len)
+plain_splice_out(struct copy_end *e, int pipe_rd, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	ssize_t n = side->c->rc->sys->splice_out(pipe_rd, side->io.fd, len);
 
 	if (n > 0)
@@ -491,9 +497,9 @@ plain_splice_out(void *arg, int pipe_rd, size_t len)
 
 /* ENOTCONN when the peer is gone: the next write says. */
 static void
-plain_fin(void *arg)
+plain_fin(struct copy_end *e)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 
 	(void)side->c->rc->sys->shutdown_wr(side->io.fd);
 }
@@ -527,9 +533,9 @@ tls_result(size_t n, enum tls_status st)
 }
 
 static ssize_t
-tls_xread(void *arg, void *buf, size_t len)
+tls_xread(struct copy_end *e, void *buf, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	enum tls_status st = TLS_FAIL;
 	size_t n = tls_read(side->c->tls, buf, len, &st);
 
@@ -537,9 +543,9 @@ tls_xread(void *arg, void *buf, size_t len)
 }
 
 static ssize_t
-tls_xwrite(void *arg, const void *buf, size_t len)
+tls_xwrite(struct copy_end *e, const void *buf, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	enum tls_status st = TLS_FAIL;
 	size_t n = tls_write(side->c->tls, buf, len, &st);
 	ssize_t r = tls_result(n, st);
@@ -550,9 +556,9 @@ tls_xwrite(void *arg, const void *buf, size_t len)
 
 /* close_notify before the FIN. */
 static int
-tls_xfinish(void *arg)
+tls_xfinish(struct copy_end *e)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	enum tls_status st = tls_close_notify(side->c->tls);
 
 	if (st == TLS_DONE)
@@ -1302,7 +1308,6 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		c->side[s].io.cb = side_cb;
 		c->side[s].outq = -1;
 		c->side[s].end.ops = &plain_ops;
-		c->side[s].end.arg = &c->side[s];
 		copy_dir_init(&c->dir[s]);
 		/* OpenSSL must see a TLS client's bytes: no splice. */
 		c->dir[s].spliceable = ls->tls == NULL;
