@@ -579,13 +579,12 @@ static const struct copy_ops tls_ops = {
 };
 
 /* Direction d, as far as it goes now; counts its bytes.  COPY_*. */
-static enum copy_result
-dir_run(struct relay_conn *c, int d, int *budget)
+static inline enum copy_result
+dir_run(struct relay_conn *c, int d, int *budget, uint64_t now)
 {
 	uint64_t moved = 0;
-	enum copy_result r =
-	    copy_run(&c->dir[d], &c->side[d].end, &c->side[!d].end,
-	        &c->rc->pool, budget, &moved, loop_now(c->rc->loop));
+	enum copy_result r = copy_run(&c->dir[d], &c->side[d].end,
+	    &c->side[!d].end, &c->rc->pool, budget, &moved, now);
 
 	if (moved == 0)
 		return r;
@@ -732,16 +731,20 @@ conn_check(const struct relay_conn *c)
 static void
 conn_run(struct relay_conn *c)
 {
+	uint64_t now = loop_now(c->rc->loop);
 	int budget = RELAY_BUDGET;
 	bool shut_before = c->side[0].end.shut || c->side[1].end.shut;
+	/* Only a side excused now can get an earlier deadline below. */
+	bool excused_before =
+	    conn_excused(c, CLIENT) || conn_excused(c, SERVER);
 	/* Each direction goes first in turn: neither starves the other. */
 	int first = c->turn;
 	int r;
 
 	c->turn = (uint8_t)!c->turn;
-	r = dir_run(c, first, &budget);
+	r = dir_run(c, first, &budget, now);
 	if (r == COPY_OK)
-		r = dir_run(c, !first, &budget);
+		r = dir_run(c, !first, &budget, now);
 	if (r == COPY_ALERT) {
 		RELAY_CNT_ADD(c->rc->cnt, errors, 1);
 		conn_linger(c, RELAY_RES_ERROR);
@@ -761,8 +764,6 @@ conn_run(struct relay_conn *c)
 		loop_task_queue(c->rc->loop, &c->task);
 	/* A side just got a FIN from us: its shorter timeout starts. */
 	if (shut_before != (c->side[0].end.shut || c->side[1].end.shut)) {
-		uint64_t now = loop_now(c->rc->loop);
-
 		for (int s = 0; s < 2; s++) {
 			struct relay_side *side = &c->side[s];
 
@@ -778,9 +779,11 @@ conn_run(struct relay_conn *c)
 	}
 	/*
 	 * The timer may be later than the deadline when a side stopped being
-	 * excused (its held bytes went out): never let a timeout slip.
+	 * excused (its held bytes went out): never let a timeout slip.  Any
+	 * other run only moves deadlines later (the timer catches up when it
+	 * fires), so the common case computes nothing.
 	 */
-	if (conn_deadline(c) < c->timer.deadline)
+	if (excused_before && conn_deadline(c) < c->timer.deadline)
 		conn_arm(c);
 }
 
