@@ -186,7 +186,7 @@ fill(struct copy_dir *dir, struct copy_end *src, struct copy_pool *pool,
 	INVARIANT(dir->pending == 0 && dir->p.rd < 0);
 	if (buf_take(pool, dir) != 0)
 		return COPY_IO_ERROR;
-	n = src->ops->read(src->arg, dir->buf, COPY_BUF);
+	n = src->ops->read(src, dir->buf, COPY_BUF);
 	if (n <= 0)
 		return n;
 	dir->off = 0;
@@ -246,7 +246,7 @@ take(struct copy_dir *dir, struct copy_end *src, struct copy_pool *pool,
 		return took(src, fill(dir, src, pool, now), now, progress);
 	if (dir->p.rd < 0 && pipe_take(pool, &dir->p) != 0)
 		return COPY_CUT;
-	n = src->ops->splice_in(src->arg, dir->p.wr, dir->p.cap - dir->pending);
+	n = src->ops->splice_in(src, dir->p.wr, dir->p.cap - dir->pending);
 	if (n > 0) {
 		dir->pending += (uint32_t)n;
 		src->last = now;
@@ -280,8 +280,8 @@ put(struct copy_dir *dir, struct copy_end *dst)
 	ssize_t n;
 
 	if (dir->buf == NULL)
-		return dst->ops->splice_out(dst->arg, dir->p.rd, want);
-	n = dst->ops->write(dst->arg, dir->buf + dir->off, want);
+		return dst->ops->splice_out(dst, dir->p.rd, want);
+	n = dst->ops->write(dst, dir->buf + dir->off, want);
 	if (n > 0) {
 		dir->off += (uint32_t)n;
 		if ((uint32_t)n < want && dst->ops->trust_short)
@@ -307,7 +307,7 @@ finish(struct copy_dir *dir, struct copy_end *src, struct copy_end *dst,
 
 		if (!dst->wr_ready)
 			return COPY_OK;
-		r = dst->ops->finish(dst->arg);
+		r = dst->ops->finish(dst);
 		if (r == COPY_IO_AGAIN) {
 			dst->wr_ready = false;
 			return COPY_OK;
@@ -316,7 +316,7 @@ finish(struct copy_dir *dir, struct copy_end *src, struct copy_end *dst,
 			return COPY_CUT;
 	}
 	if (!src->shut)
-		dst->ops->fin(dst->arg);
+		dst->ops->fin(dst);
 	dst->shut = true;
 	return COPY_OK;
 }

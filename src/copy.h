@@ -47,28 +47,33 @@ enum copy_result {
 	COPY_ALERT, /* TLS protocol error on an end */
 };
 
+struct copy_end;
+
 /*
- * A transport.  Each call returns bytes (> 0) or a COPY_IO_* code.
- * splice_in/splice_out are NULL when the transport cannot splice; finish,
- * when not NULL, runs before the FIN (TLS: close_notify) and returns 0,
- * COPY_IO_AGAIN or COPY_IO_ERROR.
+ * A transport.  Each call gets the end it serves (the transport finds its
+ * own state around it: container_of) and returns bytes (> 0) or a
+ * COPY_IO_* code.  splice_in/splice_out are NULL when the transport cannot
+ * splice; finish, when not NULL, runs before the FIN (TLS: close_notify)
+ * and returns 0, COPY_IO_AGAIN or COPY_IO_ERROR.
  */
 struct copy_ops {
-	ssize_t (*read)(void *arg, void *buf, size_t len);
-	ssize_t (*write)(void *arg, const void *buf, size_t len);
-	ssize_t (*splice_in)(void *arg, int pipe_wr, size_t len);
-	ssize_t (*splice_out)(void *arg, int pipe_rd, size_t len);
-	int (*finish)(void *arg);
+	ssize_t (*read)(struct copy_end *e, void *buf, size_t len);
+	ssize_t (*write)(struct copy_end *e, const void *buf, size_t len);
+	ssize_t (*splice_in)(struct copy_end *e, int pipe_wr, size_t len);
+	ssize_t (*splice_out)(struct copy_end *e, int pipe_rd, size_t len);
+	int (*finish)(struct copy_end *e);
 	/* Sends FIN (shutdown(SHUT_WR) on a socket); errors are ignored. */
-	void (*fin)(void *arg);
+	void (*fin)(struct copy_end *e);
 	/* A short read or write proves the end empty or full. */
 	bool trust_short;
 };
 
-/* One end of a direction (a connection's side). */
+/*
+ * One end of a direction (a connection's side), embedded in the
+ * transport's own state.
+ */
 struct copy_end {
 	const struct copy_ops *ops; /* borrowed */
-	void *arg; /* borrowed: the transport's state */
 	uint64_t last; /* last byte read, written or delivered, ms */
 	bool rd_ready, wr_ready;
 	/*
@@ -101,10 +106,10 @@ struct copy_pool {
 	size_t nbufs;
 };
 
-/* One direction's bytes in flight. */
+/* One direction's bytes in flight (the order packs it in 32 bytes). */
 struct copy_dir {
-	struct copy_pipe p;
 	uint8_t *buf; /* owned, COPY_BUF bytes, or NULL */
+	struct copy_pipe p;
 	uint32_t off;
 	uint32_t pending; /* in buf, or in the pipe */
 	bool spliceable; /* both ends can splice (set by the owner) */

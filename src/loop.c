@@ -223,16 +223,21 @@ void
 loop_task_init(struct loop_task *t, loop_task_cb cb)
 {
 	t->prev = t->next = NULL;
-	t->queued = false;
 	t->cb = cb;
+}
+
+/* True when t is in loop's queue (no flag: a connection is smaller). */
+static bool
+queued(const struct loop *loop, const struct loop_task *t)
+{
+	return t->prev != NULL || loop->head == t;
 }
 
 void
 loop_task_queue(struct loop *loop, struct loop_task *t)
 {
-	if (t->queued)
+	if (queued(loop, t))
 		return;
-	t->queued = true;
 	t->seq = loop->task_seq;
 	t->next = NULL;
 	t->prev = loop->tail;
@@ -246,7 +251,7 @@ loop_task_queue(struct loop *loop, struct loop_task *t)
 void
 loop_task_cancel(struct loop *loop, struct loop_task *t)
 {
-	if (!t->queued)
+	if (!queued(loop, t))
 		return;
 	if (t->prev != NULL)
 		t->prev->next = t->next;
@@ -257,7 +262,6 @@ loop_task_cancel(struct loop *loop, struct loop_task *t)
 	else
 		loop->tail = t->prev;
 	t->prev = t->next = NULL;
-	t->queued = false;
 }
 
 void

@@ -37,8 +37,8 @@ struct loop_timer {
 };
 
 struct loop_task {
-	struct loop_task *prev, *next; /* both NULL when not queued */
-	bool queued;
+	/* Both NULL when not queued (or alone in the queue: see queued()). */
+	struct loop_task *prev, *next;
 	uint64_t seq; /* loop's task round when queued */
 	loop_task_cb cb;
 };

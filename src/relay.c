@@ -445,13 +445,19 @@ conn_arm(struct relay_conn *c)
 
 /*
  * The transports copy.c moves bytes through: a plain socket, and the
- * client side of a TLS listener (OpenSSL).  arg is the relay_side.
+ * client side of a TLS listener (OpenSSL).  The end is a relay_side's.
  */
 
-static ssize_t
-plain_read(void *arg, void *buf, size_t len)
+static struct relay_side *
+side_of(struct copy_end *e)
 {
-	struct relay_side *side = arg;
+	return container_of(e, struct relay_side, end);
+}
+
+static ssize_t
+plain_read(struct copy_end *e, void *buf, size_t len)
+{
+	struct relay_side *side = side_of(e);
 	ssize_t n = side->c->rc->sys->recv(side->io.fd, buf, len, 0);
 
 	if (n >= 0)
@@ -461,9 +467,9 @@ plain_read(void *arg, void *buf, size_t len)
 }
 
 static ssize_t
-plain_write(void *arg, const void *buf, size_t len)
+plain_write(struct copy_end *e, const void *buf, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	ssize_t n = side->c->rc->sys->send(side->io.fd, buf, len, MSG_NOSIGNAL);
 
 	if (n > 0)
@@ -472,9 +478,9 @@ plain_write(void *arg, const void *buf, size_t len)
 }
 
 static ssize_t
-plain_splice_in(void *arg, int pipe_wr, size_t len)
+plain_splice_in(struct copy_end *e, int pipe_wr, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	ssize_t n = side->c->rc->sys->splice_in(side->io.fd, pipe_wr, len);
 
 	if (n >= 0)
@@ -483,9 +489,9 @@ plain_splice_in(void *arg, int pipe_wr, size_t len)
 }
 
 static ssize_t
-plain_splice_out(void *arg, int pipe_rd, size_t len)
+plain_splice_out(struct copy_end *e, int pipe_rd, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	ssize_t n = side->c->rc->sys->splice_out(pipe_rd, side->io.fd, len);
 
 	if (n > 0)
@@ -495,9 +501,9 @@ plain_splice_out(void *arg, int pipe_rd, size_t len)
 
 /* ENOTCONN when the peer is gone: the next write says. */
 static void
-plain_fin(void *arg)
+plain_fin(struct copy_end *e)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 
 	(void)side->c->rc->sys->shutdown_wr(side->io.fd);
 }
@@ -531,9 +537,9 @@ tls_result(size_t n, enum tls_status st)
 }
 
 static ssize_t
-tls_xread(void *arg, void *buf, size_t len)
+tls_xread(struct copy_end *e, void *buf, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	enum tls_status st = TLS_FAIL;
 	size_t n = tls_read(side->c->tls, buf, len, &st);
 
@@ -541,9 +547,9 @@ tls_xread(void *arg, void *buf, size_t len)
 }
 
 static ssize_t
-tls_xwrite(void *arg, const void *buf, size_t len)
+tls_xwrite(struct copy_end *e, const void *buf, size_t len)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	enum tls_status st = TLS_FAIL;
 	size_t n = tls_write(side->c->tls, buf, len, &st);
 	ssize_t r = tls_result(n, st);
@@ -554,9 +560,9 @@ tls_xwrite(void *arg, const void *buf, size_t len)
 
 /* close_notify before the FIN. */
 static int
-tls_xfinish(void *arg)
+tls_xfinish(struct copy_end *e)
 {
-	struct relay_side *side = arg;
+	struct relay_side *side = side_of(e);
 	enum tls_status st = tls_close_notify(side->c->tls);
 
 	if (st == TLS_DONE)
@@ -577,13 +583,12 @@ static const struct copy_ops tls_ops = {
 };
 
 /* Direction d, as far as it goes now; counts its bytes.  COPY_*. */
-static enum copy_result
-dir_run(struct relay_conn *c, int d, int *budget)
+static inline enum copy_result
+dir_run(struct relay_conn *c, int d, int *budget, uint64_t now)
 {
 	uint64_t moved = 0;
-	enum copy_result r =
-	    copy_run(&c->dir[d], &c->side[d].end, &c->side[!d].end,
-	        &c->rc->pool, budget, &moved, loop_now(c->rc->loop));
+	enum copy_result r = copy_run(&c->dir[d], &c->side[d].end,
+	    &c->side[!d].end, &c->rc->pool, budget, &moved, now);
 
 	if (moved == 0)
 		return r;
@@ -730,16 +735,20 @@ conn_check(const struct relay_conn *c)
 static void
 conn_run(struct relay_conn *c)
 {
+	uint64_t now = loop_now(c->rc->loop);
 	int budget = RELAY_BUDGET;
 	bool shut_before = c->side[0].end.shut || c->side[1].end.shut;
+	/* Only a side excused now can get an earlier deadline below. */
+	bool excused_before =
+	    conn_excused(c, CLIENT) || conn_excused(c, SERVER);
 	/* Each direction goes first in turn: neither starves the other. */
 	int first = c->turn;
 	int r;
 
 	c->turn = (uint8_t)!c->turn;
-	r = dir_run(c, first, &budget);
+	r = dir_run(c, first, &budget, now);
 	if (r == COPY_OK)
-		r = dir_run(c, !first, &budget);
+		r = dir_run(c, !first, &budget, now);
 	if (r == COPY_ALERT) {
 		RELAY_CNT_ADD(c->rc->cnt, errors, 1);
 		conn_linger(c, RELAY_RES_ERROR);
@@ -759,8 +768,6 @@ conn_run(struct relay_conn *c)
 		loop_task_queue(c->rc->loop, &c->task);
 	/* A side just got a FIN from us: its shorter timeout starts. */
 	if (shut_before != (c->side[0].end.shut || c->side[1].end.shut)) {
-		uint64_t now = loop_now(c->rc->loop);
-
 		for (int s = 0; s < 2; s++) {
 			struct relay_side *side = &c->side[s];
 
@@ -776,9 +783,11 @@ conn_run(struct relay_conn *c)
 	}
 	/*
 	 * The timer may be later than the deadline when a side stopped being
-	 * excused (its held bytes went out): never let a timeout slip.
+	 * excused (its held bytes went out): never let a timeout slip.  Any
+	 * other run only moves deadlines later (the timer catches up when it
+	 * fires), so the common case computes nothing.
 	 */
-	if (conn_deadline(c) < c->timer.deadline)
+	if (excused_before && conn_deadline(c) < c->timer.deadline)
 		conn_arm(c);
 }
 
@@ -1367,7 +1376,6 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		c->side[s].io.cb = side_cb;
 		c->side[s].outq = -1;
 		c->side[s].end.ops = &plain_ops;
-		c->side[s].end.arg = &c->side[s];
 		copy_dir_init(&c->dir[s]);
 		/* OpenSSL must see a TLS client's bytes: no splice. */
 		c->dir[s].spliceable = ls->tls == NULL;

@@ -10,11 +10,13 @@
 
 #include "copy.h"
 #include "harness.h"
+#include "util.h"
 
 #define BIG (1 << 20)
 
 /* A scripted end: a source of `len` bytes and a sink with `room`. */
 struct fake {
+	struct copy_end end; /* what the loop sees */
 	/* source */
 	uint8_t *data;
 	size_t len, cur;
@@ -46,9 +48,9 @@ avail(struct fake *f, size_t len, bool splice)
 }
 
 static ssize_t
-f_read(void *arg, void *buf, size_t len)
+f_read(struct copy_end *e, void *buf, size_t len)
 {
-	struct fake *f = arg;
+	struct fake *f = container_of(e, struct fake, end);
 	size_t n;
 
 	f->reads++;
@@ -65,9 +67,9 @@ f_read(void *arg, void *buf, size_t len)
 }
 
 static ssize_t
-f_write(void *arg, const void *buf, size_t len)
+f_write(struct copy_end *e, const void *buf, size_t len)
 {
-	struct fake *f = arg;
+	struct fake *f = container_of(e, struct fake, end);
 	size_t n = len < f->room ? len : f->room;
 
 	f->writes++;
@@ -83,9 +85,9 @@ f_write(void *arg, const void *buf, size_t len)
 
 /* Like the kernel: at an urgent mark, would-block, or 0 once FIN is in. */
 static ssize_t
-f_splice_in(void *arg, int pipe_wr, size_t len)
+f_splice_in(struct copy_end *e, int pipe_wr, size_t len)
 {
-	struct fake *f = arg;
+	struct fake *f = container_of(e, struct fake, end);
 	size_t n;
 	ssize_t w;
 
@@ -103,9 +105,9 @@ f_splice_in(void *arg, int pipe_wr, size_t len)
 }
 
 static ssize_t
-f_splice_out(void *arg, int pipe_rd, size_t len)
+f_splice_out(struct copy_end *e, int pipe_rd, size_t len)
 {
-	struct fake *f = arg;
+	struct fake *f = container_of(e, struct fake, end);
 	size_t n = len < f->room ? len : f->room;
 	ssize_t r;
 
@@ -123,9 +125,9 @@ f_splice_out(void *arg, int pipe_rd, size_t len)
 }
 
 static int
-f_finish(void *arg)
+f_finish(struct copy_end *e)
 {
-	struct fake *f = arg;
+	struct fake *f = container_of(e, struct fake, end);
 
 	f->finishes++;
 	if (f->finish_fails)
@@ -138,9 +140,9 @@ f_finish(void *arg)
 }
 
 static void
-f_fin(void *arg)
+f_fin(struct copy_end *e)
 {
-	((struct fake *)arg)->fins++;
+	container_of(e, struct fake, end)->fins++;
 }
 
 static const struct copy_ops plain = {
@@ -162,7 +164,6 @@ static const struct copy_ops tlsish = {
 
 struct rig {
 	struct fake a, b; /* source, destination */
-	struct copy_end src, dst;
 	struct copy_dir dir;
 	struct copy_pool pool;
 	uint64_t moved;
@@ -180,9 +181,9 @@ rig_new(size_t len, const struct copy_ops *sops, const struct copy_ops *dops)
 	r->a.fail_code = COPY_IO_ERROR;
 	r->b.out = malloc(len ? len : 1);
 	r->b.room = BIG * 4;
-	r->src = (struct copy_end){.ops = sops, .arg = &r->a};
-	r->dst = (struct copy_end){.ops = dops, .arg = &r->b};
-	r->src.rd_ready = r->dst.wr_ready = true;
+	r->a.end.ops = sops;
+	r->b.end.ops = dops;
+	r->a.end.rd_ready = r->b.end.wr_ready = true;
 	copy_dir_init(&r->dir);
 	r->dir.spliceable = sops->splice_in != NULL && dops->splice_out;
 	if (copy_pool_init(&r->pool) != 0)
@@ -204,7 +205,8 @@ rig_free(struct rig *r)
 static enum copy_result
 run(struct rig *r, int n)
 {
-	return copy_run(&r->dir, &r->src, &r->dst, &r->pool, &n, &r->moved, 1);
+	return copy_run(
+	    &r->dir, &r->a.end, &r->b.end, &r->pool, &n, &r->moved, 1);
 }
 
 /* Runs until nothing moves (edges re-armed as epoll would). */
@@ -213,13 +215,13 @@ run_all(struct rig *r)
 {
 	enum copy_result res = COPY_OK;
 
-	for (int i = 0; i < 10000 && res == COPY_OK && !r->dst.shut; i++) {
+	for (int i = 0; i < 10000 && res == COPY_OK && !r->b.end.shut; i++) {
 		size_t before = r->b.outlen + r->a.cur;
 
-		r->src.rd_ready = r->dst.wr_ready = true;
+		r->a.end.rd_ready = r->b.end.wr_ready = true;
 		res = run(r, 16);
 		if (r->b.outlen + r->a.cur == before && r->dir.pending == 0 &&
-		    !r->src.eof)
+		    !r->a.end.eof)
 			break;
 	}
 	return res;
@@ -243,10 +245,10 @@ test_chat_message(void)
 	/* A short read proves a plain socket empty: no would-block call. */
 	CHECK_INT(r->a.reads, 1);
 	CHECK_INT(r->b.writes, 1);
-	CHECK(!r->src.rd_ready);
+	CHECK(!r->a.end.rd_ready);
 	CHECK_INT(r->a.splice_ins + r->b.splice_outs, 0);
 	CHECK(r->dir.buf == NULL && r->dir.p.rd < 0);
-	CHECK(!r->dst.shut && r->b.fins == 0);
+	CHECK(!r->b.end.shut && r->b.fins == 0);
 	rig_free(r);
 }
 
@@ -258,7 +260,7 @@ test_short_read_not_trusted_on_tls(void)
 	CHECK_INT(run(r, 16), COPY_OK);
 	CHECK(delivered(r));
 	CHECK_INT(r->a.reads, 2); /* the second says would-block */
-	CHECK(!r->src.rd_ready);
+	CHECK(!r->a.end.rd_ready);
 	rig_free(r);
 }
 
@@ -268,7 +270,8 @@ test_drain_keeps_reading(void)
 	struct rig *r = rig_new(100, &plain, &plain);
 
 	r->a.chunk = 10;
-	r->src.drain = true; /* FIN or urgent data reported: read to the end */
+	r->a.end.drain =
+	    true; /* FIN or urgent data reported: read to the end */
 	CHECK_INT(run(r, 64), COPY_OK);
 	CHECK(delivered(r));
 	CHECK_INT(r->a.reads, 11);
@@ -289,7 +292,7 @@ test_bulk_turns_to_splice_and_fins(void)
 	/* One full read, then splice; a read confirms splice's 0 (FIN). */
 	CHECK_INT(r->a.reads, 2);
 	CHECK(r->a.splice_ins > 0 && r->b.splice_outs > 0);
-	CHECK(r->src.eof && r->dst.shut);
+	CHECK(r->a.end.eof && r->b.end.shut);
 	CHECK_INT(r->b.fins, 1);
 	CHECK_INT(r->pool.n, idle); /* the pipe went back */
 	CHECK(r->dir.buf == NULL && r->dir.p.rd < 0);
@@ -321,11 +324,11 @@ test_backpressure(void)
 	CHECK_INT(r->b.outlen, 1000);
 	CHECK_INT(r->dir.pending, 4000);
 	/* A short write proves the socket full: no would-block call. */
-	CHECK(!r->dst.wr_ready);
+	CHECK(!r->b.end.wr_ready);
 	CHECK_INT(r->b.writes, 1);
 	CHECK_INT(r->a.reads, 1); /* no read while the buffer holds bytes */
 	r->b.room = BIG;
-	r->dst.wr_ready = true;
+	r->b.end.wr_ready = true;
 	CHECK_INT(run(r, 16), COPY_OK);
 	CHECK(delivered(r));
 	CHECK_INT(r->dir.pending, 0);
@@ -339,15 +342,15 @@ test_fin_only_after_every_byte(void)
 
 	r->a.eof = true;
 	r->b.room = 5;
-	r->src.drain = true;
+	r->a.end.drain = true;
 	CHECK_INT(run(r, 16), COPY_OK);
-	CHECK(!r->dst.shut);
+	CHECK(!r->b.end.shut);
 	CHECK_INT(r->b.fins, 0);
 	r->b.room = 100;
-	r->dst.wr_ready = r->src.rd_ready = true;
+	r->b.end.wr_ready = r->a.end.rd_ready = true;
 	CHECK_INT(run(r, 16), COPY_OK);
 	CHECK(delivered(r));
-	CHECK(r->src.eof && r->dst.shut);
+	CHECK(r->a.end.eof && r->b.end.shut);
 	CHECK_INT(r->b.fins, 1);
 	/* Nothing happens on a finished direction. */
 	CHECK_INT(run(r, 16), COPY_OK);
@@ -361,10 +364,10 @@ test_no_fin_syscall_when_other_way_done(void)
 	struct rig *r = rig_new(10, &plain, &plain);
 
 	r->a.eof = true;
-	r->src.shut = true; /* the other direction already finished */
-	r->src.drain = true;
+	r->a.end.shut = true; /* the other direction already finished */
+	r->a.end.drain = true;
 	CHECK_INT(run(r, 16), COPY_OK);
-	CHECK(delivered(r) && r->dst.shut);
+	CHECK(delivered(r) && r->b.end.shut);
 	CHECK_INT(r->b.fins, 0); /* close(2) sends it */
 	rig_free(r);
 }
@@ -381,7 +384,7 @@ test_errors_cut(void)
 	r = rig_new(100, &plain, &plain);
 	r->a.fail_at = 1;
 	r->a.chunk = 50;
-	r->src.drain = true;
+	r->a.end.drain = true;
 	CHECK_INT(run(r, 16), COPY_CUT);
 	CHECK_INT(r->b.outlen, 50); /* what came before was delivered */
 	rig_free(r);
@@ -412,23 +415,23 @@ test_close_notify_then_fin(void)
 	struct rig *r = rig_new(100, &plain, &tlsish);
 
 	r->a.eof = true;
-	r->src.drain = true;
+	r->a.end.drain = true;
 	r->b.finish_again = 1;
 	CHECK_INT(run(r, 16), COPY_OK);
 	CHECK(delivered(r));
 	CHECK_INT(r->b.finishes, 1);
-	CHECK(!r->dst.shut && !r->dst.wr_ready); /* waits for room */
+	CHECK(!r->b.end.shut && !r->b.end.wr_ready); /* waits for room */
 	CHECK_INT(r->b.fins, 0);
-	r->dst.wr_ready = true;
+	r->b.end.wr_ready = true;
 	CHECK_INT(run(r, 16), COPY_OK);
 	CHECK_INT(r->b.finishes, 2);
-	CHECK(r->dst.shut);
+	CHECK(r->b.end.shut);
 	CHECK_INT(r->b.fins, 1);
 	rig_free(r);
 
 	r = rig_new(10, &plain, &tlsish);
 	r->a.eof = true;
-	r->src.drain = true;
+	r->a.end.drain = true;
 	r->b.finish_fails = true;
 	CHECK_INT(run(r, 16), COPY_CUT);
 	CHECK_INT(r->b.fins, 0);
@@ -441,12 +444,12 @@ test_urgent_mark_on_spliced_path(void)
 	struct rig *r = rig_new(200000, &plain, &plain);
 
 	r->a.mark = 100000;
-	r->src.urgent = true;
+	r->a.end.urgent = true;
 	CHECK_INT(run_all(r), COPY_OK);
 	/* One read through the buffer goes past the mark; splice resumes. */
 	CHECK(delivered(r));
 	CHECK_INT(r->a.reads, 2);
-	CHECK(!r->src.urgent);
+	CHECK(!r->a.end.urgent);
 	CHECK(r->a.splice_ins > 2);
 	rig_free(r);
 }
@@ -461,7 +464,7 @@ test_splice_zero_is_no_proof_of_eof(void)
 	r->a.eof = true;
 	CHECK_INT(run_all(r), COPY_OK);
 	CHECK(delivered(r));
-	CHECK(r->dst.shut);
+	CHECK(r->b.end.shut);
 	CHECK_INT(r->b.fins, 1);
 	rig_free(r);
 }
@@ -474,14 +477,14 @@ test_full_pipe_keeps_the_edge(void)
 	r->a.eof = true;
 	CHECK_INT(run(r, 3), COPY_OK); /* read, write: bulk */
 	r->b.room = 0; /* the destination stops taking */
-	r->dst.wr_ready = true;
+	r->b.end.wr_ready = true;
 	CHECK_INT(run(r, 64), COPY_OK);
 	CHECK(r->dir.pending > 0);
 	CHECK(r->dir.pending <= r->dir.p.cap);
-	CHECK(r->src.rd_ready || r->a.cur == r->a.len); /* edge kept */
+	CHECK(r->a.end.rd_ready || r->a.cur == r->a.len); /* edge kept */
 	r->b.room = BIG;
 	CHECK_INT(run_all(r), COPY_OK);
-	CHECK(delivered(r) && r->dst.shut);
+	CHECK(delivered(r) && r->b.end.shut);
 	rig_free(r);
 }
 
@@ -491,9 +494,9 @@ test_budget_bounds_the_run(void)
 	struct rig *r = rig_new(100000, &plain, &plain);
 	int budget = 4;
 
-	r->src.drain = true;
+	r->a.end.drain = true;
 	r->a.chunk = 100;
-	CHECK_INT(copy_run(&r->dir, &r->src, &r->dst, &r->pool, &budget,
+	CHECK_INT(copy_run(&r->dir, &r->a.end, &r->b.end, &r->pool, &budget,
 	              &r->moved, 1),
 	    COPY_OK);
 	CHECK_INT(budget, 0);
@@ -509,12 +512,12 @@ test_copy_fill(void)
 	size_t bufs = r->pool.nbufs;
 	ssize_t n;
 
-	n = copy_fill(&r->dir, &r->src, &r->pool, 1);
+	n = copy_fill(&r->dir, &r->a.end, &r->pool, 1);
 	CHECK_INT(n, COPY_IO_AGAIN);
 	CHECK(r->dir.buf == NULL); /* given back */
 	CHECK_INT(r->pool.nbufs, bufs + 1);
 	r->a.eof = true;
-	CHECK_INT(copy_fill(&r->dir, &r->src, &r->pool, 1), COPY_IO_EOF);
+	CHECK_INT(copy_fill(&r->dir, &r->a.end, &r->pool, 1), COPY_IO_EOF);
 	rig_free(r);
 }
 
