@@ -18,6 +18,13 @@
 
 /* Pools. */
 
+/*
+ * A new pipe of COPY_PIPE_SIZE, or smaller when the kernel says no: a user
+ * without CAP_SYS_RESOURCE past fs.pipe-user-pages-soft (64 MiB of pipes,
+ * about 256 of ours) gets 2-page pipes it cannot enlarge.  A pipe smaller
+ * than the buffer is worse than the buffer: refused (-1, like running out
+ * of descriptors), and the direction goes on through its buffer.
+ */
 static int
 pipe_new(struct copy_pipe *p)
 {
@@ -25,12 +32,16 @@ pipe_new(struct copy_pipe *p)
 
 	if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0)
 		return -1;
-	/* Failure (a user over pipe-user-pages-soft) keeps the default. */
 	(void)fcntl(fds[1], F_SETPIPE_SZ, COPY_PIPE_SIZE);
 	sz = fcntl(fds[1], F_GETPIPE_SZ);
+	if (sz < COPY_BUF) {
+		close(fds[0]);
+		close(fds[1]);
+		return -1;
+	}
 	p->rd = fds[0];
 	p->wr = fds[1];
-	p->cap = sz > 0 ? (uint32_t)sz : 65536;
+	p->cap = (uint32_t)sz;
 	return 0;
 }
 
@@ -97,11 +108,12 @@ copy_pool_init(struct copy_pool *pool)
 	pool->bufs = calloc(COPY_BUF_POOL_MAX, sizeof(*pool->bufs));
 	if (pool->v == NULL || pool->bufs == NULL)
 		return -1;
+	/* Best effort: without pipes, bulk directions use their buffers. */
 	while (pool->n < COPY_POOL_RESERVE) {
 		struct copy_pipe p;
 
 		if (pipe_new(&p) != 0)
-			return -1;
+			break;
 		pool->v[pool->n++] = p;
 	}
 	pool->low = pool->n;
@@ -244,8 +256,16 @@ take(struct copy_dir *dir, struct copy_end *src, struct copy_pool *pool,
 
 	if (!piped(dir))
 		return took(src, fill(dir, src, pool, now), now, progress);
-	if (dir->p.rd < 0 && pipe_take(pool, &dir->p) != 0)
-		return COPY_CUT;
+	if (dir->p.rd < 0 && pipe_take(pool, &dir->p) != 0) {
+		/*
+		 * No pipe to be had (descriptors, or the user's pipe pages,
+		 * ran out): this direction is relayed through its buffer
+		 * from now on, never cut for it.
+		 */
+		dir->spliceable = false;
+		dir->bulk = false;
+		return took(src, fill(dir, src, pool, now), now, progress);
+	}
 	n = src->ops->splice_in(src, dir->p.wr, dir->p.cap - dir->pending);
 	if (n > 0) {
 		dir->pending += (uint32_t)n;

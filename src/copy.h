@@ -116,7 +116,10 @@ struct copy_dir {
 	bool bulk; /* a full read happened: splice once the buffer drains */
 };
 
-/* Fills the pool with its reserve of pipes; returns 0 or -1. */
+/*
+ * Fills the pool with its reserve of pipes, as many as can be had; returns
+ * -1 only when memory runs out.
+ */
 int copy_pool_init(struct copy_pool *pool);
 /* Closes idle pipes beyond the reserve that stayed unused since last time. */
 void copy_pool_trim(struct copy_pool *pool);

@@ -8,6 +8,8 @@ each kind of call is tested in tests/unit/test_sandbox.c)."""
 import os
 import pwd
 import signal
+import socket
+import time
 
 import pytest
 
@@ -136,3 +138,97 @@ def test_sandbox_off_lets_the_forbidden_call_through(tmp_path, echo):
     echo_roundtrip(s)
     s.close()
     assert d.stop() == 0
+
+
+HOG = r"""
+import fcntl, os, sys
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+os.setgroups([])
+os.setgid(int(sys.argv[2]))
+os.setuid(int(sys.argv[1]))
+held = []
+while True:
+    r, w = os.pipe()
+    held.append((r, w))
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+    except PermissionError:
+        break  # past pipe-user-pages-soft: new pipes stay small
+    if len(held) > 4096:
+        sys.exit("no pipe limit reached")
+print(fcntl.fcntl(w, F_GETPIPE_SZ), flush=True)
+sys.stdin.read()
+"""
+
+
+def pipe_sizes(pid):
+    """Capacity of every pipe the process holds (F_GETPIPE_SZ on
+    /proc/PID/fd/N, opened from outside)."""
+    import fcntl
+    sizes = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if not os.readlink(path).startswith("pipe:"):
+                continue
+            f = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            sizes.append(fcntl.fcntl(f, 1032))
+        finally:
+            os.close(f)
+    return sizes
+
+
+def test_user_out_of_pipe_pages_relays_through_buffers(tmp_path):
+    """The daemon's user without CAP_SYS_RESOURCE past
+    fs.pipe-user-pages-soft (another process of the same user holds it
+    all): new pipes come 2 pages small.  The daemon still starts, takes no
+    such pipe, and relays bulk transfers whole through its buffers."""
+    import hashlib
+    import subprocess
+    import sys
+
+    nobody = pwd.getpwnam("nobody")
+    hog = subprocess.Popen(
+        [sys.executable, "-c", HOG, str(nobody.pw_uid), str(nobody.pw_gid)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        small = int(hog.stdout.readline())
+        assert small < 16384, f"the hog's last pipe is {small} bytes"
+        size = 4 << 20
+        payload = os.urandom(size)
+
+        def h_send(c, rec):
+            c.sendall(payload)
+            c.shutdown(socket.SHUT_WR)
+            rec["rest"] = c.recv(1)
+
+        up = Server(h_send, name="bulk")
+        tmp_path.chmod(0o755)
+        d = start_daemon(tmp_path, make_config(
+            {"up": [up.spec]}, {"plain": {"upstream": "up"}},
+            global_={"user": "nobody"}))
+        s = connect(d.addr("plain"))
+        s.settimeout(20)
+        got = bytearray()
+        while len(got) < size // 2:
+            got += s.recv(65536)
+        # Mid-transfer, the upstream ahead of us: what pipes are held?
+        time.sleep(0.3)
+        sizes = pipe_sizes(d.pid)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        assert hashlib.sha256(got).digest() == \
+            hashlib.sha256(payload).digest(), f"{len(got)} of {size} bytes"
+        assert [z for z in sizes if z < 16384] == [], \
+            f"the daemon holds pipes smaller than its buffer: {sizes}"
+        s.close()
+        assert d.stop() == 0
+    finally:
+        hog.stdin.close()
+        hog.wait(10)

@@ -6,6 +6,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "copy.h"
@@ -314,6 +315,42 @@ test_not_spliceable_stays_buffered(void)
 	rig_free(r);
 }
 
+/*
+ * No pipe to be had (descriptors ran out; a user past its pipe pages gets
+ * pipes too small, refused the same way): a bulk direction goes on
+ * through its buffer, every byte delivered, never cut.
+ */
+static void
+test_no_pipe_falls_back_to_buffer(void)
+{
+	struct rig *r = rig_new(300000, &plain, &plain);
+	struct rlimit old, none;
+	int k;
+
+	while (r->pool.n > 0) {
+		struct copy_pipe *p = &r->pool.v[--r->pool.n];
+
+		close(p->rd);
+		close(p->wr);
+	}
+	r->pool.low = 0;
+	k = dup(0); /* the lowest free descriptor: allow none from here */
+	close(k);
+	getrlimit(RLIMIT_NOFILE, &old);
+	none = old;
+	none.rlim_cur = (rlim_t)k;
+	CHECK(setrlimit(RLIMIT_NOFILE, &none) == 0);
+	r->a.eof = true;
+	CHECK_INT(run_all(r), COPY_OK);
+	setrlimit(RLIMIT_NOFILE, &old);
+	CHECK(delivered(r));
+	CHECK_INT(r->a.splice_ins, 0);
+	CHECK(!r->dir.bulk && !r->dir.spliceable);
+	CHECK(r->a.end.eof && r->b.end.shut);
+	CHECK_INT(r->b.fins, 1);
+	rig_free(r);
+}
+
 static void
 test_backpressure(void)
 {
@@ -529,6 +566,7 @@ main(void)
 	test_drain_keeps_reading();
 	test_bulk_turns_to_splice_and_fins();
 	test_not_spliceable_stays_buffered();
+	test_no_pipe_falls_back_to_buffer();
 	test_backpressure();
 	test_fin_only_after_every_byte();
 	test_no_fin_syscall_when_other_way_done();
