@@ -8,6 +8,9 @@
 #   make DEBUG=1         build-debug/: invariant checks on, -O0
 #   make mutate          does the suite catch deliberate breaks? (slow;
 #                        not part of check; MUTANTS="03 17" for some)
+#   make soak DURATION=600   only the soak test (tests/integration/
+#                        test_soak.py) against build/lifeline, for that
+#                        many seconds (check runs it for 180)
 #   make install         binary, man pages, systemd unit, /etc/lifeline/
 #                        lifeline.conf (kept if present); PREFIX (default
 #                        /usr/local), DESTDIR, SBINDIR, MANDIR, UNITDIR,
@@ -65,7 +68,8 @@ UNIT_TESTS := config addr proxyproto pp_parse loop copy relay sandbox srclimit
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
 .PHONY: all run check check-unit check-integration check-fuzz-replay deps \
-	test-deps install uninstall clean format format-check fuzz bench mutate
+	test-deps install uninstall clean format format-check fuzz bench mutate \
+	soak
 
 all: $(BIN)
 
@@ -168,6 +172,12 @@ check-integration: $(BIN)
 		--basetemp=$(abspath $(BUILD))/pytest -p no:cacheprovider \
 		$(if $(SANITIZE),-m "not plain_only",-m "not hooks_only") \
 		--junitxml=$(BUILD)/junit.xml tests/integration
+
+# The soak alone, with its summary line (-s); DURATION in seconds.
+DURATION ?= 180
+soak: $(BIN)
+	LIFELINE_BIN=$(abspath $(BIN)) SOAK_DURATION=$(DURATION) \
+		/usr/bin/python3 -m pytest -q -s tests/integration/test_soak.py
 
 # The whole suite, plain then sanitized.  This is what CI runs.
 check: test-deps
