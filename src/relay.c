@@ -451,7 +451,7 @@ side_half(const struct relay_side *side)
 }
 
 /* Side s's idle timeout (its -fin one once half-closed). */
-static uint64_t
+static inline uint64_t
 side_timeout(const struct relay_conn *c, int s)
 {
 	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
@@ -470,8 +470,7 @@ side_deadline(const struct relay_conn *c, int s)
 {
 	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
 	const struct relay_side *side = &c->side[s];
-	uint64_t to = side_timeout(c, s);
-	uint64_t dl = side->end.last + to, look;
+	uint64_t to, dl, look;
 
 	/*
 	 * Backpressure is not idleness: while s's bytes wait for the other
@@ -481,23 +480,24 @@ side_deadline(const struct relay_conn *c, int s)
 	 */
 	if (conn_excused(c, s))
 		return UINT64_MAX;
+	to = side_timeout(c, s);
+	dl = side->end.last + to;
 	/*
 	 * Written to: its queue is read a quarter of the way, once the bytes
 	 * had time to leave, so that the deadline can tell a side that takes
 	 * them from one that does not.
 	 */
 	if (side_stale(side))
-		look = side->end.last + to / 4;
+		return side->end.last + to / 4;
+	if (!side->end.shut || side_half(side))
+		return dl;
 	/*
 	 * Our FIN waits behind more than the slack: as far as timeouts go,
 	 * the side is still taking our bytes, under its own timeout; its
 	 * queue is read every -fin period.
 	 */
-	else if (side->end.shut && !side_half(side))
-		look = side_outq_at(c, side) +
-		    (s == CLIENT ? t->client_fin_ms : t->server_fin_ms);
-	else
-		return dl;
+	look = side_outq_at(c, side) +
+	    (s == CLIENT ? t->client_fin_ms : t->server_fin_ms);
 	return look < dl ? look : dl;
 }
 
@@ -983,7 +983,9 @@ conn_connected(struct relay_conn *c)
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
-	conn_arm(c);
+	/* The connect deadline is armed: a later one waits for it to fire. */
+	if (conn_deadline(c) < c->timer.deadline)
+		conn_arm(c);
 	conn_run(c);
 }
 
