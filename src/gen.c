@@ -41,6 +41,7 @@ static int
 listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 {
 	int fd, on = 1, saved, ka_idle = 60, ka_intvl = 10, ka_cnt = 6;
+	int lowat = GEN_NOTSENT_LOWAT;
 
 	fd = socket(
 	    ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -53,7 +54,8 @@ listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 	 * Accepted sockets inherit these: Nagle off (chat is small messages);
 	 * keep-alive, so that clients whose network vanished without a FIN (a
 	 * shutdown, a dropped route) do not hold a slot for long; urgent data
-	 * inline, so that an urgent byte is relayed in its place, not dropped.
+	 * inline, so that an urgent byte is relayed in its place, not dropped;
+	 * few unsent bytes in the kernel (see relay.h).
 	 */
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on)) != 0 ||
@@ -63,7 +65,9 @@ listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &ka_intvl,
 	        sizeof(ka_intvl)) != 0 ||
 	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &ka_cnt, sizeof(ka_cnt)) !=
-	        0)
+	        0 ||
+	    setsockopt(
+	        fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat)) != 0)
 		goto fail;
 	/* [::] must not take IPv4 too: 0.0.0.0 is bound on its own. */
 	if (ss->ss_family == AF_INET6 &&

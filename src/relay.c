@@ -40,22 +40,6 @@
 #define RELAY_LINGER_MS 1000
 /* Bytes thrown away per call while lingering (MSG_TRUNC: not copied). */
 #define RELAY_DISCARD (1 << 20)
-/*
- * Bytes queued in a socket (written, not yet acknowledged by the peer)
- * beyond this count as held, like bytes in the relay's own pipe: about what
- * the kernel keeps in flight for a reader that keeps up.  A socket queues
- * as much as the kernel lets it (TCP_NOTSENT_LOWAT would keep the rest in
- * the relay, at the cost of a wake-up per 64 KiB: a third more CPU per
- * byte); the relay reads the queue (SIOCOUTQ) at its timer, never on the
- * way of the bytes.  See side_deadline() and conn_timeout().
- */
-#define RELAY_QUEUE_SLACK (128 * 1024)
-/*
- * How much a side's queue must shrink to count as activity: less may be
- * the kernel making room in a paused reader's buffer.  (After our FIN,
- * any shrinking counts: the side has nothing else to do.)
- */
-#define RELAY_QUEUE_PROGRESS (64 * 1024)
 
 /*
  * A connection's states; relay_states[] below holds each one's handlers,
@@ -88,14 +72,11 @@ struct relay_side {
 	struct relay_conn *c; /* borrowed: back pointer */
 	struct copy_end end; /* readiness, FIN state, transport */
 	/*
-	 * Its socket's queue (SIOCOUTQ: bytes we wrote that it has not yet
-	 * acknowledged), as the timer found it; -1: not known (never looked
-	 * at, or since our FIN).  A write makes it stale (end.wrote).  Kept
-	 * until the queue shrinks (after our FIN, until the next look): a
-	 * queue that shrinks is a peer taking our bytes, not an idle one.
+	 * Once we sent FIN to this side: its send queue (SIOCOUTQ) when last
+	 * looked at.  A queue that shrinks is a peer still taking our last
+	 * bytes, not a half-closed connection left to linger.  -1 until then.
 	 */
 	int outq;
-	uint32_t outq_at; /* when taken: loop time, ms, low 32 bits */
 };
 
 /* The original connection's addresses, from an inbound PROXY header. */
@@ -132,15 +113,14 @@ struct relay_conn {
 	struct relay_lcounters *lc; /* borrowed: listener's, this worker's */
 	struct relay_origin *origin; /* owned; NULL: the socket's addresses */
 	struct tls_conn *tls; /* owned; NULL on a plain listener */
+	struct srclimit_ticket src; /* held in gen->src while it lives */
 	struct loop_timer timer;
 	struct loop_task task; /* continue relaying, or free */
 	uint64_t deadline; /* header or connect attempt */
 	uint64_t attempt_start_us; /* of the connect attempt */
-	/* An enum relay_state in one byte: with src, no hole. */
-	uint8_t state;
+	enum relay_state state;
 	uint8_t attempts;
 	uint8_t turn; /* the direction conn_run serves first */
-	struct srclimit_ticket src; /* held in gen->src while it lives */
 	struct relay_conn *prev, *next; /* rc's list */
 };
 
@@ -220,13 +200,15 @@ static void linger_read(struct relay_conn *c);
 static int
 k_socket(int family)
 {
-	int on = 1;
+	int on = 1, lowat = GEN_NOTSENT_LOWAT;
 	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
 	if (fd < 0)
 		return -1;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
 	(void)setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
+	(void)setsockopt(
+	    fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 	return fd;
 }
 
@@ -407,71 +389,29 @@ relay_close_all(struct relay_ctx *rc)
 		conn_close(rc->conns, true, RELAY_RES_ERROR);
 }
 
-/* Bytes held for side s: in the relay, or queued beyond the slack. */
-static bool
-conn_holds(const struct relay_conn *c, int s)
-{
-	return c->dir[!s].pending > 0 || c->side[s].outq > RELAY_QUEUE_SLACK;
-}
-
 /*
- * True when side s cannot be idle: bytes it sent wait for the other side
- * (in the relay or in the other side's socket), and nothing waits for s.
+ * True when side s cannot be idle: bytes it sent wait in the relay for
+ * the other side, and nothing waits for s.
  */
 static bool
 conn_excused(const struct relay_conn *c, int s)
 {
-	return conn_holds(c, !s) && !conn_holds(c, s);
+	return c->dir[s].pending > 0 && c->dir[!s].pending == 0;
 }
 
-/* outq_at widened to 64 bits (it lies in the past). */
-static uint64_t
-side_outq_at(const struct relay_conn *c, const struct relay_side *side)
-{
-	uint64_t now = loop_now(c->rc->loop);
-
-	return now - (uint32_t)((uint32_t)now - side->outq_at);
-}
-
-/* True when side s's queue was not looked at since it was last written. */
-static bool
-side_stale(const struct relay_side *side)
-{
-	return side->outq < 0 || side->end.wrote;
-}
-
-/*
- * Once we sent FIN to side s, it only has to acknowledge and finish: the
- * shorter "fin" timeout applies (FIN_WAIT), once our FIN is near the head
- * of its queue (not known yet counts as near).
- */
-static bool
-side_half(const struct relay_side *side)
-{
-	return side->end.shut && side->outq <= RELAY_QUEUE_SLACK;
-}
-
-/* Side s's idle timeout (its -fin one once half-closed). */
-static inline uint64_t
-side_timeout(const struct relay_conn *c, int s)
-{
-	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
-	bool half = side_half(&c->side[s]);
-
-	return s == CLIENT ? (half ? t->client_fin_ms : t->client_ms)
-	                   : (half ? t->server_fin_ms : t->server_ms);
-}
-
-/*
- * When the timer must next look at side s of a streaming connection: its
- * idle deadline, or earlier to read its socket's queue.
- */
+/* When side s of a streaming connection has been idle too long. */
 static uint64_t
 side_deadline(const struct relay_conn *c, int s)
 {
 	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
 	const struct relay_side *side = &c->side[s];
-	uint64_t to, dl, look;
+	/*
+	 * Once we sent FIN to a side, it only has to acknowledge and finish:
+	 * the shorter "fin" timeout applies (FIN_WAIT).
+	 */
+	bool half = side->end.shut;
+	uint64_t to = s == CLIENT ? (half ? t->client_fin_ms : t->client_ms)
+	                          : (half ? t->server_fin_ms : t->server_ms);
 
 	/*
 	 * Backpressure is not idleness: while s's bytes wait for the other
@@ -481,25 +421,7 @@ side_deadline(const struct relay_conn *c, int s)
 	 */
 	if (conn_excused(c, s))
 		return UINT64_MAX;
-	to = side_timeout(c, s);
-	dl = side->end.last + to;
-	/*
-	 * Written to: its queue is read a quarter of the way, once the bytes
-	 * had time to leave, so that the deadline can tell a side that takes
-	 * them from one that does not.
-	 */
-	if (side_stale(side))
-		return side->end.last + to / 4;
-	if (!side->end.shut || side_half(side))
-		return dl;
-	/*
-	 * Our FIN waits behind more than the slack: as far as timeouts go,
-	 * the side is still taking our bytes, under its own timeout; its
-	 * queue is read every -fin period.
-	 */
-	look = side_outq_at(c, side) +
-	    (s == CLIENT ? t->client_fin_ms : t->server_fin_ms);
-	return look < dl ? look : dl;
+	return side->end.last + to;
 }
 
 /* The earliest moment a timeout ends this connection. */
@@ -730,14 +652,15 @@ conn_linger(struct relay_conn *c, enum relay_result result)
  * is a cut stream, and ends with RST.
  */
 static bool
-conn_idle_clean(const struct relay_conn *c, const int q[2])
+conn_idle_clean(const struct relay_conn *c)
 {
 	for (int s = 0; s < 2; s++) {
 		const struct relay_side *side = &c->side[s];
+		int q = 0;
 
 		if (c->dir[s].pending > 0 || side->end.eof || side->end.shut)
 			return false;
-		if (q[s] != 0)
+		if (c->rc->sys->outq(side->io.fd, &q) != 0 || q > 0)
 			return false;
 	}
 	return true;
@@ -751,75 +674,24 @@ discard_input(struct relay_conn *c)
 	    MSG_TRUNC | MSG_DONTWAIT);
 }
 
-/* Side s's socket queue now: bytes it has not acknowledged; -1: error. */
-static int
-side_queue(const struct relay_conn *c, int s)
-{
-	int q = 0;
-
-	if (c->rc->sys->outq(c->side[s].io.fd, &q) != 0)
-		return -1;
-	return q;
-}
-
-/*
- * The timer reads side s's queue, q, now.  A queue that shrank since it
- * was taken (and not written to since) is a side taking our bytes: as when
- * the relay delivers them, both ends of that direction were busy, until
- * now if some are left, else at least until the queue was taken.  Returns
- * true when the side's bytes are in doubt: it holds some, and its queue
- * was taken too recently (or only now) to tell.
- */
-static bool
-side_look(struct relay_conn *c, int s, int q, uint64_t now)
-{
-	struct relay_side *side = &c->side[s];
-	uint64_t to = side_timeout(c, s), taken = side_outq_at(c, side);
-	bool stale = side_stale(side);
-	uint64_t age = stale ? 0 : now - taken;
-	int took = side->end.shut ? 1 : RELAY_QUEUE_PROGRESS;
-
-	if (q < 0)
-		q = 0;
-	if (!stale && q <= side->outq - took) {
-		uint64_t busy = q > 0 ? now : taken;
-
-		for (int e = 0; e < 2; e++) {
-			if (c->side[e].end.last < busy)
-				c->side[e].end.last = busy;
-		}
-	}
-	/* After our FIN, the window is from one look to the next. */
-	if (stale || q <= side->outq - took || side->end.shut) {
-		side->outq = q;
-		side->outq_at = (uint32_t)now;
-		side->end.wrote = false;
-	}
-	return q > 0 && !side->end.shut && age < to / 4;
-}
-
-/*
- * The timer found a side of c due: the `client` or `server` timeout (or
- * its -fin one) ends c, unless the sockets' queues say otherwise.
- */
+/* The `client` or `server` timeout ended a streaming connection. */
 static void
 conn_timeout(struct relay_conn *c)
 {
 	uint64_t now = loop_now(c->rc->loop);
-	int q[2] = {side_queue(c, CLIENT), side_queue(c, SERVER)};
-	bool doubt[2], expired = false;
+	bool expired = false;
 
-	for (int s = 0; s < 2; s++)
-		doubt[s] = side_look(c, s, q[s], now);
 	for (int s = 0; s < 2; s++) {
 		struct relay_side *side = &c->side[s];
-		uint64_t to = side_timeout(c, s);
+		int q;
 
 		if (side_deadline(c, s) > now)
 			continue;
-		if (doubt[s]) {
-			/* Decide once its queue is a quarter timeout old. */
-			side->end.last = side_outq_at(c, side) + to / 4 - to;
+		/* Our FIN was sent; the queue before it still drains. */
+		if (side->end.shut && c->rc->sys->outq(side->io.fd, &q) == 0 &&
+		    q > 0 && q < side->outq) {
+			side->outq = q;
+			side->end.last = now;
 			continue;
 		}
 		expired = true;
@@ -828,7 +700,7 @@ conn_timeout(struct relay_conn *c)
 		conn_arm(c);
 		return;
 	}
-	if (!conn_idle_clean(c, q)) {
+	if (!conn_idle_clean(c)) {
 		conn_close(c, true, RELAY_RES_TIMEOUT);
 		return;
 	}
@@ -865,7 +737,7 @@ conn_run(struct relay_conn *c)
 {
 	uint64_t now = loop_now(c->rc->loop);
 	int budget = RELAY_BUDGET;
-	bool shut_before[2] = {c->side[0].end.shut, c->side[1].end.shut};
+	bool shut_before = c->side[0].end.shut || c->side[1].end.shut;
 	/* Only a side excused now can get an earlier deadline below. */
 	bool excused_before =
 	    conn_excused(c, CLIENT) || conn_excused(c, SERVER);
@@ -895,16 +767,16 @@ conn_run(struct relay_conn *c)
 	if (budget <= 0)
 		loop_task_queue(c->rc->loop, &c->task);
 	/* A side just got a FIN from us: its shorter timeout starts. */
-	if (shut_before[0] != c->side[0].end.shut ||
-	    shut_before[1] != c->side[1].end.shut) {
+	if (shut_before != (c->side[0].end.shut || c->side[1].end.shut)) {
 		for (int s = 0; s < 2; s++) {
 			struct relay_side *side = &c->side[s];
 
-			if (!side->end.shut || shut_before[s])
+			if (!side->end.shut || side->outq >= 0)
 				continue;
 			/* Its -fin timeout counts from our FIN. */
 			side->end.last = now;
-			side->outq = -1;
+			if (c->rc->sys->outq(side->io.fd, &side->outq) != 0)
+				side->outq = 0;
 		}
 		conn_arm(c);
 		return;
@@ -984,9 +856,7 @@ conn_connected(struct relay_conn *c)
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
-	/* The connect deadline is armed: a later one waits for it to fire. */
-	if (conn_deadline(c) < c->timer.deadline)
-		conn_arm(c);
+	conn_arm(c);
 	conn_run(c);
 }
 

@@ -512,65 +512,6 @@ test_backpressure_is_not_idleness(void)
 }
 
 static void
-test_queue_taken_is_not_idleness(void)
-{
-	/* client 100ms; the kernel holds 1 MiB for the client. */
-	struct rig r = rig_new2("100", "100ms", "30s", "30s", "none", "");
-	int up, c = streaming(&r, &up);
-
-	peer_sends(up, "answer");
-	fd_of(c)->outq = 1 << 20;
-	spin(60); /* looked at a quarter of the way */
-	fd_of(c)->outq = (1 << 20) - (64 << 10); /* the client takes some */
-	spin(120);
-	CHECK(!fd_of(c)->closed && !fd_of(up)->closed);
-	/* It stops taking them: its own timeout cuts, with RST. */
-	spin(250);
-	CHECK(fd_of(c)->closed && fd_of(c)->aborted);
-	CHECK(fd_of(up)->closed && fd_of(up)->aborted);
-	CHECK_INT(closed(&r, RELAY_RES_TIMEOUT), 1);
-	rig_free(&r);
-}
-
-static void
-test_queued_bytes_excuse_their_source(void)
-{
-	/* client 50ms, server 300ms; 1 MiB waits in the upstream's socket. */
-	struct rig r = rig_new2("100", "50ms", "300ms", "30s", "none", "");
-	int up, c = streaming(&r, &up);
-
-	peer_sends(c, "held");
-	CHECK(got(up, "held"));
-	fd_of(up)->outq = 1 << 20;
-	spin(200);
-	CHECK(!fd_of(c)->closed && !fd_of(up)->closed);
-	/* The upstream's own timeout measures the stall: a cut, RST. */
-	spin(300);
-	CHECK(fd_of(c)->closed && fd_of(c)->aborted);
-	CHECK(fd_of(up)->closed && fd_of(up)->aborted);
-	rig_free(&r);
-}
-
-static void
-test_fin_behind_queued_bytes_full_timeout(void)
-{
-	/* server-fin 50ms, server 300ms; our FIN waits behind 1 MiB. */
-	struct rig r = rig_new2("100", "30s", "300ms", "50ms", "none", "");
-	int up, c = streaming(&r, &up);
-
-	peer_sends(c, "GET");
-	fd_of(up)->outq = 1 << 20;
-	peer_fins(c);
-	CHECK(fd_of(up)->shut_wr);
-	spin(150);
-	CHECK(!fd_of(c)->closed && !fd_of(up)->closed);
-	spin(300);
-	CHECK(fd_of(c)->closed && fd_of(c)->aborted);
-	CHECK(fd_of(up)->closed && fd_of(up)->aborted);
-	rig_free(&r);
-}
-
-static void
 test_half_closed_timeout_rst(void)
 {
 	/* The client sends FIN; the upstream stays silent past server-fin. */
@@ -765,9 +706,6 @@ main(void)
 	test_idle_timeout_nothing_held_fin();
 	test_idle_timeout_unacked_bytes_rst();
 	test_backpressure_is_not_idleness();
-	test_queue_taken_is_not_idleness();
-	test_queued_bytes_excuse_their_source();
-	test_fin_behind_queued_bytes_full_timeout();
 	test_half_closed_timeout_rst();
 	test_peer_rst_propagates();
 	test_connect_refused_fails_over_and_marks_down();
