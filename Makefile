@@ -67,7 +67,7 @@ BIN := $(BUILD)/lifeline
 UNIT_TESTS := config addr proxyproto pp_parse loop copy relay sandbox srclimit
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
-.PHONY: all run check check-unit check-integration check-fuzz-replay deps \
+.PHONY: all run check check-unit check-integration check-serial check-fuzz-replay deps \
 	test-deps install uninstall clean format format-check fuzz bench mutate \
 	soak
 
@@ -170,8 +170,15 @@ check-unit: $(UNIT_BINS)
 check-integration: $(BIN)
 	LIFELINE_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
 		--basetemp=$(abspath $(BUILD))/pytest -p no:cacheprovider \
-		$(if $(SANITIZE),-m "not plain_only",-m "not hooks_only") \
+		$(if $(SANITIZE),-m "not plain_only and not serial",-m "not hooks_only and not serial") \
 		--junitxml=$(BUILD)/junit.xml tests/integration
+
+# The serial tests (the soak, the benchmark smoke run) alone, plain build:
+# make check runs them after the two passes that run at once.
+check-serial: $(BIN)
+	LIFELINE_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		--basetemp=$(abspath $(BUILD))/pytest-serial -p no:cacheprovider \
+		-m serial --junitxml=$(BUILD)/junit-serial.xml tests/integration
 
 # The soak alone, with its summary line (-s); DURATION in seconds.
 DURATION ?= 180

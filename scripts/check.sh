@@ -54,6 +54,8 @@ cat build/integration.log
 echo "== integration-san"
 cat build-san/integration.log
 [ $san_rc -eq 0 ] || failed_steps="$failed_steps integration-san"
+# The CPU-heavy, load-sensitive ones (soak, benchmark smoke) alone.
+step serial make -s check-serial
 
 /usr/bin/python3 scripts/summary.py build/unit.log build/junit.xml build/fuzz.log \
 	build-san/unit.log build-san/junit.xml

@@ -89,6 +89,7 @@ def _check(out, header, rows, columns, ratio_columns, cases):
 # pass runs it, not the sanitized one (where it would also run at the same
 # time as the plain pass's, two benchmarks disturbing each other).
 @pytest.mark.plain_only
+@pytest.mark.serial
 def test_bench_smoke():
     rc, out, err = _run_smoke()
     assert rc == 0, f"bench/run.sh --smoke exited {rc}\nstdout:\n{out}\nstderr:\n{err[-4000:]}"

@@ -895,6 +895,7 @@ def nofile_restored():
 
 
 @pytest.mark.plain_only
+@pytest.mark.serial
 def test_soak(net, tmp_path, nofile_restored):
     """LOOPS connection loops for DURATION seconds across a 20 ms (+-5 ms),
     1% loss, 200 Mbit/s client link, on every listener kind: zero
