@@ -251,6 +251,19 @@ k_outq(int fd, int *bytes)
 }
 
 static int
+k_last_ack(int fd, uint32_t *ms_ago)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+		return -1;
+	*ms_ago = ti.tcpi_last_ack_recv;
+	return 0;
+}
+
+static int
 k_sock_error(int fd)
 {
 	int err = 0;
@@ -294,6 +307,7 @@ const struct relay_sys relay_sys_kernel = {
     .shutdown_wr = k_shutdown_wr,
     .close = k_close,
     .outq = k_outq,
+    .last_ack = k_last_ack,
     .sock_error = k_sock_error,
     .peername = k_peername,
     .sockname = k_sockname,
@@ -674,6 +688,18 @@ discard_input(struct relay_conn *c)
 	    MSG_TRUNC | MSG_DONTWAIT);
 }
 
+/* When a half-closed side last made progress: its last ACK, else now. */
+static uint64_t
+progress_at(
+    const struct relay_conn *c, const struct relay_side *side, uint64_t now)
+{
+	uint32_t ago;
+
+	if (c->rc->sys->last_ack(side->io.fd, &ago) != 0 || ago > now)
+		return now;
+	return now - ago;
+}
+
 /* The `client` or `server` timeout ended a streaming connection. */
 static void
 conn_timeout(struct relay_conn *c)
@@ -687,12 +713,19 @@ conn_timeout(struct relay_conn *c)
 
 		if (side_deadline(c, s) > now)
 			continue;
-		/* Our FIN was sent; the queue before it still drains. */
+		/*
+		 * Our FIN was sent; the queue before it still drains.  The
+		 * peer's progress (down to an empty queue) restarts its -fin
+		 * period from the ACK that made it: after its last byte the
+		 * peer has a whole period to answer with its FIN, not what was
+		 * left of the period in which that byte arrived.
+		 */
 		if (side->end.shut && c->rc->sys->outq(side->io.fd, &q) == 0 &&
-		    q > 0 && q < side->outq) {
+		    q < side->outq) {
 			side->outq = q;
-			side->end.last = now;
-			continue;
+			side->end.last = progress_at(c, side, now);
+			if (side_deadline(c, s) > now)
+				continue;
 		}
 		expired = true;
 	}

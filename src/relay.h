@@ -45,6 +45,8 @@ struct relay_sys {
 	void (*close)(int fd, bool abort);
 	/* Bytes sent but not yet acknowledged by the peer (SIOCOUTQ). */
 	int (*outq)(int fd, int *bytes);
+	/* Milliseconds since the peer's last ACK (TCP_INFO). */
+	int (*last_ack)(int fd, uint32_t *ms_ago);
 	/* SO_ERROR: why a connect failed. */
 	int (*sock_error)(int fd);
 	int (*peername)(int fd, struct sockaddr_storage *ss);

@@ -35,6 +35,7 @@ struct ffd {
 	uint8_t *out; /* to the peer */
 	size_t outlen, room;
 	int outq; /* unacknowledged bytes */
+	uint64_t acked_at; /* loop_clock_ms() of the peer's last ACK */
 	bool shut_wr, closed, aborted;
 	struct loop_io *io; /* watched */
 	struct sockaddr_storage peer;
@@ -214,6 +215,13 @@ f_outq(int fd, int *bytes)
 }
 
 static int
+f_last_ack(int fd, uint32_t *ms_ago)
+{
+	*ms_ago = (uint32_t)(loop_clock_ms() - fd_of(fd)->acked_at);
+	return 0;
+}
+
+static int
 f_sock_error(int fd)
 {
 	(void)fd;
@@ -264,6 +272,7 @@ static const struct relay_sys fake_sys = {
     .shutdown_wr = f_shutdown_wr,
     .close = f_close,
     .outq = f_outq,
+    .last_ack = f_last_ack,
     .sock_error = f_sock_error,
     .peername = f_peername,
     .sockname = f_sockname,
@@ -527,6 +536,70 @@ test_half_closed_timeout_rst(void)
 	rig_free(&r);
 }
 
+/* The peer acknowledged our bytes down to q unacknowledged, now. */
+static void
+acked(int fd, int q)
+{
+	fd_of(fd)->outq = q;
+	fd_of(fd)->acked_at = loop_clock_ms();
+}
+
+/*
+ * Our FIN went to a client still taking our last bytes: each shrink of its
+ * send queue, down to empty, restarts client-fin from the ACK that made it,
+ * so after its last byte it has a whole period to answer with its FIN.
+ */
+static void
+test_fin_period_restarts_when_queue_drains(void)
+{
+	struct rig r = rig_new("100", "30s", "100ms", "none", "");
+	int up, c = streaming(&r, &up);
+
+	peer_sends(up, "answer");
+	acked(c, 6);
+	peer_fins(up);
+	CHECK(fd_of(c)->shut_wr);
+	spin(50);
+	acked(c, 3); /* progress at 50, before the first deadline (100) */
+	spin(60);
+	CHECK(!fd_of(c)->closed);
+	spin(20);
+	acked(c, 0); /* drained at 130, before the next deadline (150) */
+	spin(60); /* 190: the drain restarted the period, to 230 */
+	CHECK(!fd_of(c)->closed);
+	peer_fins(c);
+	CHECK(fd_of(c)->closed && !fd_of(c)->aborted);
+	CHECK(fd_of(up)->closed && !fd_of(up)->aborted);
+	CHECK_INT(closed(&r, RELAY_RES_RELAYED), 1);
+	rig_free(&r);
+}
+
+/*
+ * ... and a client that never answers is cut one period after its last
+ * ACK, not one period after the check that saw it.
+ */
+static void
+test_fin_period_counts_from_the_last_ack(void)
+{
+	struct rig r = rig_new("100", "30s", "100ms", "none", "");
+	int up, c = streaming(&r, &up);
+	uint64_t t0;
+
+	peer_sends(up, "answer");
+	acked(c, 6);
+	peer_fins(up);
+	t0 = loop_clock_ms();
+	spin(20);
+	acked(c, 0); /* all acknowledged at 20 */
+	while (!fd_of(c)->closed && loop_clock_ms() - t0 < 1000)
+		spin(5);
+	CHECK(fd_of(c)->closed && fd_of(c)->aborted);
+	CHECK(fd_of(up)->closed && fd_of(up)->aborted);
+	/* 120 (20 + 100) at the earliest; 200 is what a check's time gives */
+	CHECK(loop_clock_ms() - t0 >= 115 && loop_clock_ms() - t0 < 170);
+	rig_free(&r);
+}
+
 static void
 test_peer_rst_propagates(void)
 {
@@ -707,6 +780,8 @@ main(void)
 	test_idle_timeout_unacked_bytes_rst();
 	test_backpressure_is_not_idleness();
 	test_half_closed_timeout_rst();
+	test_fin_period_restarts_when_queue_drains();
+	test_fin_period_counts_from_the_last_ack();
 	test_peer_rst_propagates();
 	test_connect_refused_fails_over_and_marks_down();
 	test_connect_timeout_next_server();
