@@ -857,7 +857,9 @@ conn_connected(struct relay_conn *c)
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
-	conn_arm(c);
+	/* The connect deadline is armed: a later one waits for it to fire. */
+	if (conn_deadline(c) < c->timer.deadline)
+		conn_arm(c);
 	conn_run(c);
 }
 
