@@ -113,14 +113,15 @@ struct relay_conn {
 	struct relay_lcounters *lc; /* borrowed: listener's, this worker's */
 	struct relay_origin *origin; /* owned; NULL: the socket's addresses */
 	struct tls_conn *tls; /* owned; NULL on a plain listener */
-	struct srclimit_ticket src; /* held in gen->src while it lives */
 	struct loop_timer timer;
 	struct loop_task task; /* continue relaying, or free */
 	uint64_t deadline; /* header or connect attempt */
 	uint64_t attempt_start_us; /* of the connect attempt */
-	enum relay_state state;
+	/* An enum relay_state in one byte: with src, no hole. */
+	uint8_t state;
 	uint8_t attempts;
 	uint8_t turn; /* the direction conn_run serves first */
+	struct srclimit_ticket src; /* held in gen->src while it lives */
 	struct relay_conn *prev, *next; /* rc's list */
 };
 
@@ -889,7 +890,9 @@ conn_connected(struct relay_conn *c)
 		conn_close(c, true, RELAY_RES_ERROR);
 		return;
 	}
-	conn_arm(c);
+	/* The connect deadline is armed: a later one waits for it to fire. */
+	if (conn_deadline(c) < c->timer.deadline)
+		conn_arm(c);
 	conn_run(c);
 }
 

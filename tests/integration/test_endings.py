@@ -623,7 +623,10 @@ def test_tls_client_timeout_applies_after_first_data(tmp_path):
     whatever came with its first flight (it once waited for the server's
     4 s when the first bytes were still held as the timer was armed)."""
     echo = Server(h_echo, name="echo")
-    d = tls_daemon(tmp_path, echo, client="1s", server="4s")
+    # connect = 10 s: a new stream's deadline waits for the connect
+    # deadline when that is earlier; at 1 s it would cover for the timer
+    # brought forward.
+    d = tls_daemon(tmp_path, echo, client="1s", server="4s", connect="10s")
     late = []
     for i in range(10):
         s = tls_connect(d.addr("tls"))
