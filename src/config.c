@@ -475,8 +475,8 @@ section_keys(enum sec_kind kind)
 	    "server", "send-proxy", "check-interval", NULL};
 	static const char *const listen[] = {"bind", "tls", "cert", "key",
 	    "tls-key-type", "tls-names", "tls-ips", "accept-proxy",
-	    "trusted-proxies", "upstream", "maxconn", "max-conn-per-source",
-	    "new-conn-rate-per-source", NULL};
+	    "trusted-proxies", "upstream", "decoy", "maxconn",
+	    "max-conn-per-source", "new-conn-rate-per-source", NULL};
 	static const char *const none[] = {NULL};
 
 	switch (kind) {
@@ -822,6 +822,11 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 			return;
 		set_str(&ls->upstream_name, value);
 		ls->upstream_line = st->line;
+	} else if (strcmp(key, "decoy") == 0) {
+		if (!once(st, 9, key))
+			return;
+		set_str(&ls->decoy_name, value);
+		ls->decoy_line = st->line;
 	} else if (strcmp(key, "maxconn") == 0) {
 		if (!once(st, 6, key))
 			return;
@@ -1042,6 +1047,28 @@ validate(struct parse_state *st)
 			break;
 		}
 		ls->upstream = j;
+		if (ls->decoy_name != NULL) {
+			for (j = 0; j < cfg->nupstreams; j++) {
+				if (strcmp(cfg->upstreams[j].name,
+				        ls->decoy_name) == 0)
+					break;
+			}
+			if (j == cfg->nupstreams) {
+				perr(st, ls->decoy_line,
+				    "unknown decoy '%s' (no [upstream %s] "
+				    "section)",
+				    ls->decoy_name, ls->decoy_name);
+				break;
+			}
+			if (j == ls->upstream) {
+				perr(st, ls->decoy_line,
+				    "[listen %s]: the decoy '%s' is its "
+				    "upstream: name the operator's web server",
+				    ls->name, ls->decoy_name);
+				break;
+			}
+			ls->decoy = j;
+		}
 		if ((ls->cert == NULL) != (ls->key == NULL)) {
 			perr(st, ls->line,
 			    "[listen %s]: 'cert' and 'key' go together",
@@ -1267,6 +1294,7 @@ cfg_free(struct cfg *cfg)
 		strlist_free(&ls->trusted_text);
 		free(ls->trusted);
 		free(ls->upstream_name);
+		free(ls->decoy_name);
 	}
 	free(cfg->listens);
 	for (size_t i = 0; i < cfg->nstats; i++)
@@ -1512,6 +1540,8 @@ cfg_print(const struct cfg *cfg, FILE *out)
 			fprintf(out, "trusted-proxies = %s\n",
 			    ls->trusted_text.v[j]);
 		fprintf(out, "upstream = %s\n", ls->upstream_name);
+		if (ls->decoy_name != NULL)
+			fprintf(out, "decoy = %s\n", ls->decoy_name);
 		if (ls->maxconn != 0)
 			fprintf(out, "maxconn = %u\n", ls->maxconn);
 		print_srclimit(out, &ls->srclimit, false);

@@ -83,6 +83,10 @@ struct cfg_listen {
 	char *upstream_name; /* owned */
 	int upstream_line;
 	size_t upstream; /* index into cfg.upstreams, set by validation */
+	/* Camouflage: where connections that are not WhatsApp's go. */
+	char *decoy_name; /* owned; NULL: no decoy, nothing classified */
+	int decoy_line;
+	size_t decoy; /* index into cfg.upstreams, set by validation */
 	unsigned maxconn; /* 0: only the global cap applies */
 	struct cfg_srclimit srclimit; /* overrides of the global one */
 };

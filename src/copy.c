@@ -215,10 +215,27 @@ ssize_t
 copy_fill(struct copy_dir *dir, struct copy_end *src, struct copy_pool *pool,
     uint64_t now)
 {
-	ssize_t n = fill(dir, src, pool, now);
+	size_t room;
+	ssize_t n;
 
+	if (dir->pending == 0) {
+		n = fill(dir, src, pool, now);
+		if (n <= 0)
+			buf_give(pool, dir);
+		return n;
+	}
+	/* Appending: nothing was consumed yet, and nothing went to a pipe. */
+	INVARIANT(dir->buf != NULL && dir->off == 0 && dir->p.rd < 0);
+	room = COPY_BUF - dir->pending;
+	if (room == 0)
+		return COPY_IO_AGAIN;
+	n = src->ops->read(src, dir->buf + dir->pending, room);
 	if (n <= 0)
-		buf_give(pool, dir);
+		return n;
+	dir->pending += (uint32_t)n;
+	src->last = now;
+	if (src->ops->trust_short && (size_t)n < room && !src->drain)
+		src->rd_ready = false;
 	return n;
 }
 

@@ -141,9 +141,11 @@ enum copy_result copy_run(struct copy_dir *dir, struct copy_end *src,
     uint64_t now);
 
 /*
- * One read from src into dir's (empty) buffer, outside copy_run (the
- * bytes that came with a TLS client's Finished).  Returns bytes or a
- * COPY_IO_* code; the buffer is given back when nothing was read.
+ * One read from src into dir's buffer, outside copy_run: the bytes that
+ * came with a TLS client's Finished, or a camouflage listener's first
+ * bytes, appended to those read before (nothing consumed them yet).
+ * Returns bytes or a COPY_IO_* code (COPY_IO_AGAIN when the buffer is
+ * full); an empty buffer is given back when nothing was read.
  */
 ssize_t copy_fill(struct copy_dir *dir, struct copy_end *src,
     struct copy_pool *pool, uint64_t now);

@@ -37,6 +37,9 @@ struct relay_lcounters {
 	/* Of closed[RELAY_RES_REFUSED_SOURCE], by limit. */
 	_Atomic uint64_t source_refused_conn;
 	_Atomic uint64_t source_refused_rate;
+	/* Camouflage listeners (decoy): how the first bytes were classed. */
+	_Atomic uint64_t camo_whatsapp;
+	_Atomic uint64_t camo_decoy;
 } __attribute__((aligned(64)));
 
 /* Per worker: written by the worker only, read by anyone. */

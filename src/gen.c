@@ -311,6 +311,7 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 		l = &g->listeners[g->nlisteners++];
 		l->cfg = cl;
 		l->up = g->ups[cl->upstream];
+		l->decoy = cl->decoy_name != NULL ? g->ups[cl->decoy] : NULL;
 		l->src_rule = src_rule(cfg, cl);
 		st = find_lstate(old, cl->name);
 		if (st != NULL) {

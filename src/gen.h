@@ -58,6 +58,7 @@ struct lsock {
 struct listener {
 	const struct cfg_listen *cfg; /* borrowed from gen->cfg */
 	struct upstream *up; /* borrowed from the generation */
+	struct upstream *decoy; /* borrowed; NULL: no camouflage */
 	struct lstate *state; /* reference */
 	struct tls_ctx *tls; /* reference; NULL: plain listener */
 	struct lsock **socks; /* owned array of references */

@@ -25,6 +25,7 @@
 
 #include "copy.h"
 #include "gen.h"
+#include "intro.h"
 #include "invariant.h"
 #include "log.h"
 #include "loop.h"
@@ -49,6 +50,12 @@ enum relay_state {
 	RELAY_ST_NEW = 0, /* just accepted */
 	RELAY_ST_HEADER, /* waiting for the PROXY header (accept-proxy) */
 	RELAY_ST_TLS, /* TLS handshake with the client */
+	/*
+	 * Camouflage (a listener with a decoy): the decoy is being dialled or
+	 * is connected, and the client's first bytes are read until they say
+	 * whether they are WhatsApp's (intro.h).  Nothing is relayed yet.
+	 */
+	RELAY_ST_SNIFF,
 	RELAY_ST_CONNECTING, /* dialing the upstream group, with failover */
 	RELAY_ST_STREAMING, /* copying both ways */
 	/*
@@ -121,8 +128,15 @@ struct relay_conn {
 	uint8_t state;
 	uint8_t attempts;
 	uint8_t turn; /* the direction conn_run serves first */
+	uint8_t flags; /* CONN_F_* */
 	struct srclimit_ticket src; /* held in gen->src while it lives */
 	struct relay_conn *prev, *next; /* rc's list */
+};
+
+/* c->flags */
+enum {
+	CONN_F_DECOY = 1 << 0, /* the server side is the listener's decoy */
+	CONN_F_UP = 1 << 1, /* SNIFF: the decoy's connect completed */
 };
 
 static _Atomic unsigned relay_active_total;
@@ -162,9 +176,11 @@ relay_total_active(void)
 /* The states each state may go to. */
 #define ST(x) (1u << RELAY_ST_##x)
 static const unsigned relay_next[RELAY_ST_MAX] = {
-    [RELAY_ST_NEW] = ST(HEADER) | ST(TLS) | ST(CONNECTING) | ST(CLOSED),
-    [RELAY_ST_HEADER] = ST(TLS) | ST(CONNECTING) | ST(CLOSED),
-    [RELAY_ST_TLS] = ST(CONNECTING) | ST(LINGER) | ST(CLOSED),
+    [RELAY_ST_NEW] =
+        ST(HEADER) | ST(TLS) | ST(SNIFF) | ST(CONNECTING) | ST(CLOSED),
+    [RELAY_ST_HEADER] = ST(TLS) | ST(SNIFF) | ST(CONNECTING) | ST(CLOSED),
+    [RELAY_ST_TLS] = ST(SNIFF) | ST(CONNECTING) | ST(LINGER) | ST(CLOSED),
+    [RELAY_ST_SNIFF] = ST(CONNECTING) | ST(STREAMING) | ST(LINGER) | ST(CLOSED),
     [RELAY_ST_CONNECTING] = ST(STREAMING) | ST(LINGER) | ST(CLOSED),
     [RELAY_ST_STREAMING] = ST(LINGER) | ST(CLOSED),
     [RELAY_ST_LINGER] = ST(CLOSED),
@@ -439,12 +455,39 @@ side_deadline(const struct relay_conn *c, int s)
 	return side->end.last + to;
 }
 
+/* The group c dials: the listener's upstream, or its decoy. */
+static struct upstream *
+conn_group(const struct relay_conn *c)
+{
+	return (c->flags & CONN_F_DECOY) ? c->ls->decoy : c->ls->up;
+}
+
+/* SNIFF: the decoy's connect is under way (not done, not given up). */
+static bool
+decoy_connecting(const struct relay_conn *c)
+{
+	return c->side[SERVER].io.fd >= 0 && !(c->flags & CONN_F_UP);
+}
+
+/* When the connect attempt under way times out. */
+static uint64_t
+attempt_deadline(const struct relay_conn *c)
+{
+	return c->attempt_start_us / 1000 + c->gen->cfg->timeouts.connect_ms;
+}
+
 /* The earliest moment a timeout ends this connection. */
 static uint64_t
 conn_deadline(const struct relay_conn *c)
 {
 	uint64_t a, b;
 
+	if (c->state == RELAY_ST_SNIFF) {
+		/* The window for the first bytes, and the decoy's connect. */
+		a = c->deadline;
+		b = decoy_connecting(c) ? attempt_deadline(c) : UINT64_MAX;
+		return a < b ? a : b;
+	}
 	if (c->state != RELAY_ST_STREAMING)
 		return c->deadline;
 	a = side_deadline(c, CLIENT);
@@ -839,7 +882,7 @@ conn_continue_task(struct loop_task *t)
 static void
 send_proxy_header(struct relay_conn *c, int fd)
 {
-	enum cfg_send_proxy sp = c->ls->up->cfg->send_proxy;
+	enum cfg_send_proxy sp = conn_group(c)->cfg->send_proxy;
 	struct sockaddr_storage peer, local;
 	uint8_t hdr[PP_BUILD_MAX];
 	bool known;
@@ -865,15 +908,14 @@ send:
 		c->side[SERVER].end.eof = true;
 }
 
+/* The upstream socket is connected: relaying starts. */
 static void
-conn_connected(struct relay_conn *c)
+conn_stream(struct relay_conn *c)
 {
 	struct relay_ctx *rc = c->rc;
 	uint64_t now = loop_now(rc->loop);
 	int fd = c->side[SERVER].io.fd;
 
-	upstream_report(
-	    c->srv, true, now, loop_clock_us() - c->attempt_start_us);
 	conn_enter(c, RELAY_ST_STREAMING);
 	/*
 	 * The client's edge may have been spent before streaming (by the
@@ -897,6 +939,14 @@ conn_connected(struct relay_conn *c)
 }
 
 static void
+conn_connected(struct relay_conn *c)
+{
+	upstream_report(c->srv, true, loop_now(c->rc->loop),
+	    loop_clock_us() - c->attempt_start_us);
+	conn_stream(c);
+}
+
+static void
 conn_attempt_failed(struct relay_conn *c)
 {
 	struct relay_ctx *rc = c->rc;
@@ -906,13 +956,16 @@ conn_attempt_failed(struct relay_conn *c)
 	conn_connect(c);
 }
 
-/* Starts the next connection attempt, or closes the client when none is left.
+/*
+ * Starts the next connection attempt, or closes the client when none is
+ * left.  While sniffing, a decoy that cannot be reached is only noted (no
+ * server side): WhatsApp's clients must not depend on the decoy.
  */
 static void
 conn_connect(struct relay_conn *c)
 {
 	struct relay_ctx *rc = c->rc;
-	struct upstream *up = c->ls->up;
+	struct upstream *up = conn_group(c);
 
 	for (;;) {
 		struct sockaddr_storage ss;
@@ -924,6 +977,10 @@ conn_connect(struct relay_conn *c)
 			log_debug("[listen %s]: no upstream server of '%s' "
 			          "reachable",
 			    c->ls->cfg->name, up->cfg->name);
+			if (c->state == RELAY_ST_SNIFF) {
+				conn_arm(c);
+				return;
+			}
 			conn_close(c, false, RELAY_RES_UPSTREAM_FAILED);
 			return;
 		}
@@ -954,7 +1011,9 @@ conn_connect(struct relay_conn *c)
 				return;
 			}
 			c->attempt_start_us = loop_clock_us();
-			c->deadline = now + c->gen->cfg->timeouts.connect_ms;
+			/* SNIFF keeps its own deadline: conn_deadline. */
+			if (c->state != RELAY_ST_SNIFF)
+				c->deadline = attempt_deadline(c);
 			conn_arm(c);
 			return;
 		}
@@ -999,6 +1058,149 @@ tls_first_read(struct relay_conn *c)
 	return -1;
 }
 
+/*
+ * Camouflage.  On a listener with a decoy, every connection first dials
+ * the decoy (the operator's web server) while its first bytes are read:
+ * the decoy's own clock runs from the start, so an empty connection, a
+ * probe's junk or a browser's request get exactly the decoy's answer,
+ * timing and close.  Bytes that are WhatsApp's intro (intro.h) go to the
+ * upstream instead, and the decoy sees an empty connection closed.
+ */
+
+static void sniff_decide(struct relay_conn *c, enum intro_verdict v);
+
+/* Reads the client's first bytes until they decide, or would block. */
+static void
+sniff_read(struct relay_conn *c)
+{
+	struct copy_dir *d = &c->dir[CLIENT];
+	struct copy_end *e = &c->side[CLIENT].end;
+
+	for (;;) {
+		ssize_t n =
+		    copy_fill(d, e, &c->rc->pool, loop_now(c->rc->loop));
+		enum intro_verdict v;
+
+		if (n == COPY_IO_AGAIN || n == COPY_IO_AGAIN_WRITE)
+			return;
+		if (n == COPY_IO_ALERT) {
+			conn_linger(c, RELAY_RES_ERROR);
+			return;
+		}
+		if (n < 0 && n != COPY_IO_EOF) {
+			conn_close(c, true, RELAY_RES_ERROR);
+			return;
+		}
+		v = d->pending > 0 ? intro_classify(d->buf, d->pending)
+		                   : INTRO_MORE;
+		/* Never more than INTRO_MAX bytes before a verdict. */
+		INVARIANT(v != INTRO_MORE || d->pending < INTRO_MAX);
+		if (n == COPY_IO_EOF) {
+			/* The FIN follows what came before it, wherever. */
+			e->eof = true;
+			sniff_decide(c, v == INTRO_WHATSAPP ? v : INTRO_OTHER);
+			return;
+		}
+		if (v != INTRO_MORE) {
+			sniff_decide(c, v);
+			return;
+		}
+	}
+}
+
+/* The first bytes decided, the window closed, or the decoy spoke first. */
+static void
+sniff_decide(struct relay_conn *c, enum intro_verdict v)
+{
+	if (v == INTRO_WHATSAPP) {
+		RELAY_CNT_ADD(c->lc, camo_whatsapp, 1);
+		side_close(&c->side[SERVER], false);
+		c->flags = 0;
+		memset(&c->cur, 0, sizeof(c->cur));
+		c->attempts = 0;
+		conn_enter(c, RELAY_ST_CONNECTING);
+		conn_connect(c);
+		return;
+	}
+	RELAY_CNT_ADD(c->lc, camo_decoy, 1);
+	if (c->side[SERVER].io.fd < 0) {
+		/* Like a web server that is down, at the earliest moment. */
+		conn_close(c, false, RELAY_RES_UPSTREAM_FAILED);
+		return;
+	}
+	if (c->flags & CONN_F_UP) {
+		conn_stream(c);
+		return;
+	}
+	conn_enter(c, RELAY_ST_CONNECTING);
+	c->deadline = attempt_deadline(c);
+	conn_arm(c);
+}
+
+/* The client is ready for relaying: camouflage, or straight upstream. */
+static void
+conn_ready(struct relay_conn *c)
+{
+	if (c->ls->decoy == NULL) {
+		conn_enter(c, RELAY_ST_CONNECTING);
+		if (c->tls == NULL || tls_first_read(c) == 0)
+			conn_connect(c);
+		return;
+	}
+	conn_enter(c, RELAY_ST_SNIFF);
+	c->flags = CONN_F_DECOY;
+	c->deadline =
+	    loop_now(c->rc->loop) + c->gen->cfg->timeouts.handshake_ms;
+	conn_connect(c);
+	if (c->state == RELAY_ST_SNIFF)
+		sniff_read(c);
+}
+
+static void
+sniff_io(struct relay_conn *c, int s, uint32_t events)
+{
+	if (s == CLIENT) {
+		sniff_read(c);
+		return;
+	}
+	if (!(c->flags & CONN_F_UP)) {
+		if (events & (EPOLLHUP | EPOLLERR)) {
+			if (log_enabled(LOG_DEBUG)) {
+				int err = c->rc->sys->sock_error(
+				    c->side[SERVER].io.fd);
+
+				log_debug("connect to decoy %s: %s",
+				    c->srv->label,
+				    strerror(err ? err : ECONNRESET));
+			}
+			conn_attempt_failed(c);
+			return;
+		}
+		if (!(events & EPOLLOUT))
+			return;
+		upstream_report(c->srv, true, loop_now(c->rc->loop),
+		    loop_clock_us() - c->attempt_start_us);
+		c->flags |= CONN_F_UP;
+	}
+	/* The decoy spoke or hung up first: the connection is its. */
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		sniff_decide(c, INTRO_OTHER);
+}
+
+static void
+sniff_timeout(struct relay_conn *c)
+{
+	uint64_t now = loop_now(c->rc->loop);
+
+	if (decoy_connecting(c) && attempt_deadline(c) <= now) {
+		log_debug("connect to decoy %s timed out", c->srv->label);
+		conn_attempt_failed(c);
+		return;
+	}
+	/* Not WhatsApp's within the window: the decoy answers the rest. */
+	sniff_decide(c, INTRO_OTHER);
+}
+
 /* Advances the TLS handshake; on success, goes on to connect upstream. */
 static void
 tls_step(struct relay_conn *c)
@@ -1020,9 +1222,7 @@ tls_step(struct relay_conn *c)
 	RELAY_CNT_ADD(c->lc, tls_handshakes, 1);
 	if (tls_conn_resumed(c->tls))
 		RELAY_CNT_ADD(c->lc, tls_resumed, 1);
-	conn_enter(c, RELAY_ST_CONNECTING);
-	if (tls_first_read(c) == 0)
-		conn_connect(c);
+	conn_ready(c);
 }
 
 /* Starts the TLS handshake, with its own `handshake` deadline. */
@@ -1141,8 +1341,7 @@ header_read(struct relay_conn *c, uint32_t events)
 		tls_start(c);
 		return;
 	}
-	conn_enter(c, RELAY_ST_CONNECTING);
-	conn_connect(c);
+	conn_ready(c);
 }
 
 /* True when the peer of fd may send a PROXY header to listener ls. */
@@ -1260,6 +1459,7 @@ static const struct relay_state_ops {
     [RELAY_ST_NEW] = {"new", NULL, NULL},
     [RELAY_ST_HEADER] = {"header", header_io, header_timeout},
     [RELAY_ST_TLS] = {"tls", tls_io, tls_timeout},
+    [RELAY_ST_SNIFF] = {"sniff", sniff_io, sniff_timeout},
     [RELAY_ST_CONNECTING] = {"connecting", connecting_io, connecting_timeout},
     [RELAY_ST_STREAMING] = {"streaming", streaming_io, conn_timeout},
     [RELAY_ST_LINGER] = {"linger", linger_io, linger_timeout},
@@ -1445,8 +1645,7 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		tls_start(c);
 		return;
 	}
-	conn_enter(c, RELAY_ST_CONNECTING);
-	conn_connect(c);
+	conn_ready(c);
 	return;
 refuse:
 	RELAY_CNT_ADD(

@@ -151,6 +151,7 @@ struct lsum {
 	uint64_t closed[RELAY_RES_MAX];
 	uint64_t in, out, hs, resumed;
 	uint64_t src_conn, src_rate; /* refused by each per-source limit */
+	uint64_t camo[2]; /* classed as WhatsApp's, sent to the decoy */
 };
 
 static void
@@ -168,6 +169,8 @@ listener_sum(const struct stats *st, const struct listener *l, struct lsum *s)
 		s->resumed += RELAY_CNT_GET(c, tls_resumed);
 		s->src_conn += RELAY_CNT_GET(c, source_refused_conn);
 		s->src_rate += RELAY_CNT_GET(c, source_refused_rate);
+		s->camo[0] += RELAY_CNT_GET(c, camo_whatsapp);
+		s->camo[1] += RELAY_CNT_GET(c, camo_decoy);
 	}
 }
 
@@ -237,6 +240,7 @@ enum metric_scope {
 	METRIC_GLOBAL, /* no label */
 	METRIC_LISTENER, /* listener="NAME" */
 	METRIC_TLS_LISTENER, /* the same, TLS listeners only */
+	METRIC_DECOY_LISTENER, /* the same, listeners with a decoy only */
 	METRIC_SERVER, /* upstream="GROUP",server="HOST:PORT" */
 };
 
@@ -324,6 +328,21 @@ split_limit(size_t i)
 }
 
 static const struct metric_split by_limit = {"limit", 2, split_limit};
+
+static const char *
+split_class(size_t i)
+{
+	return i == 0 ? "whatsapp" : "decoy";
+}
+
+static const struct metric_split by_class = {"class", 2, split_class};
+
+/* i: 0 recognised as WhatsApp's, 1 sent to the decoy. */
+static struct metric_val
+get_camouflage(const struct metric_ctx *c, size_t i)
+{
+	return count(c->sum.camo[i]);
+}
 
 /* i: 0 max-conn-per-source, 1 new-conn-rate-per-source. */
 static struct metric_val
@@ -508,6 +527,10 @@ static const struct metric metrics[] = {
     {"lifeline_source_refused_total", "counter",
         "Connections refused by a per-source limit, by limit.", METRIC_LISTENER,
         &by_limit, get_source_refused},
+    {"lifeline_camouflage_total", "counter",
+        "Connections of decoy listeners, by how their first bytes were "
+        "classed.",
+        METRIC_DECOY_LISTENER, &by_class, get_camouflage},
     {"lifeline_source_table_entries", "gauge",
         "Sources tracked for per-source limits.", METRIC_GLOBAL, NULL,
         get_source_entries},
@@ -540,7 +563,8 @@ put_sample(struct sbuf *b, const char *name, enum metric_scope scope,
 	bool labels = false;
 
 	sb_printf(b, "%s", name);
-	if (scope == METRIC_LISTENER || scope == METRIC_TLS_LISTENER) {
+	if (scope == METRIC_LISTENER || scope == METRIC_TLS_LISTENER ||
+	    scope == METRIC_DECOY_LISTENER) {
 		sb_printf(b, "{listener=\"%s\"", c->l->cfg->name);
 		labels = true;
 	} else if (scope == METRIC_SERVER) {
@@ -624,9 +648,13 @@ render_metrics(struct stats *st, struct sbuf *b)
 			break;
 		case METRIC_LISTENER:
 		case METRIC_TLS_LISTENER:
+		case METRIC_DECOY_LISTENER:
 			for (size_t i = 0; i < g->nlisteners; i++) {
 				if (m->scope == METRIC_TLS_LISTENER &&
 				    g->listeners[i].tls == NULL)
+					continue;
+				if (m->scope == METRIC_DECOY_LISTENER &&
+				    g->listeners[i].decoy == NULL)
 					continue;
 				ctx_listener(&c, &g->listeners[i]);
 				samples(b, m, &c);
@@ -660,6 +688,7 @@ static const struct json_field listener_fields[] = {
     {"bytes_out", NULL, get_bytes, 1},
     {"tls_handshakes", NULL, get_tls_total, 0},
     {"tls_resumed", NULL, get_tls, 1},
+    {"camouflage", &by_class, get_camouflage, 0},
 };
 
 static const struct json_field server_fields[] = {

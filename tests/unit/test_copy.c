@@ -558,6 +558,39 @@ test_copy_fill(void)
 	rig_free(r);
 }
 
+/* Reads appended to what is pending, in order, until the buffer is full. */
+static void
+test_copy_fill_appends(void)
+{
+	struct rig *r = rig_new(COPY_BUF + 100, &plain, &plain);
+	size_t got = 0;
+	int budget = 100;
+	uint64_t moved = 0;
+
+	r->a.chunk = 3;
+	r->dir.spliceable = true;
+	for (int i = 0; i < 5; i++)
+		got += (size_t)copy_fill(&r->dir, &r->a.end, &r->pool, 1);
+	CHECK_INT(got, 15);
+	CHECK_INT(r->dir.pending, 15);
+	CHECK_MEM(r->dir.buf, r->a.data, 15);
+	r->a.chunk = 0;
+	CHECK_INT(copy_fill(&r->dir, &r->a.end, &r->pool, 2), COPY_BUF - 15);
+	CHECK_INT(r->dir.pending, COPY_BUF);
+	CHECK(!r->dir.bulk); /* no splice before the buffer is delivered */
+	CHECK_INT(copy_fill(&r->dir, &r->a.end, &r->pool, 3), COPY_IO_AGAIN);
+	CHECK_INT(r->a.end.last, 2);
+	/* copy_run delivers them all, then the rest. */
+	r->a.eof = true;
+	r->a.end.rd_ready = r->b.end.wr_ready = true;
+	CHECK_INT(copy_run(&r->dir, &r->a.end, &r->b.end, &r->pool, &budget,
+	              &moved, 4),
+	    COPY_OK);
+	CHECK_INT(r->b.outlen, COPY_BUF + 100);
+	CHECK_MEM(r->b.out, r->a.data, COPY_BUF + 100);
+	rig_free(r);
+}
+
 int
 main(void)
 {
@@ -578,5 +611,6 @@ main(void)
 	test_full_pipe_keeps_the_edge();
 	test_budget_bounds_the_run();
 	test_copy_fill();
+	test_copy_fill_appends();
 	return h_report("test_copy");
 }

@@ -328,6 +328,16 @@ peer_sends(int fd, const char *s)
 }
 
 static void
+peer_sends_n(int fd, const void *buf, size_t n)
+{
+	struct ffd *f = fd_of(fd);
+
+	memcpy(f->in + f->inlen, buf, n);
+	f->inlen += n;
+	fire(fd, EPOLLIN);
+}
+
+static void
 peer_fins(int fd)
 {
 	fd_of(fd)->peer_fin = true;
@@ -600,6 +610,141 @@ test_fin_period_counts_from_the_last_ack(void)
 	rig_free(&r);
 }
 
+/* Camouflage: a listener whose decoy is [upstream web] on port 80. */
+#define DECOY_EXTRA                                                            \
+	"decoy = web\n[upstream web]\nserver = 192.0.2.9:80\n"                 \
+	"check-interval = 1h\n"
+
+static const uint8_t wa_intro[] = {
+    'E', 'D', 0, 1, 0, 0, 1, 0x08, 'W', 'A', 6, 3, 0, 0, 2, 0x12, 0x01};
+
+static struct rig
+decoy_rig(void)
+{
+	struct rig r = rig_new("100", "30s", "30s", "none", DECOY_EXTRA);
+
+	upstream_resolve(r.g->ups[1], false);
+	return r;
+}
+
+static int
+port_of(int fd)
+{
+	return ntohs(((struct sockaddr_in *)&fd_of(fd)->peer)->sin_port);
+}
+
+static uint64_t
+camo(struct rig *r, bool whatsapp)
+{
+	struct relay_lcounters *l = &r->g->listeners[0].state->cnt[0];
+
+	return whatsapp ? RELAY_CNT_GET(l, camo_whatsapp)
+	                : RELAY_CNT_GET(l, camo_decoy);
+}
+
+static void
+test_sniff_intro_goes_upstream(void)
+{
+	struct rig r = decoy_rig();
+	int c = accept_client(&r, "198.51.100.5");
+	int web = dialled(0), up;
+
+	CHECK_INT(port_of(web), 80); /* the decoy, at once */
+	fire(web, EPOLLOUT);
+	peer_sends_n(c, wa_intro, 9); /* ED prologue and 'W' */
+	CHECK_INT(ndialled(), 1);
+	CHECK(!fd_of(web)->closed);
+	peer_sends_n(c, wa_intro + 9, sizeof(wa_intro) - 9);
+	CHECK(fd_of(web)->closed && !fd_of(web)->aborted);
+	CHECK_INT(fd_of(web)->outlen, 0);
+	CHECK_INT(ndialled(), 2);
+	up = dialled(1);
+	CHECK_INT(port_of(up), 5222);
+	fire(up, EPOLLOUT);
+	CHECK_INT(fd_of(up)->outlen, sizeof(wa_intro));
+	CHECK_MEM(fd_of(up)->out, wa_intro, sizeof(wa_intro));
+	CHECK_INT(camo(&r, true), 1);
+	CHECK_INT(camo(&r, false), 0);
+	rig_free(&r);
+}
+
+static void
+test_sniff_other_goes_to_decoy(void)
+{
+	struct rig r = decoy_rig();
+	int c = accept_client(&r, "198.51.100.5");
+	int web = dialled(0);
+
+	peer_sends(c, "GET / HTTP/1.1\r\n");
+	/* Decided, but the decoy's connect is still under way. */
+	CHECK_INT(fd_of(web)->outlen, 0);
+	fire(web, EPOLLOUT);
+	CHECK(got(web, "GET / HTTP/1.1\r\n"));
+	peer_sends(web, "HTTP/1.1 400 Bad Request\r\n");
+	CHECK(got(c, "HTTP/1.1 400 Bad Request\r\n"));
+	CHECK_INT(ndialled(), 1);
+	CHECK_INT(camo(&r, false), 1);
+	rig_free(&r);
+}
+
+static void
+test_sniff_decoy_speaks_or_closes_first(void)
+{
+	struct rig r = decoy_rig();
+	int c = accept_client(&r, "198.51.100.5");
+	int web = dialled(0);
+
+	fire(web, EPOLLOUT);
+	peer_sends(c, "WA"); /* a prefix: still waiting */
+	CHECK_INT(fd_of(web)->outlen, 0);
+	peer_fins(web); /* the decoy gave up on the connection */
+	CHECK(got(web, "WA"));
+	CHECK(fd_of(c)->shut_wr);
+	CHECK_INT(camo(&r, false), 1);
+	rig_free(&r);
+}
+
+static void
+test_sniff_window_ends_at_the_decoy(void)
+{
+	struct rig r = decoy_rig(); /* handshake = 100ms */
+	int c = accept_client(&r, "198.51.100.5");
+	int web = dialled(0);
+
+	fire(web, EPOLLOUT);
+	peer_sends(c, "WA");
+	spin(60);
+	CHECK_INT(fd_of(web)->outlen, 0);
+	spin(80);
+	CHECK(got(web, "WA"));
+	CHECK(!fd_of(c)->closed);
+	rig_free(&r);
+}
+
+static void
+test_sniff_decoy_down_chat_works(void)
+{
+	struct rig r = decoy_rig();
+	int c, c2, up;
+
+	connect_errno[nconnect++] = ECONNREFUSED; /* the decoy, at once */
+	c = accept_client(&r, "198.51.100.5");
+	CHECK_INT(ndialled(), 1);
+	peer_sends_n(c, wa_intro, sizeof(wa_intro));
+	up = dialled(1);
+	CHECK_INT(port_of(up), 5222);
+	fire(up, EPOLLOUT);
+	CHECK_MEM(fd_of(up)->out, wa_intro, sizeof(wa_intro));
+	/* Another client, not WhatsApp: closed with FIN, as by a server. */
+	nconnect = iconnect;
+	connect_errno[nconnect++] = ECONNREFUSED;
+	c2 = accept_client(&r, "198.51.100.6");
+	peer_sends(c2, "GET /");
+	CHECK(fd_of(c2)->closed && !fd_of(c2)->aborted);
+	CHECK_INT(closed(&r, RELAY_RES_UPSTREAM_FAILED), 1);
+	rig_free(&r);
+}
+
 static void
 test_peer_rst_propagates(void)
 {
@@ -780,6 +925,11 @@ main(void)
 	test_idle_timeout_unacked_bytes_rst();
 	test_backpressure_is_not_idleness();
 	test_half_closed_timeout_rst();
+	test_sniff_intro_goes_upstream();
+	test_sniff_other_goes_to_decoy();
+	test_sniff_decoy_speaks_or_closes_first();
+	test_sniff_window_ends_at_the_decoy();
+	test_sniff_decoy_down_chat_works();
 	test_fin_period_restarts_when_queue_drains();
 	test_fin_period_counts_from_the_last_ack();
 	test_peer_rst_propagates();

@@ -1,0 +1,245 @@
+"""Camouflage mechanics (issue 15): a listener with `decoy = GROUP` dials
+the decoy at once and reads the client's first bytes; WhatsApp's intro
+goes to the upstream byte-exact (the decoy sees an empty connection
+closed), everything else to the decoy with every byte read so far, so
+the decoy's own answer, timing and close reach the client.
+
+These tests use small Python servers whose behaviour they control (when
+the decoy speaks, closes, or is down); test_camouflage.py compares the
+answers of a real nginx with and without lifeline in front."""
+
+import os
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from conftest import (
+    SLOW, Blackhole, Server, connect, read_until_closed, recv_exact,
+    start_daemon, wait_for,
+)
+from stats_helpers import scrape, stats_config
+from tls_helpers import client_ctx, tls_connect
+
+# Noise header WA 6.3 and a first frame of 4 bytes: "\x12" + 3 bytes.
+WA_INTRO = b"WA\x06\x03\x00\x00\x04\x12abc"
+ED_INTRO = b"ED\x00\x01\x00\x00\x04\x08\x02\x10\x01" + WA_INTRO
+REPLY = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+
+
+def h_chat(c, rec):
+    """Echoes everything, recording it, until the client's FIN."""
+    data = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        data += d
+        rec["data"] = data
+        c.sendall(d)
+    rec["data"] = data
+    c.shutdown(socket.SHUT_WR)
+
+
+def h_decoy(c, rec):
+    """Like a web server: reads a request (up to a blank line, or until
+    silence of 1 s, or FIN), answers 400 and closes."""
+    data = b""
+    c.settimeout(1.0 * SLOW)
+    try:
+        while b"\r\n\r\n" not in data:
+            d = c.recv(65536)
+            if not d:
+                rec["fin"] = True
+                break
+            data += d
+    except socket.timeout:
+        rec["timeout"] = True
+    rec["data"] = data
+    if data:
+        c.sendall(REPLY)
+    c.close()
+
+
+@pytest.fixture
+def chat():
+    return Server(h_chat, name="chat")
+
+
+@pytest.fixture
+def decoy():
+    return Server(h_decoy, name="decoy")
+
+
+def camo_daemon(tmp_path, chat, decoy_spec, handshake="5s", tls=False):
+    listen = {"upstream": "chat", "decoy": "web"}
+    if tls:
+        listen["tls"] = "on"
+    return start_daemon(tmp_path, stats_config(
+        {"chat": [chat.spec], "web": [decoy_spec]}, {"camo": listen},
+        timeouts={"handshake": handshake}))
+
+
+def send_slowly(s, data, pause=0.01):
+    for i in range(len(data)):
+        s.sendall(data[i:i + 1])
+        time.sleep(pause)
+
+
+@pytest.mark.parametrize("intro", [WA_INTRO, ED_INTRO], ids=["wa", "ed"])
+def test_intro_in_pieces_reaches_chat_exact(tmp_path, chat, decoy, intro):
+    d = camo_daemon(tmp_path, chat, decoy.spec)
+    s = connect(d.addr("camo"))
+    send_slowly(s, intro)
+    assert recv_exact(s, len(intro)) == intro
+    tail = os.urandom(100_000)
+    s.sendall(tail)
+    assert recv_exact(s, len(tail)) == tail
+    s.shutdown(socket.SHUT_WR)
+    assert read_until_closed(s, 5)[:2] == ("eof", 0)
+    rec = chat.wait_done(1)[0]
+    assert rec["data"] == intro + tail
+    # The decoy was dialled at once, then closed without a byte: FIN.
+    drec = decoy.wait_done(1)[0]
+    assert drec.get("data") == b"" and drec.get("fin"), drec
+    m = scrape(d.addr("stats"))
+    assert m.get("lifeline_camouflage_total", listener="camo",
+                 **{"class": "whatsapp"}) == 1
+    assert m.get("lifeline_camouflage_total", listener="camo",
+                 **{"class": "decoy"}) == 0
+
+
+def test_other_bytes_get_the_decoys_answer(tmp_path, chat, decoy):
+    d = camo_daemon(tmp_path, chat, decoy.spec)
+    s = connect(d.addr("camo"))
+    req = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"
+    s.sendall(req)
+    got = b""
+    while True:
+        x = s.recv(4096)
+        if not x:
+            break
+        got += x
+    assert got == REPLY
+    assert decoy.wait_done(1)[0]["data"] == req
+    assert chat.accepted == 0
+    m = scrape(d.addr("stats"))
+    assert m.get("lifeline_camouflage_total", listener="camo",
+                 **{"class": "decoy"}) == 1
+
+
+def test_empty_connection_is_closed_by_the_decoy(tmp_path, chat, decoy):
+    """handshake (the window for the first bytes) is 5 s; the decoy gives
+    up after its own 1 s of silence, and the client sees that: FIN at
+    1 s, not at 5 s."""
+    d = camo_daemon(tmp_path, chat, decoy.spec, handshake="5s")
+    s = connect(d.addr("camo"))
+    how, n, elapsed = read_until_closed(s, 5 * SLOW)
+    assert (how, n) == ("eof", 0)
+    assert 0.9 <= elapsed < 1.0 * SLOW + 0.5, elapsed
+    assert decoy.wait_done(1)[0].get("timeout")
+    assert chat.accepted == 0
+
+
+def test_partial_intro_goes_to_the_decoy_after_the_window(tmp_path, chat):
+    """`WA` alone is a prefix of an intro: lifeline waits for the rest for
+    `handshake` (1 s), then the decoy gets the two bytes."""
+    def h_patient(c, rec):
+        c.settimeout(5 * SLOW)
+        rec["data"] = c.recv(100)
+        rec["at"] = time.monotonic()
+        c.sendall(REPLY)
+        c.close()
+
+    web = Server(h_patient, name="patient")
+    d = camo_daemon(tmp_path, chat, web.spec, handshake="1s")
+    s = connect(d.addr("camo"))
+    t0 = time.monotonic()
+    s.sendall(b"WA")
+    s.settimeout(5 * SLOW)
+    assert recv_exact(s, len(REPLY)) == REPLY
+    rec = web.wait_done(1)[0]
+    assert rec["data"] == b"WA"
+    assert 0.9 <= rec["at"] - t0 < 1.0 * SLOW + 0.5
+    assert chat.accepted == 0
+
+
+def test_decoy_down_chat_still_works(tmp_path, chat):
+    """A decoy that refuses connections does not stop WhatsApp; others
+    get a FIN once their bytes say they are not WhatsApp's."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()  # nothing listens there: refused
+    d = camo_daemon(tmp_path, chat, f"127.0.0.1:{port}")
+    s = connect(d.addr("camo"))
+    s.sendall(ED_INTRO)
+    assert recv_exact(s, len(ED_INTRO)) == ED_INTRO
+    s.close()
+    o = connect(d.addr("camo"))
+    o.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    assert read_until_closed(o, 3)[:2] == ("eof", 0)
+    assert chat.wait_done(1)[0]["data"] == ED_INTRO
+
+
+def test_decoy_unreachable_until_window_ends(tmp_path, chat):
+    """A decoy whose connect hangs (SYNs dropped) is given up after the
+    `connect` timeout; WhatsApp's intro meanwhile reaches the chat
+    upstream at once."""
+    hole = Blackhole()
+    d = camo_daemon(tmp_path, chat, hole.spec)
+    s = connect(d.addr("camo"))
+    t0 = time.monotonic()
+    s.sendall(WA_INTRO)
+    assert recv_exact(s, len(WA_INTRO)) == WA_INTRO
+    assert time.monotonic() - t0 < 0.5 * SLOW
+    o = connect(d.addr("camo"))
+    o.sendall(b"junk")
+    how, n, elapsed = read_until_closed(o, 5 * SLOW)
+    # connect = 1 s in the test configuration; nothing else to try.
+    assert (how, n) == ("eof", 0)
+    assert 0.9 <= elapsed < 1.0 * SLOW + 0.5, elapsed
+
+
+def test_tls_listener_classifies_the_decrypted_stream(tmp_path, chat, decoy):
+    d = camo_daemon(tmp_path, chat, decoy.spec, tls=True)
+    s = tls_connect(d.addr("camo"))
+    s.sendall(ED_INTRO)
+    assert recv_exact(s, len(ED_INTRO)) == ED_INTRO
+    s.close()
+    h = tls_connect(d.addr("camo"))
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    h.sendall(req)
+    assert recv_exact(h, len(REPLY)) == REPLY
+    # The decoy closed: close_notify, then EOF (no truncation error).
+    assert h.recv(10) == b""
+    assert decoy.wait_done(2)[1]["data"] == req
+    assert chat.wait_done(1)[0]["data"] == ED_INTRO
+
+
+def test_client_fin_before_a_verdict_reaches_the_decoy(tmp_path, chat, decoy):
+    """`ED\\0` then FIN: never an intro now; the decoy gets both."""
+    d = camo_daemon(tmp_path, chat, decoy.spec)
+    s = connect(d.addr("camo"))
+    s.sendall(b"ED\x00")
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(4096) == REPLY
+    rec = decoy.wait_done(1)[0]
+    assert rec["data"] == b"ED\x00" and rec.get("fin")
+    assert chat.accepted == 0
+
+
+@pytest.mark.parametrize("conf,err", [
+    ("web2", "unknown decoy 'web2'"),
+    ("chat", "is its upstream"),
+])
+def test_config_errors(tmp_path, chat, conf, err):
+    from conftest import run_cli, make_config
+    p = tmp_path / "bad.conf"
+    p.write_text(make_config({"chat": [chat.spec], "web": [chat.spec]},
+                             {"camo": {"upstream": "chat", "decoy": conf}}))
+    r = run_cli(["--check", "-c", str(p)])
+    assert r.returncode != 0
+    assert err in r.stderr, r.stderr
