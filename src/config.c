@@ -390,6 +390,7 @@ section_begin(struct parse_state *st, const char *hdr)
 		st->ls->name = xstrdup(name);
 		st->ls->line = st->line;
 		st->ls->key_type = CFG_KEY_EC256;
+		st->ls->keepalive_ms = CFG_KEEPALIVE_MS;
 		st->secname = st->ls->name;
 	}
 }
@@ -476,7 +477,8 @@ section_keys(enum sec_kind kind)
 	static const char *const listen[] = {"bind", "tls", "cert", "key",
 	    "tls-key-type", "tls-names", "tls-ips", "accept-proxy",
 	    "trusted-proxies", "upstream", "decoy", "maxconn",
-	    "max-conn-per-source", "new-conn-rate-per-source", NULL};
+	    "max-conn-per-source", "new-conn-rate-per-source",
+	    "client-keepalive", NULL};
 	static const char *const none[] = {NULL};
 
 	switch (kind) {
@@ -833,6 +835,18 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 		if ((e = cfg_parse_uint(value, 1, 10000000, &ls->maxconn)) !=
 		    NULL)
 			bad_value(st, key, value, e);
+	} else if (strcmp(key, "client-keepalive") == 0) {
+		if (!once(st, 10, key))
+			return;
+		if (strcmp(value, "off") == 0) {
+			ls->keepalive_ms = 0;
+		} else if ((e = cfg_parse_duration(value, &ls->keepalive_ms)) !=
+		    NULL) {
+			bad_value(st, key, value, e);
+		} else if (ls->keepalive_ms < 1000 ||
+		    ls->keepalive_ms > 7200 * 1000) {
+			bad_value(st, key, value, "use off or 1s to 2h");
+		}
 	} else if (key_srclimit(st, key, value, 7, &ls->srclimit)) {
 		return;
 	} else {
@@ -1544,6 +1558,11 @@ cfg_print(const struct cfg *cfg, FILE *out)
 			fprintf(out, "decoy = %s\n", ls->decoy_name);
 		if (ls->maxconn != 0)
 			fprintf(out, "maxconn = %u\n", ls->maxconn);
+		if (ls->keepalive_ms == 0)
+			fprintf(out, "client-keepalive = off\n");
+		else
+			fprintf(out, "client-keepalive = %s\n",
+			    fmt_duration(ls->keepalive_ms, d, sizeof(d)));
 		print_srclimit(out, &ls->srclimit, false);
 	}
 }

@@ -89,7 +89,12 @@ struct cfg_listen {
 	size_t decoy; /* index into cfg.upstreams, set by validation */
 	unsigned maxconn; /* 0: only the global cap applies */
 	struct cfg_srclimit srclimit; /* overrides of the global one */
+	/* TCP keep-alive toward clients: idle time before probes; 0: off. */
+	uint64_t keepalive_ms;
 };
+
+/* client-keepalive's default: dead clients found within about 2 min. */
+#define CFG_KEEPALIVE_MS 60000
 
 struct cfg_timeouts {
 	uint64_t connect_ms;

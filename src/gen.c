@@ -40,7 +40,7 @@ lstate_unref(struct lstate *st)
 static int
 listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 {
-	int fd, on = 1, saved, ka_idle = 60, ka_intvl = 10, ka_cnt = 6;
+	int fd, on = 1, saved;
 	int lowat = GEN_NOTSENT_LOWAT;
 
 	fd = socket(
@@ -52,20 +52,12 @@ listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 		goto fail;
 	/*
 	 * Accepted sockets inherit these: Nagle off (chat is small messages);
-	 * keep-alive, so that clients whose network vanished without a FIN (a
-	 * shutdown, a dropped route) do not hold a slot for long; urgent data
-	 * inline, so that an urgent byte is relayed in its place, not dropped;
-	 * few unsent bytes in the kernel (see relay.h).
+	 * urgent data inline, so that an urgent byte is relayed in its place,
+	 * not dropped; few unsent bytes in the kernel (see relay.h).  And
+	 * keep-alive, set per listener by lsock_keepalive().
 	 */
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on)) != 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) != 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &ka_idle,
-	        sizeof(ka_idle)) != 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &ka_intvl,
-	        sizeof(ka_intvl)) != 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &ka_cnt, sizeof(ka_cnt)) !=
-	        0 ||
 	    setsockopt(
 	        fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat)) != 0)
 		goto fail;
@@ -82,6 +74,39 @@ fail:
 	saved = errno;
 	close(fd);
 	return -saved;
+}
+
+/*
+ * TCP keep-alive for the clients s will accept (they inherit it), so that
+ * clients whose network vanished without a FIN (a shutdown, a dropped
+ * route) do not hold a slot for long: probes after ka_ms of silence, then
+ * every 10 s (or ka_ms when shorter), 6 unanswered ones end it.  Off
+ * (ka_ms 0) for camouflage: an ordinary web server sends none.  Applied
+ * again on every reload, to sockets kept as well as new ones.
+ */
+static int
+lsock_keepalive(const struct lsock *s, uint64_t ka_ms)
+{
+	int on = ka_ms > 0, idle = (int)(ka_ms / 1000), cnt = 6;
+	int intvl = idle < 10 ? idle : 10;
+
+	for (unsigned w = 0; w < s->nfds; w++) {
+		int fd = s->fds[w];
+
+		if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) !=
+		    0)
+			return -1;
+		if (!on)
+			continue;
+		if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle,
+		        sizeof(idle)) != 0 ||
+		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl,
+		        sizeof(intvl)) != 0 ||
+		    setsockopt(
+		        fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) != 0)
+			return -1;
+	}
+	return 0;
 }
 
 /*
@@ -351,6 +376,12 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 					goto fail;
 			}
 			l->socks[l->nsocks++] = s;
+			if (lsock_keepalive(s, cl->keepalive_ms) != 0) {
+				snprintf(err, errlen,
+				    "[listen %s]: keep-alive on %s: %s",
+				    cl->name, s->text, strerror(errno));
+				goto fail;
+			}
 		}
 		if (l->nsocks == 0)
 			log_warnx(

@@ -243,3 +243,73 @@ def test_config_errors(tmp_path, chat, conf, err):
     r = run_cli(["--check", "-c", str(p)])
     assert r.returncode != 0
     assert err in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------
+# client-keepalive: on by default (reaps dead clients), off for camouflage
+
+
+def keepalive_left(port):
+    """Seconds until the keep-alive probe of the relay's accepted socket
+    on `port`, from ss(8); None when it has no keep-alive timer."""
+    import re
+    import subprocess
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", "src", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True).stdout
+    lines = [x for x in out.splitlines() if x.strip()]
+    assert len(lines) == 1, out
+    m = re.search(r"timer:\(keepalive,([^,]+),", lines[0])
+    if m is None:
+        return None
+    t = m.group(1)
+    # ss writes 59sec, 3min19sec, and under 10 s "2.996ms" (seconds).
+    mm = re.fullmatch(r"(?:(\d+)min)?(?:(\d+)sec)?", t)
+    if mm and (mm.group(1) or mm.group(2)):
+        return int(mm.group(1) or 0) * 60 + int(mm.group(2) or 0)
+    mm = re.fullmatch(r"(\d+\.\d+)ms", t)
+    assert mm, f"unexpected ss timer {t!r}"
+    return float(mm.group(1))
+
+
+def test_client_keepalive_default_off_and_duration(tmp_path, chat):
+    d = start_daemon(tmp_path, stats_config(
+        {"chat": [chat.spec]},
+        {"dflt": {"upstream": "chat"},
+         "off": {"upstream": "chat", "client-keepalive": "off"},
+         "short": {"upstream": "chat", "client-keepalive": "3s"}}))
+    held = {n: connect(d.addr(n)) for n in ("dflt", "off", "short")}
+    for s in held.values():
+        s.sendall(b"x")
+        assert recv_exact(s, 1) == b"x"
+    assert 50 <= keepalive_left(d.port("dflt")) <= 60
+    assert keepalive_left(d.port("off")) is None
+    assert 2 <= keepalive_left(d.port("short")) <= 3
+    # A reload applies to the sockets kept: new clients get the new value.
+    conf = stats_config(
+        {"chat": [chat.spec]},
+        {"dflt": {"upstream": "chat", "client-keepalive": "off"},
+         "off": {"upstream": "chat", "client-keepalive": "5s"},
+         "short": {"upstream": "chat", "client-keepalive": "3s"}})
+    for s in held.values():
+        s.close()
+    chat.wait_done(3)  # the relay's sockets to them are closed
+    d.reload(conf)
+    again = {n: connect(d.addr(n)) for n in ("dflt", "off")}
+    for s in again.values():
+        s.sendall(b"y")
+        assert recv_exact(s, 1) == b"y"
+    assert keepalive_left(d.port("dflt")) is None
+    assert 4 <= keepalive_left(d.port("off")) <= 5
+
+
+def test_client_keepalive_bad_values(tmp_path, chat):
+    from conftest import run_cli, make_config
+    for v, err in (("0s", "use off or 1s to 2h"), ("3h", "use off or 1s to 2h"),
+                   ("soon", "bad value 'soon'")):
+        p = tmp_path / "bad.conf"
+        p.write_text(make_config(
+            {"chat": [chat.spec]},
+            {"l": {"upstream": "chat", "client-keepalive": v}}))
+        r = run_cli(["--check", "-c", str(p)])
+        assert r.returncode != 0 and err in r.stderr, (v, r.stderr)
