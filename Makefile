@@ -65,7 +65,7 @@ OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 BIN := $(BUILD)/lifeline
 
 UNIT_TESTS := config addr proxyproto pp_parse loop copy relay sandbox srclimit \
-	intro
+	intro hello
 UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
 .PHONY: all run check check-unit check-integration check-serial check-fuzz-replay deps \
@@ -96,7 +96,7 @@ $(BIN): $(OBJS)
 	$(CC) $(ALL_LDFLAGS) $(WRAP_ALLOC) -o $@ $(OBJS) $(INIH_LIBS) $(SSL_LIBS) $(QR_LIBS) $(SECCOMP_LIBS) -lpthread
 
 # Unit tests: each links only the module(s) it tests.
-$(BUILD)/unit/test_config: tests/unit/test_config.c $(BUILD)/obj/config.o $(BUILD)/obj/addr.o $(BUILD)/obj/log.o
+$(BUILD)/unit/test_config: tests/unit/test_config.c $(BUILD)/obj/config.o $(BUILD)/obj/addr.o $(BUILD)/obj/log.o $(BUILD)/obj/hello.o
 $(BUILD)/unit/test_addr: tests/unit/test_addr.c $(BUILD)/obj/addr.o
 $(BUILD)/unit/test_proxyproto: tests/unit/test_proxyproto.c $(BUILD)/obj/proxyproto.o
 $(BUILD)/unit/test_pp_parse: tests/unit/test_pp_parse.c $(BUILD)/obj/proxyproto.o
@@ -105,10 +105,11 @@ $(BUILD)/unit/test_copy: tests/unit/test_copy.c $(BUILD)/obj/copy.o
 $(BUILD)/unit/test_sandbox: tests/unit/test_sandbox.c $(BUILD)/obj/sandbox.o $(BUILD)/obj/log.o
 $(BUILD)/unit/test_srclimit: tests/unit/test_srclimit.c $(BUILD)/obj/srclimit.o
 $(BUILD)/unit/test_intro: tests/unit/test_intro.c $(BUILD)/obj/intro.o
+$(BUILD)/unit/test_hello: tests/unit/test_hello.c $(BUILD)/obj/hello.o
 # The state machine with its system calls faked: the modules a generation
 # needs, OpenSSL included.
 RELAY_TEST_OBJS := relay copy gen config addr log loop tls upstream proxyproto \
-	srclimit intro
+	srclimit intro hello
 $(BUILD)/unit/test_relay: tests/unit/test_relay.c \
 	$(patsubst %,$(BUILD)/obj/%.o,$(RELAY_TEST_OBJS))
 $(UNIT_BINS): tests/unit/harness.h tests/pp_equal.h
@@ -123,7 +124,7 @@ $(UNIT_BINS): tests/unit/harness.h tests/pp_equal.h
 FUZZ_SECONDS ?= 60
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRCS))
-FUZZ_LIB_SRCS := src/proxyproto.c src/addr.c src/intro.c
+FUZZ_LIB_SRCS := src/proxyproto.c src/addr.c src/intro.c src/hello.c
 FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -DLIFELINE_INVARIANTS -Isrc
 
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_SRCS) $(wildcard src/*.h) tests/pp_equal.h

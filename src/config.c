@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "hello.h"
 #include "srclimit.h"
 #include "util.h"
 
@@ -478,7 +479,8 @@ section_keys(enum sec_kind kind)
 	    "tls-key-type", "tls-names", "tls-ips", "accept-proxy",
 	    "trusted-proxies", "upstream", "decoy", "maxconn",
 	    "max-conn-per-source", "new-conn-rate-per-source",
-	    "client-keepalive", NULL};
+	    "client-keepalive", "passthrough", "passthrough-sni", "decoy-tls",
+	    NULL};
 	static const char *const none[] = {NULL};
 
 	switch (kind) {
@@ -835,6 +837,22 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 		if ((e = cfg_parse_uint(value, 1, 10000000, &ls->maxconn)) !=
 		    NULL)
 			bad_value(st, key, value, e);
+	} else if (strcmp(key, "passthrough") == 0) {
+		if (!once(st, 11, key))
+			return;
+		set_str(&ls->passthrough_name, value);
+		ls->passthrough_line = st->line;
+	} else if (strcmp(key, "decoy-tls") == 0) {
+		if (!once(st, 12, key))
+			return;
+		set_str(&ls->decoy_tls_name, value);
+		ls->decoy_tls_line = st->line;
+	} else if (strcmp(key, "passthrough-sni") == 0) {
+		if (!hello_pattern_valid(value))
+			bad_value(st, key, value,
+			    "use a host name or *.domain (any name under it)");
+		else
+			strlist_add(&ls->passthrough_sni, value);
 	} else if (strcmp(key, "client-keepalive") == 0) {
 		if (!once(st, 10, key))
 			return;
@@ -1021,6 +1039,93 @@ check_binds(struct parse_state *st)
 	free(refs);
 }
 
+/* The index of upstream group name, or cfg->nupstreams when unknown. */
+static size_t
+group_index(const struct cfg *cfg, const char *name)
+{
+	size_t j;
+
+	for (j = 0; j < cfg->nupstreams; j++) {
+		if (strcmp(cfg->upstreams[j].name, name) == 0)
+			break;
+	}
+	return j;
+}
+
+/*
+ * Resolves a listener's group key (decoy, passthrough, decoy-tls) into
+ * *idx; false (after an error) when it names no group or the upstream.
+ */
+static bool
+listen_group(struct parse_state *st, const struct cfg_listen *ls,
+    const char *key, const char *name, int line, size_t *idx)
+{
+	*idx = group_index(st->cfg, name);
+	if (*idx == st->cfg->nupstreams) {
+		perr(st, line, "unknown %s '%s' (no [upstream %s] section)",
+		    key, name, name);
+		return false;
+	}
+	if (*idx == ls->upstream) {
+		perr(st, line,
+		    "[listen %s]: the %s '%s' is its upstream: name another "
+		    "group",
+		    ls->name, key, name);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * WhatsApp's media host names (passthrough-sni when a listener has
+ * `passthrough` and names none): the app's media downloads and uploads
+ * (mmg), their regional edges (*.fna, *.cdn), profile pictures (pps).
+ */
+static const char *const media_names[] = {"mmg.whatsapp.net",
+    "mmg-fna.whatsapp.net", "pps.whatsapp.net", "*.fna.whatsapp.net",
+    "*.cdn.whatsapp.net", NULL};
+
+/* Camouflage settings of a listener: the groups they name, and sense. */
+static bool
+listen_groups(struct parse_state *st, struct cfg_listen *ls)
+{
+	if (ls->decoy_name != NULL &&
+	    !listen_group(
+	        st, ls, "decoy", ls->decoy_name, ls->decoy_line, &ls->decoy))
+		return false;
+	if (!ls->tls &&
+	    (ls->passthrough_name != NULL || ls->passthrough_sni.n > 0 ||
+	        ls->decoy_tls_name != NULL)) {
+		perr(st, ls->line,
+		    "[listen %s]: 'passthrough', 'passthrough-sni' and "
+		    "'decoy-tls' need 'tls = on'",
+		    ls->name);
+		return false;
+	}
+	if (ls->passthrough_sni.n > 0 && ls->passthrough_name == NULL) {
+		perr(st, ls->line,
+		    "[listen %s]: 'passthrough-sni' without 'passthrough' "
+		    "(the group such ClientHellos go to)",
+		    ls->name);
+		return false;
+	}
+	if (ls->passthrough_name != NULL) {
+		if (!listen_group(st, ls, "passthrough", ls->passthrough_name,
+		        ls->passthrough_line, &ls->passthrough))
+			return false;
+		if (ls->passthrough_sni.n == 0) {
+			for (size_t i = 0; media_names[i] != NULL; i++)
+				strlist_add(
+				    &ls->passthrough_sni, media_names[i]);
+		}
+	}
+	if (ls->decoy_tls_name != NULL &&
+	    !listen_group(st, ls, "decoy-tls", ls->decoy_tls_name,
+	        ls->decoy_tls_line, &ls->decoy_tls))
+		return false;
+	return true;
+}
+
 static void
 validate(struct parse_state *st)
 {
@@ -1061,28 +1166,8 @@ validate(struct parse_state *st)
 			break;
 		}
 		ls->upstream = j;
-		if (ls->decoy_name != NULL) {
-			for (j = 0; j < cfg->nupstreams; j++) {
-				if (strcmp(cfg->upstreams[j].name,
-				        ls->decoy_name) == 0)
-					break;
-			}
-			if (j == cfg->nupstreams) {
-				perr(st, ls->decoy_line,
-				    "unknown decoy '%s' (no [upstream %s] "
-				    "section)",
-				    ls->decoy_name, ls->decoy_name);
-				break;
-			}
-			if (j == ls->upstream) {
-				perr(st, ls->decoy_line,
-				    "[listen %s]: the decoy '%s' is its "
-				    "upstream: name the operator's web server",
-				    ls->name, ls->decoy_name);
-				break;
-			}
-			ls->decoy = j;
-		}
+		if (!listen_groups(st, ls))
+			break;
 		if ((ls->cert == NULL) != (ls->key == NULL)) {
 			perr(st, ls->line,
 			    "[listen %s]: 'cert' and 'key' go together",
@@ -1309,6 +1394,9 @@ cfg_free(struct cfg *cfg)
 		free(ls->trusted);
 		free(ls->upstream_name);
 		free(ls->decoy_name);
+		free(ls->passthrough_name);
+		free(ls->decoy_tls_name);
+		strlist_free(&ls->passthrough_sni);
 	}
 	free(cfg->listens);
 	for (size_t i = 0; i < cfg->nstats; i++)
@@ -1556,6 +1644,14 @@ cfg_print(const struct cfg *cfg, FILE *out)
 		fprintf(out, "upstream = %s\n", ls->upstream_name);
 		if (ls->decoy_name != NULL)
 			fprintf(out, "decoy = %s\n", ls->decoy_name);
+		if (ls->passthrough_name != NULL)
+			fprintf(
+			    out, "passthrough = %s\n", ls->passthrough_name);
+		for (size_t j = 0; j < ls->passthrough_sni.n; j++)
+			fprintf(out, "passthrough-sni = %s\n",
+			    ls->passthrough_sni.v[j]);
+		if (ls->decoy_tls_name != NULL)
+			fprintf(out, "decoy-tls = %s\n", ls->decoy_tls_name);
 		if (ls->maxconn != 0)
 			fprintf(out, "maxconn = %u\n", ls->maxconn);
 		if (ls->keepalive_ms == 0)

@@ -87,6 +87,15 @@ struct cfg_listen {
 	char *decoy_name; /* owned; NULL: no decoy, nothing classified */
 	int decoy_line;
 	size_t decoy; /* index into cfg.upstreams, set by validation */
+	/* TLS listeners: ClientHellos naming these pass through untouched. */
+	struct cfg_strlist passthrough_sni; /* patterns (hello.h) */
+	char *passthrough_name; /* owned; NULL: none */
+	int passthrough_line;
+	size_t passthrough;
+	/* TLS listeners: bytes that are not TLS go raw to this group. */
+	char *decoy_tls_name; /* owned; NULL: none */
+	int decoy_tls_line;
+	size_t decoy_tls;
 	unsigned maxconn; /* 0: only the global cap applies */
 	struct cfg_srclimit srclimit; /* overrides of the global one */
 	/* TCP keep-alive toward clients: idle time before probes; 0: off. */

@@ -40,6 +40,9 @@ struct relay_lcounters {
 	/* Camouflage listeners (decoy): how the first bytes were classed. */
 	_Atomic uint64_t camo_whatsapp;
 	_Atomic uint64_t camo_decoy;
+	/* TLS listeners: ClientHellos passed through, plain bytes decoyed. */
+	_Atomic uint64_t camo_passthrough;
+	_Atomic uint64_t camo_decoy_tls;
 } __attribute__((aligned(64)));
 
 /* Per worker: written by the worker only, read by anyone. */

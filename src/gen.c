@@ -337,6 +337,11 @@ gen_new(struct cfg *cfg, struct gen *old, unsigned nworkers, char *err,
 		l->cfg = cl;
 		l->up = g->ups[cl->upstream];
 		l->decoy = cl->decoy_name != NULL ? g->ups[cl->decoy] : NULL;
+		l->passthrough = cl->passthrough_name != NULL
+		    ? g->ups[cl->passthrough]
+		    : NULL;
+		l->decoy_tls =
+		    cl->decoy_tls_name != NULL ? g->ups[cl->decoy_tls] : NULL;
 		l->src_rule = src_rule(cfg, cl);
 		st = find_lstate(old, cl->name);
 		if (st != NULL) {

@@ -59,6 +59,8 @@ struct listener {
 	const struct cfg_listen *cfg; /* borrowed from gen->cfg */
 	struct upstream *up; /* borrowed from the generation */
 	struct upstream *decoy; /* borrowed; NULL: no camouflage */
+	struct upstream *passthrough; /* borrowed; NULL: none */
+	struct upstream *decoy_tls; /* borrowed; NULL: none */
 	struct lstate *state; /* reference */
 	struct tls_ctx *tls; /* reference; NULL: plain listener */
 	struct lsock **socks; /* owned array of references */

@@ -25,6 +25,7 @@
 
 #include "copy.h"
 #include "gen.h"
+#include "hello.h"
 #include "intro.h"
 #include "invariant.h"
 #include "log.h"
@@ -49,6 +50,12 @@
 enum relay_state {
 	RELAY_ST_NEW = 0, /* just accepted */
 	RELAY_ST_HEADER, /* waiting for the PROXY header (accept-proxy) */
+	/*
+	 * A TLS listener with passthrough or decoy-tls: the ClientHello is
+	 * peeked at, not read, until it says where the raw bytes go (or that
+	 * our own TLS answers them).
+	 */
+	RELAY_ST_HELLO,
 	RELAY_ST_TLS, /* TLS handshake with the client */
 	/*
 	 * Camouflage (a listener with a decoy): the decoy is being dialled or
@@ -137,6 +144,8 @@ struct relay_conn {
 enum {
 	CONN_F_DECOY = 1 << 0, /* the server side is the listener's decoy */
 	CONN_F_UP = 1 << 1, /* SNIFF: the decoy's connect completed */
+	CONN_F_PASS = 1 << 2, /* the server side is the passthrough group */
+	CONN_F_DECOY_TLS = 1 << 3, /* ... the decoy-tls group */
 };
 
 static _Atomic unsigned relay_active_total;
@@ -176,9 +185,11 @@ relay_total_active(void)
 /* The states each state may go to. */
 #define ST(x) (1u << RELAY_ST_##x)
 static const unsigned relay_next[RELAY_ST_MAX] = {
-    [RELAY_ST_NEW] =
-        ST(HEADER) | ST(TLS) | ST(SNIFF) | ST(CONNECTING) | ST(CLOSED),
-    [RELAY_ST_HEADER] = ST(TLS) | ST(SNIFF) | ST(CONNECTING) | ST(CLOSED),
+    [RELAY_ST_NEW] = ST(HEADER) | ST(HELLO) | ST(TLS) | ST(SNIFF) |
+        ST(CONNECTING) | ST(CLOSED),
+    [RELAY_ST_HEADER] =
+        ST(HELLO) | ST(TLS) | ST(SNIFF) | ST(CONNECTING) | ST(CLOSED),
+    [RELAY_ST_HELLO] = ST(TLS) | ST(CONNECTING) | ST(CLOSED),
     [RELAY_ST_TLS] = ST(SNIFF) | ST(CONNECTING) | ST(LINGER) | ST(CLOSED),
     [RELAY_ST_SNIFF] = ST(CONNECTING) | ST(STREAMING) | ST(LINGER) | ST(CLOSED),
     [RELAY_ST_CONNECTING] = ST(STREAMING) | ST(LINGER) | ST(CLOSED),
@@ -281,6 +292,12 @@ k_last_ack(int fd, uint32_t *ms_ago)
 }
 
 static int
+k_inq(int fd, int *bytes)
+{
+	return ioctl(fd, FIONREAD, bytes);
+}
+
+static int
 k_sock_error(int fd)
 {
 	int err = 0;
@@ -325,6 +342,7 @@ const struct relay_sys relay_sys_kernel = {
     .close = k_close,
     .outq = k_outq,
     .last_ack = k_last_ack,
+    .inq = k_inq,
     .sock_error = k_sock_error,
     .peername = k_peername,
     .sockname = k_sockname,
@@ -459,6 +477,10 @@ side_deadline(const struct relay_conn *c, int s)
 static struct upstream *
 conn_group(const struct relay_conn *c)
 {
+	if (c->flags & CONN_F_PASS)
+		return c->ls->passthrough;
+	if (c->flags & CONN_F_DECOY_TLS)
+		return c->ls->decoy_tls;
 	return (c->flags & CONN_F_DECOY) ? c->ls->decoy : c->ls->up;
 }
 
@@ -1238,11 +1260,111 @@ tls_start(struct relay_conn *c)
 		return;
 	}
 	c->side[CLIENT].end.ops = &tls_ops;
+	/* After HELLO, one `handshake` still bounds both. */
+	if (c->state != RELAY_ST_HELLO)
+		c->deadline =
+		    loop_now(rc->loop) + c->gen->cfg->timeouts.handshake_ms;
 	conn_enter(c, RELAY_ST_TLS);
-	c->deadline = loop_now(rc->loop) + c->gen->cfg->timeouts.handshake_ms;
 	conn_arm(c);
 	/* The ClientHello may be in already (edge-triggered: no new event). */
 	tls_step(c);
+}
+
+/*
+ * HELLO.  The ClientHello is only peeked at (MSG_PEEK), so that the bytes
+ * stay in the socket for whoever gets them: OpenSSL, or the passthrough
+ * or decoy-tls group, untouched.  The parser says how many bytes it needs
+ * to tell more, and FIONREAD says how many are in: a peek happens only
+ * when they are, not at every segment of a ClientHello sent in pieces.
+ * side[CLIENT].outq holds that need meanwhile (it is unused until FIN).
+ */
+
+/* The peek buffer: one per worker thread, only used within a call. */
+static _Thread_local uint8_t hello_buf[HELLO_READ_MAX];
+
+/* The raw bytes go to group flag's (passthrough or decoy-tls). */
+static void
+hello_raw(struct relay_conn *c, uint8_t flag)
+{
+	c->flags = flag;
+	c->side[CLIENT].outq = -1;
+	c->dir[CLIENT].spliceable = c->dir[SERVER].spliceable = true;
+	conn_enter(c, RELAY_ST_CONNECTING);
+	conn_connect(c);
+}
+
+static bool
+sni_passes(const struct relay_conn *c, const struct hello_info *info)
+{
+	const struct cfg_strlist *pats = &c->ls->cfg->passthrough_sni;
+
+	if (c->ls->passthrough == NULL || !info->has_sni)
+		return false;
+	for (size_t i = 0; i < pats->n; i++) {
+		if (hello_name_match(pats->v[i], info->sni))
+			return true;
+	}
+	return false;
+}
+
+static void
+hello_read(struct relay_conn *c, uint32_t events)
+{
+	int fd = c->side[CLIENT].io.fd, avail = 0;
+	bool closed = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+	struct hello_info info;
+	enum hello_result r;
+	size_t need;
+	ssize_t n;
+
+	if (c->rc->sys->inq(fd, &avail) != 0 || avail < 0)
+		avail = 0;
+	if (avail < c->side[CLIENT].outq && !closed)
+		return;
+	if (avail > HELLO_READ_MAX)
+		avail = HELLO_READ_MAX;
+	n = c->rc->sys->recv(fd, hello_buf, (size_t)avail, MSG_PEEK);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	r = hello_parse(hello_buf, n > 0 ? (size_t)n : 0, &info, &need);
+	if (r == HELLO_MORE && !closed && n >= 0) {
+		c->side[CLIENT].outq = (int)need;
+		return;
+	}
+	if (r == HELLO_NOT_TLS && c->ls->decoy_tls != NULL) {
+		RELAY_CNT_ADD(c->lc, camo_decoy_tls, 1);
+		hello_raw(c, CONN_F_DECOY_TLS);
+		return;
+	}
+	if (r == HELLO_OK && sni_passes(c, &info)) {
+		RELAY_CNT_ADD(c->lc, camo_passthrough, 1);
+		hello_raw(c, CONN_F_PASS);
+		return;
+	}
+	/*
+	 * Ours: a ClientHello for another name, or none, or bytes OpenSSL
+	 * answers as it always does (an alert for junk, a close for a hello
+	 * cut short by FIN or RST).
+	 */
+	c->side[CLIENT].outq = -1;
+	tls_start(c);
+}
+
+/* The client is ready for TLS: peek at its hello first, or handshake. */
+static void
+tls_begin(struct relay_conn *c)
+{
+	if (c->ls->passthrough == NULL && c->ls->decoy_tls == NULL) {
+		tls_start(c);
+		return;
+	}
+	conn_enter(c, RELAY_ST_HELLO);
+	c->deadline =
+	    loop_now(c->rc->loop) + c->gen->cfg->timeouts.handshake_ms;
+	c->side[CLIENT].outq = 1;
+	conn_arm(c);
+	/* The ClientHello may be in already (edge-triggered: no new event). */
+	hello_read(c, 0);
 }
 
 /*
@@ -1338,7 +1460,7 @@ header_read(struct relay_conn *c, uint32_t events)
 		}
 	}
 	if (c->ls->tls != NULL) {
-		tls_start(c);
+		tls_begin(c);
 		return;
 	}
 	conn_ready(c);
@@ -1395,6 +1517,13 @@ header_io(struct relay_conn *c, int s, uint32_t events)
 }
 
 static void
+hello_io(struct relay_conn *c, int s, uint32_t events)
+{
+	if (s == CLIENT)
+		hello_read(c, events);
+}
+
+static void
 tls_io(struct relay_conn *c, int s, uint32_t events)
 {
 	(void)events;
@@ -1424,6 +1553,15 @@ header_timeout(struct relay_conn *c)
 {
 	discard_input(c);
 	conn_close(c, false, RELAY_RES_TIMEOUT);
+}
+
+/* Nothing answered yet: FIN, like an ordinary server. */
+static void
+hello_timeout(struct relay_conn *c)
+{
+	c->side[CLIENT].outq = -1;
+	discard_input(c);
+	conn_close(c, false, RELAY_RES_TLS_FAILED);
 }
 
 static void
@@ -1458,6 +1596,7 @@ static const struct relay_state_ops {
 } relay_states[RELAY_ST_MAX] = {
     [RELAY_ST_NEW] = {"new", NULL, NULL},
     [RELAY_ST_HEADER] = {"header", header_io, header_timeout},
+    [RELAY_ST_HELLO] = {"hello", hello_io, hello_timeout},
     [RELAY_ST_TLS] = {"tls", tls_io, tls_timeout},
     [RELAY_ST_SNIFF] = {"sniff", sniff_io, sniff_timeout},
     [RELAY_ST_CONNECTING] = {"connecting", connecting_io, connecting_timeout},
@@ -1642,7 +1781,7 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		return;
 	}
 	if (ls->tls != NULL) {
-		tls_start(c);
+		tls_begin(c);
 		return;
 	}
 	conn_ready(c);

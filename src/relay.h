@@ -47,6 +47,8 @@ struct relay_sys {
 	int (*outq)(int fd, int *bytes);
 	/* Milliseconds since the peer's last ACK (TCP_INFO). */
 	int (*last_ack)(int fd, uint32_t *ms_ago);
+	/* Bytes received and not read yet (FIONREAD). */
+	int (*inq)(int fd, int *bytes);
 	/* SO_ERROR: why a connect failed. */
 	int (*sock_error)(int fd);
 	int (*peername)(int fd, struct sockaddr_storage *ss);

@@ -151,7 +151,7 @@ struct lsum {
 	uint64_t closed[RELAY_RES_MAX];
 	uint64_t in, out, hs, resumed;
 	uint64_t src_conn, src_rate; /* refused by each per-source limit */
-	uint64_t camo[2]; /* classed as WhatsApp's, sent to the decoy */
+	uint64_t camo[4]; /* WhatsApp's, decoy, passthrough, decoy-tls */
 };
 
 static void
@@ -171,6 +171,8 @@ listener_sum(const struct stats *st, const struct listener *l, struct lsum *s)
 		s->src_rate += RELAY_CNT_GET(c, source_refused_rate);
 		s->camo[0] += RELAY_CNT_GET(c, camo_whatsapp);
 		s->camo[1] += RELAY_CNT_GET(c, camo_decoy);
+		s->camo[2] += RELAY_CNT_GET(c, camo_passthrough);
+		s->camo[3] += RELAY_CNT_GET(c, camo_decoy_tls);
 	}
 }
 
@@ -332,12 +334,18 @@ static const struct metric_split by_limit = {"limit", 2, split_limit};
 static const char *
 split_class(size_t i)
 {
-	return i == 0 ? "whatsapp" : "decoy";
+	static const char *const v[] = {
+	    "whatsapp", "decoy", "passthrough", "decoy_tls"};
+
+	return v[i];
 }
 
-static const struct metric_split by_class = {"class", 2, split_class};
+static const struct metric_split by_class = {"class", 4, split_class};
 
-/* i: 0 recognised as WhatsApp's, 1 sent to the decoy. */
+/*
+ * i: 0 recognised as WhatsApp's, 1 sent to the decoy, 2 ClientHello
+ * passed through, 3 not TLS on a TLS listener: sent to decoy-tls.
+ */
 static struct metric_val
 get_camouflage(const struct metric_ctx *c, size_t i)
 {
@@ -654,7 +662,9 @@ render_metrics(struct stats *st, struct sbuf *b)
 				    g->listeners[i].tls == NULL)
 					continue;
 				if (m->scope == METRIC_DECOY_LISTENER &&
-				    g->listeners[i].decoy == NULL)
+				    g->listeners[i].decoy == NULL &&
+				    g->listeners[i].passthrough == NULL &&
+				    g->listeners[i].decoy_tls == NULL)
 					continue;
 				ctx_listener(&c, &g->listeners[i]);
 				samples(b, m, &c);

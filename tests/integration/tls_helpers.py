@@ -561,8 +561,11 @@ def manual_tls(raw, prefix=b"", piece=None, gap=0.0, sni="a.example",
             notify = False
             while True:
                 try:
-                    got += obj.read(65536)
-                    continue
+                    data = obj.read(65536)
+                    if data:
+                        got += data
+                        continue
+                    notify = True  # read() returns b"" after close_notify
                 except ssl.SSLZeroReturnError:
                     notify = True
                 except ssl.SSLWantReadError:

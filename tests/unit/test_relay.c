@@ -222,6 +222,13 @@ f_last_ack(int fd, uint32_t *ms_ago)
 }
 
 static int
+f_inq(int fd, int *bytes)
+{
+	*bytes = (int)(fd_of(fd)->inlen - fd_of(fd)->inoff);
+	return 0;
+}
+
+static int
 f_sock_error(int fd)
 {
 	(void)fd;
@@ -273,6 +280,7 @@ static const struct relay_sys fake_sys = {
     .close = f_close,
     .outq = f_outq,
     .last_ack = f_last_ack,
+    .inq = f_inq,
     .sock_error = f_sock_error,
     .peername = f_peername,
     .sockname = f_sockname,
