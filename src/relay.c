@@ -799,6 +799,19 @@ conn_timeout(struct relay_conn *c)
 		conn_arm(c);
 		return;
 	}
+	/*
+	 * A decoy that closed, its answer delivered whole, while the client
+	 * stays: the web server sent its last packet with its FIN, and so do
+	 * we (close(2) after our FIN sends nothing; bytes the client sends
+	 * later meet the kernel's RST, as they would the web server's).  An
+	 * RST here would tell a relay from the web server it imitates.
+	 */
+	if ((c->flags & (CONN_F_DECOY | CONN_F_DECOY_TLS)) &&
+	    c->side[SERVER].end.eof && c->side[CLIENT].end.shut &&
+	    c->dir[SERVER].pending == 0 && c->dir[CLIENT].pending == 0) {
+		conn_close(c, false, RELAY_RES_TIMEOUT);
+		return;
+	}
 	if (!conn_idle_clean(c)) {
 		conn_close(c, true, RELAY_RES_TIMEOUT);
 		return;

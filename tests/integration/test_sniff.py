@@ -313,3 +313,63 @@ def test_client_keepalive_bad_values(tmp_path, chat):
             {"l": {"upstream": "chat", "client-keepalive": v}}))
         r = run_cli(["--check", "-c", str(p)])
         assert r.returncode != 0 and err in r.stderr, (v, r.stderr)
+
+
+def tcp_state(sock):
+    """The kernel's TCP state of sock: after the peer's FIN, CLOSE_WAIT
+    until we close, or CLOSE once an RST came (recv keeps returning b""
+    after a FIN, RST or not)."""
+    st = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+    return {7: "CLOSE", 8: "CLOSE_WAIT", 1: "ESTABLISHED"}.get(st, str(st))
+
+
+def test_decoy_close_is_never_followed_by_rst(tmp_path, chat, decoy):
+    """The decoy answers and closes; the prober keeps its end open past
+    client-fin.  A web server that closed sends nothing more, so neither
+    may lifeline: no RST (a relay's half-close timeout would tell it)."""
+    d = start_daemon(tmp_path, stats_config(
+        {"chat": [chat.spec], "web": [decoy.spec]},
+        {"camo": {"upstream": "chat", "decoy": "web"}},
+        timeouts={"client-fin": "1s", "server-fin": "1s"}))
+    s = connect(d.addr("camo"))
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    got = b""
+    while True:
+        x = s.recv(4096)
+        if not x:
+            break
+        got += x
+    assert got == REPLY
+    time.sleep(1.0 * SLOW + 1.0)  # past client-fin, and its timer
+    assert tcp_state(s) == "CLOSE_WAIT", tcp_state(s)
+    # The relay's side is closed all the same: nothing is held open.
+    wait_for(lambda: scrape(d.addr("stats")).get(
+        "lifeline_connections_active", listener="camo") == 0, 3)
+
+
+def test_chat_half_close_timeout_still_resets(tmp_path, chat):
+    """The same wait on a WhatsApp connection is a cut stream: RST."""
+    def h_answer_close(c, rec):
+        rec["data"] = recv_exact(c, len(WA_INTRO))
+        c.sendall(b"bye")
+        c.shutdown(socket.SHUT_WR)
+        c.settimeout(5)
+        try:
+            rec["after"] = c.recv(10)
+        except ConnectionResetError:
+            rec["after"] = "reset"
+
+    srv = Server(h_answer_close, name="chat-closes")
+    web = Server(h_decoy, name="decoy2")
+    d = start_daemon(tmp_path, stats_config(
+        {"chat": [srv.spec], "web": [web.spec]},
+        {"camo": {"upstream": "chat", "decoy": "web"}},
+        timeouts={"client-fin": "1s", "server-fin": "1s"}))
+    s = connect(d.addr("camo"))
+    s.sendall(WA_INTRO)
+    assert recv_exact(s, 3) == b"bye"
+    how, n, elapsed = read_until_closed(s, 5 * SLOW)
+    assert how == "eof"
+    time.sleep(1.0 * SLOW + 1.0)
+    assert tcp_state(s) == "CLOSE", tcp_state(s)  # an RST came
+    assert srv.wait_done(1)[0]["after"] == "reset"
