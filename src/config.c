@@ -33,6 +33,7 @@
 enum {
 	PRESET_WHATSAPP = 1 << 0,
 	PRESET_MINIMAL = 1 << 1,
+	PRESET_CAMOUFLAGE = 1 << 2,
 };
 
 static const struct preset {
@@ -42,13 +43,15 @@ static const struct preset {
 } presets[] = {
     {"whatsapp", PRESET_WHATSAPP, "the official WhatsApp proxy's port map"},
     {"minimal", PRESET_MINIMAL, "the two-port public profile"},
+    {"camouflage", PRESET_CAMOUFLAGE,
+        "chat, media and a decoy web server on 443 (and 80)"},
 };
 
 /* Every preset: limits, timeouts, stats and the two upstream groups. */
 static const char preset_common[] =
     "[global]\nmaxconn = 27500\n"
     "[timeouts]\nconnect = 5s\nclient = 200s\nserver = 200s\n"
-    "client-fin = 1s\nserver-fin = 1s\nhandshake = 10s\n"
+    "client-fin = 1s\nserver-fin = 1s\nhandshake = %s\n"
     "[stats]\nlisten = 127.0.0.1:8199\n"
     "[upstream chat]\n"
     "server = g.whatsapp.net:5222\nserver = g-fallback.whatsapp.net:5222\n"
@@ -57,6 +60,32 @@ static const char preset_common[] =
     "send-proxy = v2\ncheck-interval = 60s\n"
     "[upstream media]\n"
     "server = whatsapp.net:443\nsend-proxy = none\ncheck-interval = 60s\n";
+
+/*
+ * camouflage: the operator's web server (nginx) serves its site over
+ * plain HTTP on 127.0.0.1:8080 (the decoy; also for 443's decrypted
+ * connections) and over TLS on 127.0.0.1:8443 (for plain HTTP sent to
+ * 443).  lifeline's TLS and timeouts answer like Debian's nginx with
+ * Mozilla's intermediate settings: handshake 60 s (client_header_timeout),
+ * http/1.1, two tickets of 5 min (ssl_session_timeout), its ECDHE suites
+ * in its order with the client's preference, no keep-alive probes.
+ */
+static const char preset_camouflage[] =
+    "[upstream web]\nserver = 127.0.0.1:8080\nsend-proxy = none\n"
+    "check-interval = 60s\n"
+    "[upstream web-tls]\nserver = 127.0.0.1:8443\nsend-proxy = none\n"
+    "check-interval = 60s\n";
+
+static const char preset_camouflage_listen[] =
+    "decoy = web\nclient-keepalive = off\n";
+
+static const char preset_camouflage_tls[] =
+    "decoy-tls = web-tls\npassthrough = media\ntls-alpn = http/1.1\n"
+    "tls-tickets = 2\ntls-ticket-lifetime = 5m\n"
+    "tls-ciphers = ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-"
+    "SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305\n"
+    "tls-prefer-server-ciphers = off\n";
 
 /* maxconn of each preset listener. */
 #define PRESET_LISTEN_MAXCONN 27495
@@ -99,6 +128,8 @@ static const struct preset_listen {
     /* 7777 relays media directly, as in the official Docker image. */
     {"media-alt", 7777, false, false, "media", PRESET_WHATSAPP},
     {"media-lb", 8587, false, true, "media", PRESET_WHATSAPP},
+    {"https", 443, true, false, "chat", PRESET_CAMOUFLAGE},
+    {"http", 80, false, false, "chat", PRESET_CAMOUFLAGE},
 };
 
 enum sec_kind {
@@ -392,6 +423,9 @@ section_begin(struct parse_state *st, const char *hdr)
 		st->ls->line = st->line;
 		st->ls->key_type = CFG_KEY_EC256;
 		st->ls->keepalive_ms = CFG_KEEPALIVE_MS;
+		st->ls->tls_tickets = CFG_TLS_TICKETS;
+		st->ls->tls_ticket_lifetime_ms = CFG_TLS_TICKET_LIFETIME_MS;
+		st->ls->tls_prefer_server = true;
 		st->secname = st->ls->name;
 	}
 }
@@ -480,7 +514,8 @@ section_keys(enum sec_kind kind)
 	    "trusted-proxies", "upstream", "decoy", "maxconn",
 	    "max-conn-per-source", "new-conn-rate-per-source",
 	    "client-keepalive", "passthrough", "passthrough-sni", "decoy-tls",
-	    NULL};
+	    "tls-alpn", "tls-tickets", "tls-ticket-lifetime", "tls-ciphers",
+	    "tls-prefer-server-ciphers", NULL};
 	static const char *const none[] = {NULL};
 
 	switch (kind) {
@@ -837,6 +872,37 @@ key_listen(struct parse_state *st, const char *key, const char *value)
 		if ((e = cfg_parse_uint(value, 1, 10000000, &ls->maxconn)) !=
 		    NULL)
 			bad_value(st, key, value, e);
+	} else if (strcmp(key, "tls-alpn") == 0) {
+		char *copy = xstrdup(value), *save = NULL;
+
+		for (char *t = strtok_r(copy, ", \t", &save); t != NULL;
+		     t = strtok_r(NULL, ", \t", &save)) {
+			if (strlen(t) > 255) {
+				bad_value(st, key, t, "longer than 255 bytes");
+				break;
+			}
+			strlist_add(&ls->tls_alpn, t);
+		}
+		free(copy);
+	} else if (strcmp(key, "tls-tickets") == 0) {
+		if (once(st, 13, key) &&
+		    (e = cfg_parse_uint(value, 0, 4, &ls->tls_tickets)) != NULL)
+			bad_value(st, key, value, e);
+	} else if (strcmp(key, "tls-ticket-lifetime") == 0) {
+		if (!once(st, 14, key))
+			return;
+		if ((e = cfg_parse_duration(
+		         value, &ls->tls_ticket_lifetime_ms)) != NULL)
+			bad_value(st, key, value, e);
+		else if (ls->tls_ticket_lifetime_ms < 1000)
+			bad_value(st, key, value, "at least 1s");
+	} else if (strcmp(key, "tls-ciphers") == 0) {
+		if (once(st, 15, key))
+			set_str(&ls->tls_ciphers, value);
+	} else if (strcmp(key, "tls-prefer-server-ciphers") == 0) {
+		if (once(st, 16, key) &&
+		    (e = cfg_parse_bool(value, &ls->tls_prefer_server)) != NULL)
+			bad_value(st, key, value, e);
 	} else if (strcmp(key, "passthrough") == 0) {
 		if (!once(st, 11, key))
 			return;
@@ -1183,6 +1249,17 @@ validate(struct parse_state *st)
 			    ls->name);
 			break;
 		}
+		if ((ls->tls_alpn.n > 0 || ls->tls_ciphers != NULL ||
+		        ls->tls_tickets != CFG_TLS_TICKETS ||
+		        ls->tls_ticket_lifetime_ms !=
+		            CFG_TLS_TICKET_LIFETIME_MS ||
+		        !ls->tls_prefer_server) &&
+		    !ls->tls) {
+			perr(st, ls->line,
+			    "[listen %s]: TLS settings without 'tls = on'",
+			    ls->name);
+			break;
+		}
 		if (ls->trusted_text.n > 0 && !ls->accept_proxy) {
 			perr(st, ls->line,
 			    "[listen %s]: 'trusted-proxies' without "
@@ -1309,8 +1386,10 @@ preset_text(const struct preset *p)
 
 	if (f == NULL)
 		fatal(1, "out of memory");
-	fprintf(f, "# Built-in preset '%s': %s.\n%s", p->name, p->title,
-	    preset_common);
+	fprintf(f, "# Built-in preset '%s': %s.\n", p->name, p->title);
+	fprintf(f, preset_common, p->bit == PRESET_CAMOUFLAGE ? "60s" : "10s");
+	if (p->bit == PRESET_CAMOUFLAGE)
+		fputs(preset_camouflage, f);
 	for (size_t i = 0; i < ARRAY_LEN(preset_listens); i++) {
 		const struct preset_listen *l = &preset_listens[i];
 
@@ -1322,6 +1401,11 @@ preset_text(const struct preset *p)
 		    l->name, l->port, l->port, l->upstream);
 		if (l->tls)
 			fputs("tls = on\n", f);
+		if (l->presets == PRESET_CAMOUFLAGE) {
+			fputs(preset_camouflage_listen, f);
+			if (l->tls)
+				fputs(preset_camouflage_tls, f);
+		}
 		if (l->lb) {
 			fputs("accept-proxy = on\n", f);
 			for (size_t j = 0; j < nlb; j++)
@@ -1397,6 +1481,8 @@ cfg_free(struct cfg *cfg)
 		free(ls->passthrough_name);
 		free(ls->decoy_tls_name);
 		strlist_free(&ls->passthrough_sni);
+		strlist_free(&ls->tls_alpn);
+		free(ls->tls_ciphers);
 	}
 	free(cfg->listens);
 	for (size_t i = 0; i < cfg->nstats; i++)
@@ -1636,6 +1722,20 @@ cfg_print(const struct cfg *cfg, FILE *out)
 			fprintf(out, "tls-names = %s\n", ls->tls_names.v[j]);
 		for (size_t j = 0; j < ls->tls_ips.n; j++)
 			fprintf(out, "tls-ips = %s\n", ls->tls_ips.v[j]);
+		if (ls->tls) {
+			for (size_t j = 0; j < ls->tls_alpn.n; j++)
+				fprintf(
+				    out, "tls-alpn = %s\n", ls->tls_alpn.v[j]);
+			fprintf(out, "tls-tickets = %u\n", ls->tls_tickets);
+			fprintf(out, "tls-ticket-lifetime = %s\n",
+			    fmt_duration(
+			        ls->tls_ticket_lifetime_ms, d, sizeof(d)));
+			fprintf(out, "tls-ciphers = %s\n",
+			    ls->tls_ciphers != NULL ? ls->tls_ciphers
+			                            : CFG_TLS_CIPHERS);
+			fprintf(out, "tls-prefer-server-ciphers = %s\n",
+			    ls->tls_prefer_server ? "on" : "off");
+		}
 		fprintf(out, "accept-proxy = %s\n",
 		    ls->accept_proxy ? "on" : "off");
 		for (size_t j = 0; j < ls->trusted_text.n; j++)

@@ -100,7 +100,17 @@ struct cfg_listen {
 	struct cfg_srclimit srclimit; /* overrides of the global one */
 	/* TCP keep-alive toward clients: idle time before probes; 0: off. */
 	uint64_t keepalive_ms;
+	/* TLS answers (camouflage: as the decoy's web server answers). */
+	struct cfg_strlist tls_alpn; /* protocols we select, in our order */
+	unsigned tls_tickets; /* TLS 1.3 tickets per full handshake */
+	uint64_t tls_ticket_lifetime_ms; /* the lifetime hint in tickets */
+	char *tls_ciphers; /* owned; TLS 1.2 suites, OpenSSL's syntax */
+	bool tls_prefer_server; /* our suite order, not the client's */
 };
+
+#define CFG_TLS_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
+#define CFG_TLS_TICKETS 1
+#define CFG_TLS_TICKET_LIFETIME_MS (2 * 3600 * 1000ULL)
 
 /* client-keepalive's default: dead clients found within about 2 min. */
 #define CFG_KEEPALIVE_MS 60000

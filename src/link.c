@@ -77,8 +77,22 @@ link_for_gen(const struct gen *g, char *buf, size_t len)
 		}
 	}
 	p = listener_port(g, "media", false, &found);
-	if (found)
+	if (found) {
 		media = p;
+	} else if (tls) {
+		/* One port for both: media pass through the chat listener. */
+		for (size_t i = 0; i < g->nlisteners; i++) {
+			const struct listener *l = &g->listeners[i];
+
+			if (l->passthrough != NULL && l->cfg->tls &&
+			    !l->cfg->accept_proxy && l->nsocks > 0 &&
+			    strcmp(l->up->cfg->name, "chat") == 0 &&
+			    strcmp(l->passthrough->cfg->name, "media") == 0) {
+				media = chat;
+				break;
+			}
+		}
+	}
 	return link_format(g->cfg->public_host, chat, media, tls, buf, len);
 }
 

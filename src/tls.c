@@ -30,6 +30,9 @@ struct tls_ctx {
 	enum cfg_key_type key_type;
 	char *names; /* owned: tls-names joined, may be "" */
 	char *ips; /* owned */
+	char *settings; /* owned: the TLS settings, as settings_text() */
+	unsigned char alpn[256 * 4]; /* tls-alpn in wire format */
+	size_t alpn_len;
 };
 
 struct tls_conn {
@@ -294,6 +297,51 @@ fail:
 	return NULL;
 }
 
+/*
+ * With tls-names: one self-signed certificate shaped like one an operator
+ * makes with `openssl req -x509`: CN the first name, every name and
+ * address in subjectAltName, a 128-bit random serial, valid for a year
+ * from a midnight (UTC) up to 30 days back, chosen at random, so that
+ * nothing in it tells when the relay started.
+ */
+static X509 *
+make_named_cert(EVP_PKEY *key, const char *cn, const char *san)
+{
+	X509 *x = X509_new();
+	BIGNUM *bn = BN_new();
+	X509_NAME *name;
+	unsigned char r = 0;
+	time_t start = time(NULL);
+
+	if (x == NULL || bn == NULL || RAND_bytes(&r, 1) != 1)
+		goto fail;
+	start -= start % 86400 + (time_t)(r % 30) * 86400;
+	if (X509_set_version(x, X509_VERSION_3) != 1 ||
+	    BN_rand(bn, 128, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1 ||
+	    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL ||
+	    X509_time_adj_ex(X509_getm_notBefore(x), 0, 0, &start) == NULL ||
+	    X509_time_adj_ex(X509_getm_notAfter(x), 365, 0, &start) == NULL)
+		goto fail;
+	name = X509_get_subject_name(x);
+	if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+	        (const unsigned char *)cn, -1, -1, 0) != 1 ||
+	    X509_set_issuer_name(x, name) != 1 || X509_set_pubkey(x, key) != 1)
+		goto fail;
+	if (add_ext(x, x, NID_subject_key_identifier, "hash") != 0 ||
+	    add_ext(x, x, NID_authority_key_identifier, "keyid:always") != 0 ||
+	    add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") != 0 ||
+	    add_ext(x, x, NID_subject_alt_name, san) != 0)
+		goto fail;
+	if (X509_sign(x, key, EVP_sha256()) == 0)
+		goto fail;
+	BN_free(bn);
+	return x;
+fail:
+	BN_free(bn);
+	X509_free(x);
+	return NULL;
+}
+
 /* Appends "PREFIX:item" for each comma/space separated item of list. */
 static void
 san_append(char *san, size_t len, const char *prefix, const char *list)
@@ -310,6 +358,53 @@ san_append(char *san, size_t len, const char *prefix, const char *list)
 		    san + n, len - n, "%s%s:%s", n > 0 ? "," : "", prefix, t);
 	}
 	free(copy);
+}
+
+/*
+ * The listener's TLS settings as one string (a new one, NULL: no memory):
+ * a context is kept across a reload only when they did not change.
+ */
+static char *
+settings_text(const struct cfg_listen *cl)
+{
+	char *s = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&s, &len);
+
+	if (f == NULL)
+		return NULL;
+	for (size_t i = 0; i < cl->tls_alpn.n; i++)
+		fprintf(f, "%s,", cl->tls_alpn.v[i]);
+	fprintf(f, "|%u|%llu|%s|%d", cl->tls_tickets,
+	    (unsigned long long)cl->tls_ticket_lifetime_ms,
+	    cl->tls_ciphers != NULL ? cl->tls_ciphers : CFG_TLS_CIPHERS,
+	    cl->tls_prefer_server);
+	if (fclose(f) != 0) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+/*
+ * ALPN: the first of our protocols (tls-alpn order) the client offers.
+ * None in common: the handshake goes on without ALPN rather than failing
+ * (nginx sends a no_application_protocol alert; a WhatsApp client that
+ * offered something of its own must still get through).
+ */
+static int
+alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+    const unsigned char *in, unsigned int inlen, void *arg)
+{
+	const struct tls_ctx *t = arg;
+	unsigned char *sel;
+
+	(void)ssl;
+	if (SSL_select_next_proto(&sel, outlen, t->alpn,
+	        (unsigned int)t->alpn_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+		return SSL_TLSEXT_ERR_NOACK;
+	*out = sel;
+	return SSL_TLSEXT_ERR_OK;
 }
 
 /* The list's items joined with commas, in a new string (NULL: no memory). */
@@ -339,7 +434,7 @@ use_generated(SSL_CTX *ssl, const struct tls_ctx *t, char *err, size_t errlen)
 {
 	EVP_PKEY *cakey = NULL, *key = NULL;
 	X509 *ca = NULL, *leaf = NULL;
-	char label[13], cn[32], san[4096] = "";
+	char label[13], cn[32], named[256], san[4096] = "";
 	int r = -1;
 
 	san_append(san, sizeof(san), "DNS", t->names);
@@ -351,6 +446,18 @@ use_generated(SSL_CTX *ssl, const struct tls_ctx *t, char *err, size_t errlen)
 	if (cakey == NULL || key == NULL) {
 		openssl_err(err, errlen, "generating a key");
 		goto fail;
+	}
+	if (t->names[0] != '\0') {
+		/* The first name: up to a comma (join() wrote them so). */
+		snprintf(named, sizeof(named), "%.*s",
+		    (int)strcspn(t->names, ","), t->names);
+		leaf = make_named_cert(key, named, san);
+		if (leaf == NULL) {
+			openssl_err(err, errlen,
+			    "generating a certificate for tls-names");
+			goto fail;
+		}
+		goto use;
 	}
 	random_label(label, sizeof(label));
 	ca = make_cert(cakey, label, NULL, NULL, 36500, "");
@@ -367,6 +474,7 @@ use_generated(SSL_CTX *ssl, const struct tls_ctx *t, char *err, size_t errlen)
 	 * not verify the proxy, and a second certificate only costs every
 	 * handshake bytes and a signature check.
 	 */
+use:
 	if (SSL_CTX_use_certificate(ssl, leaf) != 1 ||
 	    SSL_CTX_use_PrivateKey(ssl, key) != 1) {
 		openssl_err(err, errlen, "using the generated certificate");
@@ -418,17 +526,33 @@ tls_ctx_new(const struct cfg_listen *cl, char *err, size_t errlen)
 	t->key_type = cl->key_type;
 	t->names = join(&cl->tls_names);
 	t->ips = join(&cl->tls_ips);
-	if (t->names == NULL || t->ips == NULL)
+	t->settings = settings_text(cl);
+	if (t->names == NULL || t->ips == NULL || t->settings == NULL)
 		fatal(1, "out of memory");
+	for (size_t i = 0; i < cl->tls_alpn.n; i++) {
+		size_t n = strlen(cl->tls_alpn.v[i]);
+
+		if (n == 0 || n > 255 || t->alpn_len + 1 + n > sizeof(t->alpn))
+			continue;
+		t->alpn[t->alpn_len++] = (unsigned char)n;
+		memcpy(t->alpn + t->alpn_len, cl->tls_alpn.v[i], n);
+		t->alpn_len += n;
+	}
 	ERR_clear_error();
 	ssl = SSL_CTX_new(TLS_server_method());
 	if (ssl == NULL) {
 		openssl_err(err, errlen, "SSL_CTX_new");
 		goto fail;
 	}
-	if (SSL_CTX_set_min_proto_version(ssl, TLS1_2_VERSION) != 1 ||
-	    SSL_CTX_set_cipher_list(ssl, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1) {
+	if (SSL_CTX_set_min_proto_version(ssl, TLS1_2_VERSION) != 1) {
 		openssl_err(err, errlen, "TLS settings");
+		goto fail;
+	}
+	if (SSL_CTX_set_cipher_list(ssl,
+	        cl->tls_ciphers != NULL ? cl->tls_ciphers : CFG_TLS_CIPHERS) !=
+	    1) {
+		openssl_err(
+		    err, errlen, "tls-ciphers (no suite OpenSSL knows)");
 		goto fail;
 	}
 	/*
@@ -437,8 +561,12 @@ tls_ctx_new(const struct cfg_listen *cl, char *err, size_t errlen)
 	 * treats FIN the same way).
 	 */
 	SSL_CTX_set_options(ssl,
-	    SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-	        SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+	    SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+	        SSL_OP_IGNORE_UNEXPECTED_EOF);
+	if (cl->tls_prefer_server)
+		SSL_CTX_set_options(ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
+	if (t->alpn_len > 0)
+		SSL_CTX_set_alpn_select_cb(ssl, alpn_select, t);
 	/* Give OpenSSL's buffers back while a connection is idle. */
 	SSL_CTX_set_mode(ssl,
 	    SSL_MODE_ENABLE_PARTIAL_WRITE |
@@ -458,7 +586,9 @@ tls_ctx_new(const struct cfg_listen *cl, char *err, size_t errlen)
 		    "those of a handshake)");
 		goto fail;
 	}
-	SSL_CTX_set_num_tickets(ssl, 1);
+	SSL_CTX_set_num_tickets(ssl, cl->tls_tickets);
+	/* The lifetime hint in tickets; resumption is refused after it. */
+	SSL_CTX_set_timeout(ssl, (long)(cl->tls_ticket_lifetime_ms / 1000));
 	SSL_CTX_set_tlsext_ticket_key_evp_cb(ssl, ticket_cb);
 	if ((t->generated ? use_generated(ssl, t, err, errlen)
 	                  : use_files(ssl, cl, err, errlen)) != 0)
@@ -469,6 +599,7 @@ fail:
 	SSL_CTX_free(ssl);
 	free(t->names);
 	free(t->ips);
+	free(t->settings);
 	free(t);
 	return NULL;
 }
@@ -487,13 +618,14 @@ tls_ctx_unref(struct tls_ctx *t)
 	SSL_CTX_free(t->ssl);
 	free(t->names);
 	free(t->ips);
+	free(t->settings);
 	free(t);
 }
 
 bool
 tls_ctx_reusable(const struct tls_ctx *t, const struct cfg_listen *cl)
 {
-	char *names, *ips;
+	char *names, *ips, *settings;
 	bool same;
 
 	/* Files are read again at each reload: that is how certs renew. */
@@ -501,10 +633,13 @@ tls_ctx_reusable(const struct tls_ctx *t, const struct cfg_listen *cl)
 		return false;
 	names = join(&cl->tls_names);
 	ips = join(&cl->tls_ips);
-	same = names != NULL && ips != NULL && strcmp(names, t->names) == 0 &&
-	    strcmp(ips, t->ips) == 0;
+	settings = settings_text(cl);
+	same = names != NULL && ips != NULL && settings != NULL &&
+	    strcmp(names, t->names) == 0 && strcmp(ips, t->ips) == 0 &&
+	    strcmp(settings, t->settings) == 0;
 	free(names);
 	free(ips);
+	free(settings);
 	return same;
 }
 

@@ -209,3 +209,14 @@ def test_health_silent_server_times_out():
         lsock.close()
     assert r.returncode == 1, f"silent server: exit {r.returncode}\n{r.stderr}"
     assert el < 8 * SLOW, f"health probe took {el:.1f}s against a silent server"
+
+
+def test_link_media_through_the_tls_port(tmp_path, echo):
+    """A TLS chat listener that passes media through: one port for both,
+    mediaPort is the chat port (no plain media listener)."""
+    d = start_daemon(tmp_path, stats_config(
+        {"chat": [echo.spec], "media": [echo.spec]},
+        {"one": {"upstream": "chat", "tls": "on", "passthrough": "media"}},
+        public_host="relay.example.org"))
+    host, chat, media, tls = parse_link(get_json(d.addr("stats"))["share_link"])
+    assert (chat, media, tls) == (d.port("one"), d.port("one"), True)
