@@ -13,19 +13,9 @@
 #include <unistd.h>
 
 #include "notify.h"
+#include "util.h"
 
 static int notify_fd = -1; /* owned; -1 without a manager */
-
-static int __attribute__((format(printf, 3, 4)))
-fail(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return -1;
-}
 
 /* Fills sa from path: "/..." a file, "@..." the abstract namespace. */
 static int
@@ -58,7 +48,7 @@ notify_open(char *err, size_t errlen)
 	if (path == NULL || path[0] == '\0')
 		return 0;
 	if (notify_addr(path, &sa, &len) != 0) {
-		fail(err, errlen,
+		errf(err, errlen,
 		    "NOTIFY_SOCKET '%s' is not a socket path or @name: the "
 		    "service manager will not hear that lifeline is ready",
 		    path);
@@ -74,7 +64,7 @@ notify_open(char *err, size_t errlen)
 		if (fd >= 0)
 			close(fd);
 		(void)unsetenv("NOTIFY_SOCKET");
-		return fail(err, errlen,
+		return errf(err, errlen,
 		    "cannot reach the service manager at NOTIFY_SOCKET %s",
 		    what);
 	}

@@ -147,17 +147,6 @@ sandbox_allowed_count(void)
 	return sizeof(allowed) / sizeof(allowed[0]) + 4;
 }
 
-static int
-fail(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return -1;
-}
-
 /* The highest capability number the kernel knows. */
 static int
 cap_last(void)
@@ -209,7 +198,7 @@ bounding_clear(char *err, size_t errlen)
 			continue;
 		if (errno == EPERM && geteuid() != 0)
 			return 0;
-		return fail(err, errlen,
+		return errf(err, errlen,
 		    "cannot drop capability %d from the bounding set: %s", cap,
 		    strerror(errno));
 	}
@@ -226,15 +215,15 @@ switch_user(const char *user, char *err, size_t errlen)
 	errno = 0;
 	pw = getpwnam(user);
 	if (pw == NULL)
-		return fail(err, errlen,
+		return errf(err, errlen,
 		    "user '%s' does not exist: cannot drop privileges", user);
 	if (setgroups(0, NULL) != 0 ||
 	    setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) != 0 ||
 	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) != 0)
-		return fail(err, errlen, "cannot switch to user '%s': %s", user,
+		return errf(err, errlen, "cannot switch to user '%s': %s", user,
 		    strerror(errno));
 	if (pw->pw_uid != 0 && setuid(0) == 0)
-		return fail(err, errlen,
+		return errf(err, errlen,
 		    "privileges could be regained after dropping them");
 	log_info("running as user '%s'", user);
 	return 0;
@@ -249,20 +238,20 @@ sandbox_drop(const char *user, char *err, size_t errlen)
 	if (bounding_clear(err, errlen) != 0)
 		return -1;
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
-		return fail(err, errlen,
+		return errf(err, errlen,
 		    "cannot clear ambient capabilities: %s", strerror(errno));
 	if (switch_user(user, err, errlen) != 0)
 		return -1;
 	if (caps_clear() != 0 || caps_get(d) != 0)
-		return fail(err, errlen, "cannot drop capabilities: %s",
+		return errf(err, errlen, "cannot drop capabilities: %s",
 		    strerror(errno));
 	for (int i = 0; i < 2; i++) {
 		if (d[i].effective || d[i].permitted || d[i].inheritable)
-			return fail(err, errlen,
+			return errf(err, errlen,
 			    "capabilities left after dropping them");
 	}
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-		return fail(err, errlen, "cannot set no_new_privs: %s",
+		return errf(err, errlen, "cannot set no_new_privs: %s",
 		    strerror(errno));
 #ifndef LIFELINE_SANITIZED
 	/*
@@ -271,7 +260,7 @@ sandbox_drop(const char *user, char *err, size_t errlen)
 	 */
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 ||
 	    setrlimit(RLIMIT_CORE, &no_core) != 0)
-		return fail(err, errlen, "cannot disable core dumps: %s",
+		return errf(err, errlen, "cannot disable core dumps: %s",
 		    strerror(errno));
 #else
 	(void)no_core;
@@ -400,11 +389,11 @@ sandbox_seccomp(char *err, size_t errlen)
 	sa.sa_sigaction = on_sigsys;
 	sa.sa_flags = SA_SIGINFO | SA_RESETHAND;
 	if (sigaction(SIGSYS, &sa, NULL) != 0)
-		return fail(err, errlen, "seccomp: cannot catch SIGSYS: %s",
+		return errf(err, errlen, "seccomp: cannot catch SIGSYS: %s",
 		    strerror(errno));
 	ctx = seccomp_init(SCMP_ACT_TRAP);
 	if (ctx == NULL)
-		return fail(err, errlen, "seccomp: cannot create a filter");
+		return errf(err, errlen, "seccomp: cannot create a filter");
 	r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
 	if (r != 0) {
 		/*
@@ -413,7 +402,7 @@ sandbox_seccomp(char *err, size_t errlen)
 		 * "seccomp") makes the probe fail.
 		 */
 		seccomp_release(ctx);
-		return fail(err, errlen,
+		return errf(err, errlen,
 		    "seccomp: cannot apply the filter to every thread "
 		    "(TSYNC: %s); is the seccomp system call denied by an "
 		    "outer filter (systemd: add SystemCallFilter=seccomp)?",
@@ -442,7 +431,7 @@ sandbox_seccomp(char *err, size_t errlen)
 #endif
 	r = seccomp_load(ctx);
 	if (r != 0) {
-		fail(err, errlen, "seccomp: cannot load the filter: %s",
+		errf(err, errlen, "seccomp: cannot load the filter: %s",
 		    strerror(-r));
 		r = -1;
 	}
@@ -450,7 +439,7 @@ sandbox_seccomp(char *err, size_t errlen)
 	return r;
 out:
 	seccomp_release(ctx);
-	return fail(err, errlen, "seccomp: cannot build the filter");
+	return errf(err, errlen, "seccomp: cannot build the filter");
 }
 
 #ifdef LIFELINE_TEST_HOOKS

@@ -14,7 +14,9 @@
 #ifndef LIFELINE_UTIL_H
 #define LIFELINE_UTIL_H
 
+#include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +28,21 @@
 
 /* Elements of an array (not of a pointer). */
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * Writes a message into the caller's err buffer (the modules that report
+ * failures as text: "... err, errlen" parameters) and returns -1.
+ */
+static inline int __attribute__((format(printf, 3, 4)))
+errf(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return -1;
+}
 
 /* calloc(n, size); exits with "out of memory" instead of returning NULL. */
 static inline void *

@@ -314,5 +314,7 @@ def test_refused_flood_leaves_others_served(tmp_path, echo):
     for s in socks + [other]:
         s.close()
     d.wait_fds_at_most(base)
-    wait_for(lambda: scrape(d.addr("stats")).get(
-        "lifeline_source_table_entries") is not None, 2)
+    # Every admitted connection was given back: the source has its 5 again.
+    again = [connect(d.addr("plain"), source=SRC_A) for _ in range(6)]
+    ends = [outcome(s) for s in again]
+    assert sorted(ends) == ["fin"] + ["relayed"] * 5, ends

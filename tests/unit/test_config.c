@@ -237,7 +237,8 @@ test_errors(void)
 	    NULL);
 	CHECK(strstr(err, "/nonexistent/lifeline.conf: cannot open") != NULL);
 	CHECK(cfg_load_preset("nope", err, sizeof(err)) == NULL);
-	CHECK_STR(err, "unknown preset 'nope' (use whatsapp, minimal or camouflage)");
+	CHECK_STR(
+	    err, "unknown preset 'nope' (use whatsapp, minimal or camouflage)");
 }
 
 /* print(load(x)) loads again and prints the same text. */
