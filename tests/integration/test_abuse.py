@@ -293,6 +293,109 @@ def test_never_an_open_proxy(net, tmp_path):
     assert d.alive()
 
 
+WA_INTRO = b"ED\x00\x01\x00\x00\x01\x08WA\x06\x03\x00\x00\x02\x12\x01"
+DECOY_REPLY = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+
+
+def h_web(c, rec):
+    """The decoy: reads what comes within 0.5 s, answers 400, closes."""
+    c.settimeout(0.5)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            d = c.recv(4096)
+            if not d:
+                break
+            data += d
+    except OSError:
+        pass
+    rec["data"] = data
+    if data:
+        c.sendall(DECOY_REPLY)
+    c.close()
+
+
+def test_never_an_open_proxy_with_camouflage(net, tmp_path):
+    """Camouflage adds ways to be sent elsewhere: the decoy, the decoy's
+    TLS port, the passthrough group for ClientHellos naming media hosts.
+    Whatever a client sends (proxy requests of every kind, WhatsApp's
+    intro, TLS names of the bait, of media hosts, plain HTTP on the TLS
+    port), the SYNs that leave the relay host go to those configured
+    groups only, in exactly the numbers the classification implies."""
+    up_ip, bait_ip = UPSTREAM_IPS[1], UPSTREAM_IPS[0]
+    chat = net.server(h_echo, ip=up_ip, name="chat")
+    web = net.server(h_web, ip=up_ip, name="web")
+    webtls = net.server(h_web, ip=up_ip, name="webtls")
+    media = net.server(h_echo, ip=up_ip, name="media")
+    baits = [net.server(h_count, ip=bait_ip, name="bait")]
+    egress = Egress(net)
+    camo = {"upstream": "chat", "decoy": "web"}
+    cfg = make_config(
+        {"chat": [chat.spec], "web": [web.spec], "webtls": [webtls.spec],
+         "media": [media.spec]},
+        {"camo": dict(camo, bind=f"{RELAY_IP}:0"),
+         "camo-tls": dict(camo, bind=f"{RELAY_IP}:0", tls="on",
+                          **{"decoy-tls": "webtls", "passthrough": "media"})},
+        timeouts={"handshake": "2s"})
+    d = net.daemon(tmp_path, cfg)
+
+    def client(name):
+        with net.inside("client"):
+            return conftest.connect(d.addr(name), timeout=5.0 * SLOW)
+
+    want = {"chat": 0, "web": 0, "webtls": 0, "media": 0}
+    reqs = elsewhere_requests(bait_ip, baits[0].port, "bait.example")
+    for kind, req in reqs.items():
+        # plain: proxy requests are not WhatsApp's: the decoy answers
+        s = client("camo")
+        s.sendall(req)
+        data, how = read_all(s, 5.0 * SLOW)
+        assert (data, how) == (DECOY_REPLY, "eof"), (kind, data, how)
+        want["web"] += 1
+        # TLS port, in clear: the decoy's TLS port answers
+        s = client("camo-tls")
+        s.sendall(req)
+        data, how = read_all(s, 5.0 * SLOW)
+        assert (data, how) == (DECOY_REPLY, "eof"), (kind, data, how)
+        want["webtls"] += 1
+    # inside our TLS, whatever the name: the decoy (over plain HTTP)
+    for i, sni in enumerate(("bait.example", f"{bait_ip}.nip.example")):
+        s = tls_in_client(net, d.addr("camo-tls"), sni)
+        s.sendall(list(reqs.values())[i])
+        assert recv_exact(s, len(DECOY_REPLY)) == DECOY_REPLY
+        s.close()
+        want["web"] += 1
+    # WhatsApp's intro: the decoy was dialled at once, then chat
+    for name in ("camo", "camo-tls"):
+        if name == "camo":
+            s = client(name)
+        else:
+            s = tls_in_client(net, d.addr(name), None)
+        s.sendall(WA_INTRO)
+        assert recv_exact(s, len(WA_INTRO)) == WA_INTRO
+        s.close()
+        want["web"] += 1
+        want["chat"] += 1
+    # a ClientHello naming a media host: raw to the media group (an echo
+    # here, which sends the hello back), and never to the name's address
+    hello = client_hello("mmg.whatsapp.net")
+    s = client("camo-tls")
+    s.sendall(hello)
+    assert recv_exact(s, len(hello)) == hello
+    s.close()
+    want["media"] += 1
+    servers = {"chat": chat, "web": web, "webtls": webtls, "media": media}
+    wait_for(lambda: all(servers[k].accepted >= v for k, v in want.items()),
+             5.0 * SLOW, what=f"connections {want}")
+    time.sleep(0.2)
+    dests, rules = egress.read()
+    expect = {(up_ip, servers[k].port): v for k, v in want.items() if v}
+    assert dests == expect, f"SYNs left for {dests}; expected {expect}"
+    assert rules == {"syn": sum(want.values()), "syn6": 0, "other": 0}, rules
+    assert baits[0].accepted == 0, "the bait was reached"
+    assert d.alive()
+
+
 # --------------------------------------------------------------------------
 # many connections, one thread
 
