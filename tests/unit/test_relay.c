@@ -8,6 +8,7 @@
  * integration tests (and the copy loop's close_notify to test_copy.c).
  */
 #include <arpa/inet.h>
+#include <openssl/ssl.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -753,6 +754,107 @@ test_sniff_decoy_down_chat_works(void)
 	rig_free(&r);
 }
 
+/* A ClientHello as OpenSSL's client sends it; *len set (free it). */
+static uint8_t *
+client_hello(const char *sni, size_t *len)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	SSL *ssl = SSL_new(ctx);
+	BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+	uint8_t *out;
+	char *data;
+	long n;
+
+	SSL_set_bio(ssl, rb, wb);
+	SSL_set_tlsext_host_name(ssl, sni);
+	SSL_set_connect_state(ssl);
+	(void)SSL_do_handshake(ssl);
+	n = BIO_get_mem_data(wb, &data);
+	out = malloc((size_t)n);
+	memcpy(out, data, (size_t)n);
+	*len = (size_t)n;
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	return out;
+}
+
+#define HELLO_EXTRA                                                            \
+	"tls = on\npassthrough = media\ndecoy-tls = webtls\n"                  \
+	"[upstream media]\nserver = 192.0.2.10:443\ncheck-interval = 1h\n"     \
+	"[upstream webtls]\nserver = 192.0.2.11:8443\ncheck-interval = 1h\n"
+
+static struct rig
+hello_rig(void)
+{
+	struct rig r = rig_new("100", "30s", "30s", "none", HELLO_EXTRA);
+
+	upstream_resolve(r.g->ups[1], false);
+	upstream_resolve(r.g->ups[2], false);
+	return r;
+}
+
+/* A media ClientHello in two pieces: peeked, then passed through whole. */
+static void
+test_hello_media_passes_through(void)
+{
+	struct rig r = hello_rig();
+	size_t len;
+	uint8_t *hello = client_hello("mmg.whatsapp.net", &len);
+	int c = accept_client(&r, "198.51.100.5"), up;
+
+	peer_sends_n(c, hello, 10);
+	CHECK_INT(ndialled(), 0);
+	CHECK_INT(fd_of(c)->inoff, 0); /* peeked, not read */
+	peer_sends_n(c, hello + 10, len - 10);
+	CHECK_INT(ndialled(), 1);
+	up = dialled(0);
+	CHECK_INT(port_of(up), 443);
+	fire(up, EPOLLOUT);
+	CHECK_INT(fd_of(up)->outlen, len);
+	CHECK_MEM(fd_of(up)->out, hello, len);
+	CHECK_INT(
+	    RELAY_CNT_GET(&r.g->listeners[0].state->cnt[0], camo_passthrough),
+	    1);
+	free(hello);
+	rig_free(&r);
+}
+
+/* Plain bytes on the TLS listener: raw to decoy-tls. */
+static void
+test_hello_plain_bytes_to_decoy_tls(void)
+{
+	struct rig r = hello_rig();
+	int c = accept_client(&r, "198.51.100.5"), up;
+
+	peer_sends(c, "GET / HTTP/1.1\r\n");
+	CHECK_INT(ndialled(), 1);
+	up = dialled(0);
+	CHECK_INT(port_of(up), 8443);
+	fire(up, EPOLLOUT);
+	CHECK(got(up, "GET / HTTP/1.1\r\n"));
+	CHECK_INT(
+	    RELAY_CNT_GET(&r.g->listeners[0].state->cnt[0], camo_decoy_tls), 1);
+	rig_free(&r);
+}
+
+/* Another name: nothing passes, nothing is dialled before our TLS. */
+static void
+test_hello_other_name_is_ours(void)
+{
+	struct rig r = hello_rig();
+	size_t len;
+	uint8_t *hello = client_hello("example.org", &len);
+	int c = accept_client(&r, "198.51.100.5");
+
+	peer_sends_n(c, hello, len);
+	CHECK_INT(ndialled(), 0);
+	CHECK_INT(
+	    RELAY_CNT_GET(&r.g->listeners[0].state->cnt[0], camo_passthrough),
+	    0);
+	free(hello);
+	rig_free(&r);
+}
+
 static void
 test_peer_rst_propagates(void)
 {
@@ -938,6 +1040,9 @@ main(void)
 	test_sniff_decoy_speaks_or_closes_first();
 	test_sniff_window_ends_at_the_decoy();
 	test_sniff_decoy_down_chat_works();
+	test_hello_media_passes_through();
+	test_hello_plain_bytes_to_decoy_tls();
+	test_hello_other_name_is_ours();
 	test_fin_period_restarts_when_queue_drains();
 	test_fin_period_counts_from_the_last_ack();
 	test_peer_rst_propagates();
