@@ -8,6 +8,12 @@ just before nginx starts; when something took it meanwhile, nginx exits
 with EADDRINUSE and is started again on another.  Short client header and
 keepalive timeouts keep the probes fast.  The instance is stopped by
 conftest's `_cleanup` (it registers itself like a Server).
+
+With `tls=[(cert, key), ...]`, the same site is also served over TLS on a
+second port of its own (`tls_port`), with Mozilla's "intermediate"
+settings (TLS 1.2 and 1.3, ECDHE with AEAD suites, the client's suite
+preference, no HTTP/2) plus session tickets of 5 minutes: the web server
+lifeline's camouflage preset imitates (test_tls_parity.py).
 """
 
 import os
@@ -52,9 +58,9 @@ http {{
     client_header_timeout {header_timeout};
     client_body_timeout {header_timeout};
     keepalive_timeout {keepalive_timeout};
-    server {{
+{tls_settings}    server {{
         listen {listen} default_server;
-        root {prefix}/html;
+{tls_listen}        root {prefix}/html;
         index index.html;
         server_name _;
         location / {{
@@ -62,6 +68,24 @@ http {{
         }}
     }}
 }}
+"""
+
+
+# Mozilla's "intermediate" configuration (ssl-config.mozilla.org, nginx
+# 1.22, OpenSSL 3.0), with tickets on and the 5-minute session timeout
+# that the camouflage preset's tls-ticket-lifetime copies.  No
+# ssl_session_cache: Debian's nginx.conf sets none either (so nginx's
+# default, "none").  No http2 on the listen line: ALPN is http/1.1 only.
+MOZILLA_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                   "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+
+TLS_SETTINGS = """\
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers {ciphers};
+    ssl_prefer_server_ciphers off;
+    ssl_session_timeout 5m;
+    ssl_session_tickets on;
 """
 
 
@@ -81,17 +105,19 @@ class Nginx:
     connection after a complete answer."""
 
     def __init__(self, tmp_path, header_timeout=3, keepalive_timeout=3,
-                 name="nginx", host="127.0.0.1"):
+                 name="nginx", host="127.0.0.1", tls=None, index=INDEX):
         require_nginx()
         self.prefix = tmp_path / name
         self.host = host
+        self.tls = list(tls or [])  # [(cert path, key path), ...]
+        self.tls_port = None
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.proc = None
         self.port = None
         for d in ("html", "tmp"):
             (self.prefix / d).mkdir(parents=True, exist_ok=True)
-        (self.prefix / "html" / "index.html").write_text(INDEX)
+        (self.prefix / "html" / "index.html").write_text(index)
         conftest._SERVERS.append(self)
         self._start()
 
@@ -103,6 +129,10 @@ class Nginx:
     def spec(self):
         return fmt_addr(self.host, self.port)
 
+    @property
+    def tls_addr(self):
+        return (self.host, self.tls_port)
+
     def error_log(self):
         try:
             return (self.prefix / "error.log").read_text(errors="replace")
@@ -113,11 +143,23 @@ class Nginx:
         last = ""
         for _ in range(attempts):
             port = free_port(self.host)
+            tls_port, tls_settings, tls_listen = None, "", ""
+            if self.tls:
+                tls_port = free_port(self.host)
+                while tls_port == port:
+                    tls_port = free_port(self.host)
+                tls_settings = TLS_SETTINGS.format(ciphers=MOZILLA_CIPHERS)
+                for cert, key in self.tls:
+                    tls_settings += (f"    ssl_certificate {cert};\n"
+                                     f"    ssl_certificate_key {key};\n")
+                tls_listen = (f"        listen {fmt_addr(self.host, tls_port)}"
+                              " ssl default_server;\n")
             conf = self.prefix / "nginx.conf"
             conf.write_text(CONF.format(
                 prefix=self.prefix, listen=fmt_addr(self.host, port),
                 header_timeout=f"{self.header_timeout}s",
-                keepalive_timeout=f"{self.keepalive_timeout}s"))
+                keepalive_timeout=f"{self.keepalive_timeout}s",
+                tls_settings=tls_settings, tls_listen=tls_listen))
             log = self.prefix / "error.log"
             if log.exists():
                 log.unlink()
@@ -127,8 +169,10 @@ class Nginx:
                      "-e", str(log)],
                     stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                     close_fds=True)
-            if self._wait_listening(port):
+            if self._wait_listening(port) and (
+                    tls_port is None or self._wait_listening(tls_port)):
                 self.port = port
+                self.tls_port = tls_port
                 return
             text = self.error_log() + (self.prefix / "stderr").read_text(
                 errors="replace")
@@ -176,4 +220,4 @@ class Nginx:
             p.wait(5)
 
 
-__all__ = ["Nginx", "require_nginx", "INDEX"]
+__all__ = ["Nginx", "require_nginx", "INDEX", "MOZILLA_CIPHERS"]
