@@ -80,7 +80,8 @@ static const char preset_camouflage_listen[] =
     "decoy = web\nclient-keepalive = off\n";
 
 static const char preset_camouflage_tls[] =
-    "decoy-tls = web-tls\npassthrough = media\ntls-alpn = http/1.1\n"
+    "decoy-tls = web-tls\npassthrough = media\n"
+    "tls-alpn = http/1.1, http/1.0, http/0.9\n"
     "tls-tickets = 2\ntls-ticket-lifetime = 5m\n"
     "tls-ciphers = ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-"
     "SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"

@@ -407,6 +407,38 @@ alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 	return SSL_TLSEXT_ERR_OK;
 }
 
+/*
+ * Server name indication: acknowledged, whatever the name (one
+ * certificate serves them all), as web servers do; an empty server_name
+ * extension in the ServerHello (TLS 1.2) or EncryptedExtensions (1.3)
+ * that a server without this callback would leave out, which tells.
+ */
+static int
+servername_ack(SSL *ssl, int *alert, void *arg)
+{
+	(void)ssl;
+	(void)alert;
+	(void)arg;
+	return SSL_TLSEXT_ERR_OK;
+}
+
+/*
+ * A session id context, as web servers set (nginx: a SHA-1 over its
+ * certificates): resumption stays within this certificate, and the
+ * sessions in our tickets have the size theirs have.
+ */
+static int
+session_context(SSL_CTX *ssl)
+{
+	X509 *cert = SSL_CTX_get0_certificate(ssl);
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+
+	if (cert == NULL || X509_digest(cert, EVP_sha1(), md, &len) != 1)
+		return -1;
+	return SSL_CTX_set_session_id_context(ssl, md, len) == 1 ? 0 : -1;
+}
+
 /* The list's items joined with commas, in a new string (NULL: no memory). */
 static char *
 join(const struct cfg_strlist *l)
@@ -593,6 +625,11 @@ tls_ctx_new(const struct cfg_listen *cl, char *err, size_t errlen)
 	if ((t->generated ? use_generated(ssl, t, err, errlen)
 	                  : use_files(ssl, cl, err, errlen)) != 0)
 		goto fail;
+	SSL_CTX_set_tlsext_servername_callback(ssl, servername_ack);
+	if (session_context(ssl) != 0) {
+		openssl_err(err, errlen, "session id context");
+		goto fail;
+	}
 	t->ssl = ssl;
 	return t;
 fail:

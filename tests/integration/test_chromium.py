@@ -28,7 +28,7 @@ PAGE = (f"<!DOCTYPE html>\n<html><head><title>Welcome</title></head>\n"
 
 CAMO_TLS = {
     "tls": "on",
-    "tls-alpn": "http/1.1",
+    "tls-alpn": "http/1.1, http/1.0, http/0.9",
     "tls-tickets": "2",
     "tls-ticket-lifetime": "5m",
     "tls-ciphers": MOZILLA_CIPHERS,

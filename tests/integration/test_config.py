@@ -284,7 +284,7 @@ def test_preset_camouflage_prints(tmp_path):
     assert https["passthrough"] == ["media"]
     assert "mmg.whatsapp.net" in https["passthrough-sni"]
     assert https["client-keepalive"] == http["client-keepalive"] == ["off"]
-    assert https["tls-alpn"] == ["http/1.1"]
+    assert https["tls-alpn"] == ["http/1.1", "http/1.0", "http/0.9"]
     assert https["tls-tickets"] == ["2"]
     assert https["tls-prefer-server-ciphers"] == ["off"]
     assert ini["timeouts"]["handshake"] == ["1m"]

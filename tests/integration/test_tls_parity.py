@@ -5,7 +5,7 @@ lifeline's camouflage listener as from the decoy web server itself.
 The decoy is Debian's nginx (decoy.py) with Mozilla's "intermediate" TLS
 settings, session tickets on, a 5-minute session timeout and no HTTP/2;
 lifeline's TLS listener is set up like the camouflage preset's 443
-(tls-alpn = http/1.1, two tickets of 5 minutes, the same suites in the
+(tls-alpn = http/1.1, http/1.0, http/0.9, two tickets of 5 minutes, the same suites in the
 client's preference, client-keepalive = off), with decoy = the same
 nginx's plain HTTP port.  Both use the same certificate and key files (an
 EC P-256 pair and an RSA-2048 pair, made here with openssl); every test
@@ -45,7 +45,7 @@ import time
 
 import pytest
 
-from conftest import (SLOW, Server, make_config, start_daemon)
+from conftest import (SLOW, Server, make_config, run_cli, start_daemon)
 from decoy import MOZILLA_CIPHERS, Nginx
 
 HOST = "relay.test"
@@ -58,7 +58,7 @@ pytestmark = pytest.mark.filterwarnings(
 # --print-config --preset camouflage), pointed at the test's nginx.
 CAMO_TLS = {
     "tls": "on",
-    "tls-alpn": "http/1.1",
+    "tls-alpn": "http/1.1, http/1.0, http/0.9",
     "tls-tickets": "2",
     "tls-ticket-lifetime": "5m",
     "tls-ciphers": MOZILLA_CIPHERS,
@@ -674,3 +674,19 @@ def test_http_inside_tls_like_nginx(pair, req):
     assert abs(nginx[2] - ours[2]) <= max(0.1 * nginx[2], 0.5 * SLOW), \
         f"close after: nginx {nginx[2]:.2f}s, lifeline {ours[2]:.2f}s"
     pair.check_chat_untouched()
+
+
+def test_settings_are_the_camouflage_presets():
+    """CAMO_TLS is what the preset's 443 listener sets: the parity above
+    is the preset's."""
+    r = run_cli(["--print-config", "--preset", "camouflage"])
+    assert r.returncode == 0, r.stderr
+    section, got = None, {}
+    for line in r.stdout.splitlines():
+        if line.startswith("["):
+            section = line.strip()
+        elif section == "[listen https]" and " = " in line:
+            k, v = line.split(" = ", 1)
+            if k in CAMO_TLS:
+                got[k] = f"{got[k]}, {v}" if k in got else v
+    assert got == CAMO_TLS, got
