@@ -71,6 +71,20 @@ def wait_for(pred, timeout, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def listening(port):
+    """True while a socket of this network namespace listens on TCP `port`
+    (/proc/net/tcp{,6}: state 0A is LISTEN)."""
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "0A" and \
+                        int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
 def start_thread(target, *args, name=None):
     t = threading.Thread(target=target, args=args, name=name, daemon=True)
     t.start()

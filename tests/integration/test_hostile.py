@@ -524,8 +524,11 @@ def test_all_upstreams_blackholed_closes_clients_then_recovers(net, tmp_path):
     net.set_upstream(b.host, b.port, "blackhole")
     socks, started = [], []
     for _ in range(4):
-        socks.append(net.connect(r.addr()))
+        # before the connect: the daemon's connect timeouts start at its
+        # accept, never earlier (after it, a descheduled test thread would
+        # eat into the 0.1 s margin below 2 s)
         started.append(time.monotonic())
+        socks.append(net.connect(r.addr()))
     outs = [None] * len(socks)
 
     def wait(i):

@@ -71,8 +71,13 @@ def test_idle_timeout_closes_both_sides(tmp_path, echo):
         {"up": [echo.spec]}, {"plain": {"upstream": "up"}},
         timeouts={"client": "1s", "server": "1s"}))
     s = connect(d.addr("plain"))
+    # Before the echo, the daemon's last activity: the timeout cannot
+    # count from earlier (after it, a descheduled test would eat into the
+    # 10% margin).
+    t0 = time.monotonic()
     echo_roundtrip(s)
-    how, n, elapsed = read_until_closed(s, 6)
+    how, n, _ = read_until_closed(s, 6)
+    elapsed = time.monotonic() - t0
     # Nothing held, nothing half-closed: a clean FIN (DESIGN.md's table).
     assert (how, n) == ("eof", 0)
     assert 0.9 <= elapsed <= 1.25 * SLOW + 0.25, \

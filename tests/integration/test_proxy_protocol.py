@@ -699,10 +699,13 @@ def test_slowloris_header_closed_at_handshake_timeout(tmp_path):
     d = pp_daemon(tmp_path, up, handshake="1s")
     hdr = v1_header(("192.0.2.1", 1), ("192.0.2.2", 2))
 
+    # Before the connects: the daemon's deadlines count from its accepts,
+    # which cannot precede t0 (a t0 taken later, or the waiters' own start,
+    # lags them by however long a loaded machine keeps this thread off).
+    t0 = time.monotonic()
     slow = connect(d.addr("pp"))
     slow.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     silent = connect(d.addr("pp"))
-    t0 = time.monotonic()
     cpu0 = d.cpu_seconds()
     stop = threading.Event()
 
@@ -720,7 +723,8 @@ def test_slowloris_header_closed_at_handshake_timeout(tmp_path):
     results = {}
 
     def wait_closed(name, sock):
-        results[name] = read_until_closed(sock, 6.0)
+        how, n, _ = read_until_closed(sock, 6.0)
+        results[name] = (how, n, time.monotonic() - t0)
 
     waiters = [start_thread(wait_closed, n, s, name=f"wait-{n}")
                for n, s in (("slow", slow), ("silent", silent))]

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import (
     DUPLEX_HDR, BackgroundDuplex, check_duplex, connect, duplex_client,
-    echo_roundtrip, make_config, read_until_closed, start_daemon, try_echo)
+    echo_roundtrip, listening, make_config, read_until_closed, start_daemon,
+    try_echo, wait_for)
 
 MiB = 1 << 20
 
@@ -105,7 +106,9 @@ def test_sigterm_drains_live_transfers_then_exits_0(tmp_path, duplex):
     time.sleep(0.3)
     t0 = time.monotonic()
     d.send(signal.SIGTERM)
-    time.sleep(0.3)
+    # the listener closes (a fixed wait lost to a loaded machine's delay)
+    wait_for(lambda: not listening(addr[1]), 5, interval=0.01,
+             what="the listener closed after SIGTERM")
     _not_served(addr, 3, duplex)
     assert all(b.thread.is_alive() for b in bgs), "transfers ended before SIGTERM"
     assert d.alive(), "daemon exited with transfers in flight"

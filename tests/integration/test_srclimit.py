@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import (
-    SLOW, Server, connect, echo_roundtrip, h_echo, start_daemon, wait_for,
+    Server, connect, echo_roundtrip, h_echo, start_daemon, wait_for,
 )
 from stats_helpers import scrape, stats_config, wait_metric
 from test_proxy_protocol import v1_header, v2_header
@@ -43,18 +43,48 @@ def refused_with_fin(sock, timeout=3.0):
     return "fin" if data == b"" else f"data {data!r}"
 
 
-def outcome(sock):
-    """"fin" when refused at once; "relayed" when it stays open and
-    echoes."""
-    sock.settimeout(0.3 * SLOW)
+def _end_seen(sock):
+    """How sock ended, if it has: "fin", "reset", "data ..."; else None."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
     try:
         data = sock.recv(100)
-    except socket.timeout:
-        echo_roundtrip(sock)
-        return "relayed"
+    except BlockingIOError:
+        return None
     except ConnectionResetError:
         return "reset"
+    finally:
+        sock.settimeout(timeout)
     return "fin" if data == b"" else f"data {data!r}"
+
+
+def sort_out(socks, up, before, timeout=10.0):
+    """For each of socks, connected after `up` (the upstream) had accepted
+    `before` connections: "fin" (or "reset", "data ...") when the relay
+    ended it, "relayed" when it stays open.  Waits until each one is
+    accounted for, by its end seen here or by a connection the relay made
+    to `up` for it, rather than taking a connection still open after some
+    time for an admitted one (a refusal late on a loaded machine)."""
+    ends = [None] * len(socks)
+
+    def settled():
+        for i, s in enumerate(socks):
+            if ends[i] is None:
+                ends[i] = _end_seen(s)
+        done = sum(e is not None for e in ends)
+        return done + up.accepted - before >= len(socks)
+
+    wait_for(settled, timeout, interval=0.01,
+             what="every connection refused or relayed")
+    return [e or "relayed" for e in ends]
+
+
+def outcome(sock, up, before):
+    """sort_out for one connection; a relayed one must echo."""
+    end = sort_out([sock], up, before)[0]
+    if end == "relayed":
+        echo_roundtrip(sock)
+    return end
 
 
 def daemon(tmp_path, echo, global_=None, listeners=None):
@@ -113,8 +143,9 @@ def test_rate_is_exact_across_workers(tmp_path, echo):
         "workers": "2", "new-conn-rate-per-source": "3/m"})
     outcomes = []
     for _ in range(12):
+        before = echo.accepted
         s = connect(d.addr("plain"), source=SRC_A)
-        outcomes.append(outcome(s))
+        outcomes.append(outcome(s, echo, before))
         s.close()
     assert outcomes == ["relayed"] * 3 + ["fin"] * 9, outcomes
     m = wait_metric(d.addr("stats"), "lifeline_source_refused_total", 9,
@@ -133,26 +164,28 @@ def test_rate_refills(tmp_path, echo):
 
     # A refused attempt is seen at once (FIN); a relayed one is held
     # open until the end, so that the attempts themselves are quick.
-    held, first = [], []
+    held = []
+    before = echo.accepted
     t0 = time.monotonic()
     for _ in range(6):
         s = connect(d.addr("plain"), source=SRC_A)
         s.settimeout(2)
         held.append(s)
     took = time.monotonic() - t0
-    for s in held:
-        first.append(refused_with_fin(s, timeout=0.3 * SLOW))
+    first = sort_out(held, echo, before)
     # Which 5 are admitted depends on which worker accepts first.
     if took < 0.2:  # no token could have come back meanwhile
-        assert sorted(first) == ["fin"] + ["still open"] * 5, first
+        assert sorted(first) == ["fin"] + ["relayed"] * 5, first
     else:
-        assert first.count("still open") >= 5, first
+        assert first.count("relayed") >= 5, first
     for s, e in zip(held, first):
-        if e == "still open":
+        if e == "relayed":
             echo_roundtrip(s)
     time.sleep(0.25)
+    before = echo.accepted
     s = connect(d.addr("plain"), source=SRC_A)
-    assert outcome(s) == "relayed", "no token back after 250 ms at 5/s"
+    assert outcome(s, echo, before) == "relayed", \
+        "no token back after 250 ms at 5/s"
     for s in held + [s]:
         s.close()
 
@@ -301,14 +334,16 @@ def test_refused_flood_leaves_others_served(tmp_path, echo):
     d = daemon(tmp_path, echo, global_={"max-conn-per-source": "5"})
     base = d.stable_fd_count()
     other = connect(d.addr("plain"), source=SRC_B)
+    echo_roundtrip(other)  # its upstream connection is counted now
+    before = echo.accepted
     socks = [connect(d.addr("plain"), source=SRC_A) for _ in range(500)]
     echo_roundtrip(other)
     # Which 5 are admitted depends on which worker accepts first.
-    ends = [refused_with_fin(s, timeout=0.3 * SLOW) for s in socks]
-    assert (ends.count("fin"), ends.count("still open")) == (495, 5), \
+    ends = sort_out(socks, echo, before)
+    assert (ends.count("fin"), ends.count("relayed")) == (495, 5), \
         {e: ends.count(e) for e in set(ends)}
     for s, e in zip(socks, ends):
-        if e == "still open":
+        if e == "relayed":
             echo_roundtrip(s)
     echo_roundtrip(other)
     for s in socks + [other]:
