@@ -126,6 +126,7 @@ test_stable(void)
 {
 	uint8_t buf[INTRO_MAX + 16];
 	uint32_t x = 12345;
+	int unstable = 0, undecided = 0;
 
 	for (int round = 0; round < 20000; round++) {
 		enum intro_verdict first = INTRO_MORE;
@@ -151,9 +152,12 @@ test_stable(void)
 				stable = false;
 			}
 		}
-		CHECK(stable);
-		CHECK(first != INTRO_MORE && decided <= INTRO_MAX);
+		unstable += !stable;
+		undecided += first == INTRO_MORE || decided > INTRO_MAX;
 	}
+	/* One assertion each over the 20,000 rounds. */
+	CHECK_INT(unstable, 0);
+	CHECK_INT(undecided, 0);
 }
 
 int
