@@ -38,6 +38,14 @@
 
 /* I/O calls per connection per wake-up, for fairness. */
 #define RELAY_BUDGET 16
+/*
+ * SNIFF: how long the rest of an intro may take once a prefix is in.  A
+ * client writes its intro and first frame at once (one segment, one TLS
+ * record); a prober's few bytes that could begin one ("ED\0") go to the
+ * decoy this soon, so that its answer comes as fast as the web server's
+ * own (nginx rejects such bytes at once).
+ */
+#define RELAY_INTRO_GRACE_MS 250
 /* How long a connection closed after a TLS alert reads the client's rest. */
 #define RELAY_LINGER_MS 1000
 /* Bytes thrown away per call while lingering (MSG_TRUNC: not copied). */
@@ -505,8 +513,14 @@ conn_deadline(const struct relay_conn *c)
 	uint64_t a, b;
 
 	if (c->state == RELAY_ST_SNIFF) {
-		/* The window for the first bytes, and the decoy's connect. */
+		/*
+		 * The window for the first bytes, the rest of an intro once
+		 * a prefix is in, and the decoy's connect.
+		 */
 		a = c->deadline;
+		if (c->dir[CLIENT].pending > 0 &&
+		    c->side[CLIENT].end.last + RELAY_INTRO_GRACE_MS < a)
+			a = c->side[CLIENT].end.last + RELAY_INTRO_GRACE_MS;
 		b = decoy_connecting(c) ? attempt_deadline(c) : UINT64_MAX;
 		return a < b ? a : b;
 	}
@@ -1116,8 +1130,13 @@ sniff_read(struct relay_conn *c)
 		    copy_fill(d, e, &c->rc->pool, loop_now(c->rc->loop));
 		enum intro_verdict v;
 
-		if (n == COPY_IO_AGAIN || n == COPY_IO_AGAIN_WRITE)
+		if (n == COPY_IO_AGAIN || n == COPY_IO_AGAIN_WRITE) {
+			/* A prefix is in: the rest has RELAY_INTRO_GRACE_MS. */
+			if (d->pending > 0 &&
+			    conn_deadline(c) < c->timer.deadline)
+				conn_arm(c);
 			return;
+		}
 		if (n == COPY_IO_ALERT) {
 			conn_linger(c, RELAY_RES_ERROR);
 			return;

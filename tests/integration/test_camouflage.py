@@ -495,13 +495,10 @@ def http_probes():
 
 def plain_probe_set():
     """(name, bytes sent through lifeline, bytes sent to nginx directly,
-    only_with_decoy).  The two differ for the incomplete intros: lifeline
-    must wait for the rest of a plausible intro (a real client's may come
-    a byte at a time), so the decoy sees a silent connection while nginx,
-    connected directly, rejects those bytes at once.  That tell is
-    inherent (REFERENCE.md section 4 leaves nothing to tell a slow client
-    from a prober); what is checked is that the decoy still governs: the
-    prober gets nginx's answer to a silent connection."""
+    only_with_decoy).  Incomplete intros: lifeline waits 250 ms for the
+    rest (a client sends its intro in one segment), then the decoy gets
+    them, and answers as nginx directly does (at once: 400 for the NUL
+    bytes), within the probe tolerance."""
     probes = [("empty", b"", b"", False)]
     for n in (1, 10, 100, 1000, 5000):
         b = rand_bytes(n, 100 + n)
@@ -520,9 +517,10 @@ def plain_probe_set():
          b"WA\x06\x03\x00\x00\x00", False),
         ("ed-4097", b"ED\x00\x01\x00\x10\x01\x08",
          b"ED\x00\x01\x00\x10\x01\x08", False),
-        # incomplete intros: held, so the decoy sees silence
-        ("ed-partial-7", b"ED\x00\x01\x00\x00\x14", b"", True),
-        ("wa-partial-4", b"WA\x06\x03", b"", True),
+        # incomplete intros: the decoy gets them after 250 ms
+        ("ed-partial-7", b"ED\x00\x01\x00\x00\x14",
+         b"ED\x00\x01\x00\x00\x14", False),
+        ("wa-partial-4", b"WA\x06\x03", b"WA\x06\x03", False),
     ]
     return probes
 
@@ -540,7 +538,7 @@ def tls_probe_set():
         ("ed-partial-2", b"ED", b"ED", False),
         ("wa-zero-frame", b"WA\x06\x03\x00\x00\x00",
          b"WA\x06\x03\x00\x00\x00", False),
-        ("wa-partial-4", b"WA\x06\x03", b"", True),
+        ("wa-partial-4", b"WA\x06\x03", b"WA\x06\x03", False),
     ]
     return probes
 

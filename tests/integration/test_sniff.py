@@ -143,9 +143,11 @@ def test_empty_connection_is_closed_by_the_decoy(tmp_path, chat, decoy):
     assert chat.accepted == 0
 
 
-def test_partial_intro_goes_to_the_decoy_after_the_window(tmp_path, chat):
-    """`WA` alone is a prefix of an intro: lifeline waits for the rest for
-    `handshake` (1 s), then the decoy gets the two bytes."""
+def test_partial_intro_goes_to_the_decoy_after_a_short_grace(tmp_path,
+                                                             chat):
+    """`WA` alone is a prefix of an intro, but a client sends its intro in
+    one segment: after 250 ms without more, the decoy gets the two bytes
+    (a web server answers such bytes at once), long before `handshake`."""
     def h_patient(c, rec):
         c.settimeout(5 * SLOW)
         rec["data"] = c.recv(100)
@@ -154,7 +156,7 @@ def test_partial_intro_goes_to_the_decoy_after_the_window(tmp_path, chat):
         c.close()
 
     web = Server(h_patient, name="patient")
-    d = camo_daemon(tmp_path, chat, web.spec, handshake="1s")
+    d = camo_daemon(tmp_path, chat, web.spec, handshake="5s")
     s = connect(d.addr("camo"))
     t0 = time.monotonic()
     s.sendall(b"WA")
@@ -162,7 +164,43 @@ def test_partial_intro_goes_to_the_decoy_after_the_window(tmp_path, chat):
     assert recv_exact(s, len(REPLY)) == REPLY
     rec = web.wait_done(1)[0]
     assert rec["data"] == b"WA"
-    assert 0.9 <= rec["at"] - t0 < 1.0 * SLOW + 0.5
+    assert 0.24 <= rec["at"] - t0 < 0.25 * SLOW + 0.3, rec["at"] - t0
+    assert chat.accepted == 0
+
+
+def test_dripped_intro_prefix_ends_at_the_window(tmp_path, chat):
+    """A prober dripping a prefix of an intro a byte every 0.15 s (within
+    the grace each time) is bounded by `handshake` (1 s): then the decoy
+    gets what came."""
+    def h_patient(c, rec):
+        c.settimeout(5 * SLOW)
+        rec["data"] = c.recv(100)
+        rec["at"] = time.monotonic()
+        c.close()
+
+    web = Server(h_patient, name="patient")
+    d = camo_daemon(tmp_path, chat, web.spec, handshake="1s")
+    s = connect(d.addr("camo"))
+    t0 = time.monotonic()
+    prefix = b"ED\x00\x01\x00\x01\x00\x08" + bytes(range(1, 40))
+    stop = threading.Event()
+
+    def drip():
+        for i in range(len(prefix)):
+            if stop.is_set():
+                return
+            try:
+                s.sendall(prefix[i:i + 1])
+            except OSError:
+                return
+            time.sleep(0.15)
+
+    t = threading.Thread(target=drip, daemon=True)
+    t.start()
+    rec = web.wait_done(1, timeout=5 * SLOW)[0]
+    stop.set()
+    assert 0.95 <= rec["at"] - t0 < 1.0 * SLOW + 0.3, rec["at"] - t0
+    assert prefix.startswith(rec["data"]) and len(rec["data"]) >= 5
     assert chat.accepted == 0
 
 
