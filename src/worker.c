@@ -2,6 +2,7 @@
  * worker: an event-loop thread: accepts, mailbox, drain, housekeeping.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -284,12 +285,23 @@ mailbox_cb(struct loop_io *io, uint32_t events)
 	}
 }
 
+/* Ticks between two malloc_trim() calls (worker 0's). */
+#define WORKER_TRIM_TICKS 10
+
 static void
 tick_cb(struct loop_timer *t)
 {
 	struct worker *w = container_of(t, struct worker, tick);
+	static unsigned trim_ticks; /* worker 0's only */
 
 	relay_pool_trim(w->relay);
+	/*
+	 * Give the pages a burst of connections left free back to the
+	 * system (inside the heap too, not only at its top): resident memory
+	 * then follows what is live, not the highest peak since the start.
+	 */
+	if (w->id == 0 && ++trim_ticks % WORKER_TRIM_TICKS == 0)
+		(void)malloc_trim(0);
 	loop_timer_set(w->loop, &w->tick, loop_now(w->loop) + WORKER_TICK_MS);
 }
 
