@@ -80,6 +80,24 @@ MOZILLA_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
                    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
                    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
 
+# What the camouflage preset sets on its 443 listener (lifeline
+# --print-config --preset camouflage; test_tls_parity checks they agree),
+# for a listener in front of this nginx.
+CAMO_TLS = {
+    "tls": "on",
+    "tls-alpn": "http/1.1, http/1.0, http/0.9",
+    "tls-tickets": "2",
+    "tls-ticket-lifetime": "5m",
+    "tls-ciphers": MOZILLA_CIPHERS,
+    "tls-prefer-server-ciphers": "off",
+    "client-keepalive": "off",
+}
+
+# lifeline's waits longer than nginx's: the decoy decides when a
+# connection ends.
+CAMO_TIMEOUTS = {"connect": "1s", "client": "30s", "server": "30s",
+                 "client-fin": "5s", "server-fin": "5s", "handshake": "60s"}
+
 TLS_SETTINGS = """\
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_ciphers {ciphers};

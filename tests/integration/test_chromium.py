@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from conftest import SLOW, Server, start_daemon
-from decoy import MOZILLA_CIPHERS, Nginx
+from decoy import CAMO_TIMEOUTS, CAMO_TLS, Nginx
 from stats_helpers import require_tool, scrape, stats_config
 
 HOST = "relay.test"
@@ -26,17 +26,6 @@ MARKER = "lifeline-decoy-" + os.urandom(8).hex()
 PAGE = (f"<!DOCTYPE html>\n<html><head><title>Welcome</title></head>\n"
         f"<body><p id=\"m\">{MARKER}</p></body></html>\n")
 
-CAMO_TLS = {
-    "tls": "on",
-    "tls-alpn": "http/1.1, http/1.0, http/0.9",
-    "tls-tickets": "2",
-    "tls-ticket-lifetime": "5m",
-    "tls-ciphers": MOZILLA_CIPHERS,
-    "tls-prefer-server-ciphers": "off",
-    "client-keepalive": "off",
-}
-TIMEOUTS = {"connect": "1s", "client": "30s", "server": "30s",
-            "client-fin": "5s", "server-fin": "5s", "handshake": "60s"}
 
 
 def openssl(*args, input=None):
@@ -94,7 +83,7 @@ def test_chromium_sees_the_decoy_site(tmp_path, pki):
                   key=str(pki / "leaf.key"), upstream="chat", decoy="web")
     d = start_daemon(tmp_path, stats_config(
         {"chat": [chat.spec], "web": [nginx.spec]}, {"https": listen},
-        timeouts=TIMEOUTS))
+        timeouts=CAMO_TIMEOUTS))
     host, port = d.addr("https")
 
     # The chain lifeline serves verifies against the test CA for the name.

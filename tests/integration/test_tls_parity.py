@@ -46,7 +46,7 @@ import time
 import pytest
 
 from conftest import (SLOW, Server, make_config, run_cli, start_daemon)
-from decoy import MOZILLA_CIPHERS, Nginx
+from decoy import CAMO_TIMEOUTS, CAMO_TLS, Nginx
 
 HOST = "relay.test"
 
@@ -56,20 +56,6 @@ pytestmark = pytest.mark.filterwarnings(
 
 # What the camouflage preset sets on its 443 listener (lifeline
 # --print-config --preset camouflage), pointed at the test's nginx.
-CAMO_TLS = {
-    "tls": "on",
-    "tls-alpn": "http/1.1, http/1.0, http/0.9",
-    "tls-tickets": "2",
-    "tls-ticket-lifetime": "5m",
-    "tls-ciphers": MOZILLA_CIPHERS,
-    "tls-prefer-server-ciphers": "off",
-    "client-keepalive": "off",
-}
-
-# lifeline's waits longer than nginx's (as in test_camouflage.py): the
-# decoy decides when a connection ends.
-TIMEOUTS = {"connect": "1s", "client": "30s", "server": "30s",
-            "client-fin": "5s", "server-fin": "5s", "handshake": "60s"}
 
 # nginx's keepalive_timeout in decoy.Nginx (seconds)
 NGINX_KEEPALIVE = 3
@@ -129,7 +115,7 @@ class Pair:
                 listen[k] = v
         self.daemon = start_daemon(tmp_path, make_config(
             {"chat": [self.chat.spec], "web": [self.nginx.spec]},
-            {"https": listen}, timeouts=TIMEOUTS))
+            {"https": listen}, timeouts=CAMO_TIMEOUTS))
         self.lifeline = self.daemon.addr("https")
 
     def check_chat_untouched(self):
