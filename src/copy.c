@@ -378,6 +378,7 @@ copy_run(struct copy_dir *dir, struct copy_end *src, struct copy_end *dst,
 				*moved += (uint64_t)n;
 				/* Both ends of a moving direction are busy. */
 				src->last = dst->last = now;
+				dst->wrote = true;
 				progress = true;
 			} else if (n == COPY_IO_AGAIN) {
 				dst->wr_ready = false;

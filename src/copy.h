@@ -90,6 +90,7 @@ struct copy_end {
 	bool urgent;
 	bool eof; /* the peer sent FIN: read returned 0 */
 	bool shut; /* we sent FIN */
+	bool wrote; /* a write moved bytes (set here, cleared by the owner) */
 };
 
 struct copy_pipe {

@@ -41,7 +41,6 @@ static int
 listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 {
 	int fd, on = 1, saved;
-	int lowat = GEN_NOTSENT_LOWAT;
 
 	fd = socket(
 	    ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -53,13 +52,11 @@ listen_socket(const struct sockaddr_storage *ss, socklen_t len)
 	/*
 	 * Accepted sockets inherit these: Nagle off (chat is small messages);
 	 * urgent data inline, so that an urgent byte is relayed in its place,
-	 * not dropped; few unsent bytes in the kernel (see relay.h).  And
-	 * keep-alive, set per listener by lsock_keepalive().
+	 * not dropped.  And keep-alive, set per listener by
+	 * lsock_keepalive().
 	 */
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on)) != 0 ||
-	    setsockopt(
-	        fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat)) != 0)
+	    setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on)) != 0)
 		goto fail;
 	/* [::] must not take IPv4 too: 0.0.0.0 is bound on its own. */
 	if (ss->ss_family == AF_INET6 &&

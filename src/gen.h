@@ -26,17 +26,6 @@
 #include "tls.h"
 #include "upstream.h"
 
-/*
- * At most this many bytes wait unsent in a relayed socket's send queue
- * (TCP_NOTSENT_LOWAT: set on listening sockets here, on upstream sockets
- * by the relay).  The rest stays in the relay's pipe or buffer, where it
- * counts as held (a timeout then cuts with RST, not FIN), and a slow
- * reader's progress wakes the relay often enough to count as activity.
- * Without it the kernel queues megabytes: the relay would send FIN and
- * start the half-close timeout while they were still draining.
- */
-#define GEN_NOTSENT_LOWAT (128 * 1024)
-
 /* Per listener name; survives reloads while the name stays. */
 struct lstate {
 	_Atomic unsigned refs;

@@ -50,6 +50,22 @@
 #define RELAY_LINGER_MS 1000
 /* Bytes thrown away per call while lingering (MSG_TRUNC: not copied). */
 #define RELAY_DISCARD (1 << 20)
+/*
+ * Bytes queued in a socket (written, not yet acknowledged by the peer)
+ * beyond this count as held, like bytes in the relay's own pipe: about what
+ * the kernel keeps in flight for a reader that keeps up.  A socket queues
+ * as much as the kernel lets it (TCP_NOTSENT_LOWAT would keep the rest in
+ * the relay, at the cost of a wake-up per 64 KiB: a quarter more CPU per
+ * byte); the relay reads the queue (SIOCOUTQ) at its timer, never on the
+ * way of the bytes.  See side_deadline() and conn_timeout().
+ */
+#define RELAY_QUEUE_SLACK (128 * 1024)
+/*
+ * How much a side's queue must shrink to count as activity: less may be
+ * the kernel making room in a paused reader's buffer.  (After our FIN,
+ * any shrinking counts: the side has nothing else to do.)
+ */
+#define RELAY_QUEUE_PROGRESS (64 * 1024)
 
 /*
  * A connection's states; relay_states[] below holds each one's handlers,
@@ -94,11 +110,15 @@ struct relay_side {
 	struct relay_conn *c; /* borrowed: back pointer */
 	struct copy_end end; /* readiness, FIN state, transport */
 	/*
-	 * Once we sent FIN to this side: its send queue (SIOCOUTQ) when last
-	 * looked at.  A queue that shrinks is a peer still taking our last
-	 * bytes, not a half-closed connection left to linger.  -1 until then.
+	 * STREAMING: its socket's queue (SIOCOUTQ: bytes we wrote that it has
+	 * not yet acknowledged), as the timer (or our FIN) found it; -1: never
+	 * looked at.  A write makes it stale (end.wrote).  Kept until the
+	 * queue shrinks (after our FIN, until the next look): a queue that
+	 * shrinks is a peer taking our bytes, not an idle one.  (HELLO borrows
+	 * the client's for the bytes its parser needs.)
 	 */
 	int outq;
+	uint32_t outq_at; /* when taken: loop time, ms, low 32 bits */
 };
 
 /* The original connection's addresses, from an inbound PROXY header. */
@@ -236,15 +256,13 @@ static void linger_read(struct relay_conn *c);
 static int
 k_socket(int family)
 {
-	int on = 1, lowat = GEN_NOTSENT_LOWAT;
+	int on = 1;
 	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
 	if (fd < 0)
 		return -1;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
 	(void)setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
-	(void)setsockopt(
-	    fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 	return fd;
 }
 
@@ -446,29 +464,71 @@ relay_close_all(struct relay_ctx *rc)
 		conn_close(rc->conns, true, RELAY_RES_ERROR);
 }
 
-/*
- * True when side s cannot be idle: bytes it sent wait in the relay for
- * the other side, and nothing waits for s.
- */
-static bool
-conn_excused(const struct relay_conn *c, int s)
+/* Bytes held for side s: in the relay, or queued beyond the slack. */
+static inline bool
+conn_holds(const struct relay_conn *c, int s)
 {
-	return c->dir[s].pending > 0 && c->dir[!s].pending == 0;
+	return c->dir[!s].pending > 0 || c->side[s].outq > RELAY_QUEUE_SLACK;
 }
 
-/* When side s of a streaming connection has been idle too long. */
+/*
+ * True when side s cannot be idle: bytes it sent wait for the other side
+ * (in the relay or in the other side's socket), and nothing waits for s.
+ */
+static inline bool
+conn_excused(const struct relay_conn *c, int s)
+{
+	return conn_holds(c, !s) && !conn_holds(c, s);
+}
+
+/* outq_at widened to 64 bits (it lies in the past). */
 static uint64_t
+side_outq_at(const struct relay_conn *c, const struct relay_side *side)
+{
+	uint64_t now = loop_now(c->rc->loop);
+
+	return now - (uint32_t)((uint32_t)now - side->outq_at);
+}
+
+/* True when side s's queue was not looked at since it was last written. */
+static inline bool
+side_stale(const struct relay_side *side)
+{
+	return side->outq < 0 || side->end.wrote;
+}
+
+/*
+ * Once we sent FIN to side s, it only has to acknowledge and finish: the
+ * shorter "fin" timeout applies (FIN_WAIT), once our FIN is near the head
+ * of its queue.
+ */
+static inline bool
+side_half(const struct relay_side *side)
+{
+	return side->end.shut && side->outq <= RELAY_QUEUE_SLACK;
+}
+
+/* Side s's idle timeout (its -fin one once half-closed). */
+static inline uint64_t
+side_timeout(const struct relay_conn *c, int s)
+{
+	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
+	bool half = side_half(&c->side[s]);
+
+	return s == CLIENT ? (half ? t->client_fin_ms : t->client_ms)
+	                   : (half ? t->server_fin_ms : t->server_ms);
+}
+
+/*
+ * When the timer must next look at side s of a streaming connection: its
+ * idle deadline, or earlier to read its socket's queue.
+ */
+static inline uint64_t
 side_deadline(const struct relay_conn *c, int s)
 {
 	const struct cfg_timeouts *t = &c->gen->cfg->timeouts;
 	const struct relay_side *side = &c->side[s];
-	/*
-	 * Once we sent FIN to a side, it only has to acknowledge and finish:
-	 * the shorter "fin" timeout applies (FIN_WAIT).
-	 */
-	bool half = side->end.shut;
-	uint64_t to = s == CLIENT ? (half ? t->client_fin_ms : t->client_ms)
-	                          : (half ? t->server_fin_ms : t->server_ms);
+	uint64_t to, dl, look;
 
 	/*
 	 * Backpressure is not idleness: while s's bytes wait for the other
@@ -478,7 +538,25 @@ side_deadline(const struct relay_conn *c, int s)
 	 */
 	if (conn_excused(c, s))
 		return UINT64_MAX;
-	return side->end.last + to;
+	to = side_timeout(c, s);
+	dl = side->end.last + to;
+	/*
+	 * Written to: its queue is read a quarter of the way, once the bytes
+	 * had time to leave, so that the deadline can tell a side that takes
+	 * them from one that does not.
+	 */
+	if (side_stale(side))
+		return side->end.last + to / 4;
+	if (!side->end.shut || side_half(side))
+		return dl;
+	/*
+	 * Our FIN waits behind more than the slack: as far as timeouts go,
+	 * the side is still taking our bytes, under its own timeout; its
+	 * queue is read every -fin period.
+	 */
+	look = side_outq_at(c, side) +
+	    (s == CLIENT ? t->client_fin_ms : t->server_fin_ms);
+	return look < dl ? look : dl;
 }
 
 /* The group c dials: the listener's upstream, or its decoy. */
@@ -746,15 +824,14 @@ conn_linger(struct relay_conn *c, enum relay_result result)
  * is a cut stream, and ends with RST.
  */
 static bool
-conn_idle_clean(const struct relay_conn *c)
+conn_idle_clean(const struct relay_conn *c, const int q[2])
 {
 	for (int s = 0; s < 2; s++) {
 		const struct relay_side *side = &c->side[s];
-		int q = 0;
 
 		if (c->dir[s].pending > 0 || side->end.eof || side->end.shut)
 			return false;
-		if (c->rc->sys->outq(side->io.fd, &q) != 0 || q > 0)
+		if (q[s] != 0)
 			return false;
 	}
 	return true;
@@ -768,7 +845,7 @@ discard_input(struct relay_conn *c)
 	    MSG_TRUNC | MSG_DONTWAIT);
 }
 
-/* When a half-closed side last made progress: its last ACK, else now. */
+/* When side s last made progress: its last ACK, else now. */
 static uint64_t
 progress_at(
     const struct relay_conn *c, const struct relay_side *side, uint64_t now)
@@ -780,32 +857,89 @@ progress_at(
 	return now - ago;
 }
 
-/* The `client` or `server` timeout ended a streaming connection. */
+/* Side s's socket queue now: bytes it has not acknowledged; -1: error. */
+static int
+side_queue(const struct relay_conn *c, int s)
+{
+	int q = 0;
+
+	if (c->rc->sys->outq(c->side[s].io.fd, &q) != 0 || q < 0)
+		return -1;
+	return q;
+}
+
+/* The queue of side s is q (clamped at 0), taken now. */
+static void
+side_took(struct relay_side *side, int q, uint64_t now)
+{
+	side->outq = q > 0 ? q : 0;
+	side->outq_at = (uint32_t)now;
+	side->end.wrote = false;
+}
+
+/*
+ * The timer reads side s's queue, q, now.  A queue that shrank since it
+ * was taken (and not written to since) is a side taking our bytes: as when
+ * the relay delivers them, both ends of that direction were busy, until
+ * the peer's last ACK (not before the queue was taken).  After our FIN any
+ * shrinking counts, and a period restarts from that ACK: after its last
+ * byte the peer has a whole period to answer with its FIN.  Returns true
+ * when the side's bytes are in doubt: it holds some, and its queue was
+ * taken too recently (or only now) to tell.
+ */
+static bool
+side_look(struct relay_conn *c, int s, int q, uint64_t now)
+{
+	struct relay_side *side = &c->side[s];
+	uint64_t to = side_timeout(c, s), taken = side_outq_at(c, side);
+	bool stale = side_stale(side), shrank;
+	uint64_t age = stale ? 0 : now - taken;
+	int took = side->end.shut ? 1 : RELAY_QUEUE_PROGRESS;
+
+	if (q < 0)
+		q = 0;
+	shrank = !stale && q <= side->outq - took;
+	if (shrank) {
+		uint64_t busy = progress_at(c, side, now);
+
+		if (busy < taken)
+			busy = taken;
+		for (int e = 0; e < 2; e++) {
+			if (c->side[e].end.last < busy)
+				c->side[e].end.last = busy;
+		}
+	}
+	/* After our FIN, the window is from one look to the next. */
+	if (stale || shrank || side->end.shut)
+		side_took(side, q, now);
+	return q > 0 && !side->end.shut && age < to / 4;
+}
+
+/*
+ * The timer found a side of c due: the `client` or `server` timeout (or
+ * its -fin one) ends c, unless the sockets' queues say otherwise.
+ */
 static void
 conn_timeout(struct relay_conn *c)
 {
 	uint64_t now = loop_now(c->rc->loop);
-	bool expired = false;
+	int q[2] = {side_queue(c, CLIENT), side_queue(c, SERVER)};
+	bool doubt[2], expired = false;
 
+	for (int s = 0; s < 2; s++)
+		doubt[s] = side_look(c, s, q[s], now);
 	for (int s = 0; s < 2; s++) {
 		struct relay_side *side = &c->side[s];
-		int q;
+		uint64_t to, at;
 
 		if (side_deadline(c, s) > now)
 			continue;
-		/*
-		 * Our FIN was sent; the queue before it still drains.  The
-		 * peer's progress (down to an empty queue) restarts its -fin
-		 * period from the ACK that made it: after its last byte the
-		 * peer has a whole period to answer with its FIN, not what was
-		 * left of the period in which that byte arrived.
-		 */
-		if (side->end.shut && c->rc->sys->outq(side->io.fd, &q) == 0 &&
-		    q < side->outq) {
-			side->outq = q;
-			side->end.last = progress_at(c, side, now);
-			if (side_deadline(c, s) > now)
-				continue;
+		if (doubt[s]) {
+			/* Decide once its queue is a quarter timeout old. */
+			to = side_timeout(c, s);
+			at = side_outq_at(c, side) + to / 4;
+			side->end.last = at > to ? at - to : 0;
+			continue;
 		}
 		expired = true;
 	}
@@ -826,7 +960,7 @@ conn_timeout(struct relay_conn *c)
 		conn_close(c, false, RELAY_RES_TIMEOUT);
 		return;
 	}
-	if (!conn_idle_clean(c)) {
+	if (!conn_idle_clean(c, q)) {
 		conn_close(c, true, RELAY_RES_TIMEOUT);
 		return;
 	}
@@ -863,7 +997,7 @@ conn_run(struct relay_conn *c)
 {
 	uint64_t now = loop_now(c->rc->loop);
 	int budget = RELAY_BUDGET;
-	bool shut_before = c->side[0].end.shut || c->side[1].end.shut;
+	bool shut_before[2] = {c->side[0].end.shut, c->side[1].end.shut};
 	/* Only a side excused now can get an earlier deadline below. */
 	bool excused_before =
 	    conn_excused(c, CLIENT) || conn_excused(c, SERVER);
@@ -893,16 +1027,19 @@ conn_run(struct relay_conn *c)
 	if (budget <= 0)
 		loop_task_queue(c->rc->loop, &c->task);
 	/* A side just got a FIN from us: its shorter timeout starts. */
-	if (shut_before != (c->side[0].end.shut || c->side[1].end.shut)) {
+	if (shut_before[0] != c->side[0].end.shut ||
+	    shut_before[1] != c->side[1].end.shut) {
 		for (int s = 0; s < 2; s++) {
 			struct relay_side *side = &c->side[s];
 
-			if (!side->end.shut || side->outq >= 0)
+			if (!side->end.shut || shut_before[s])
 				continue;
-			/* Its -fin timeout counts from our FIN. */
+			/*
+			 * Its -fin timeout counts from our FIN, once at most the
+			 * slack is before it (its queue, read now).
+			 */
 			side->end.last = now;
-			if (c->rc->sys->outq(side->io.fd, &side->outq) != 0)
-				side->outq = 0;
+			side_took(side, side_queue(c, s), now);
 		}
 		conn_arm(c);
 		return;
@@ -1308,7 +1445,8 @@ tls_start(struct relay_conn *c)
  * or decoy-tls group, untouched.  The parser says how many bytes it needs
  * to tell more, and FIONREAD says how many are in: a peek happens only
  * when they are, not at every segment of a ClientHello sent in pieces.
- * side[CLIENT].outq holds that need meanwhile (it is unused until FIN).
+ * side[CLIENT].outq holds that need meanwhile (it is unused until
+ * STREAMING).
  */
 
 /* The peek buffer: one per worker thread, only used within a call. */

@@ -564,6 +564,88 @@ acked(int fd, int q)
 }
 
 /*
+ * No TCP_NOTSENT_LOWAT: the answer waits in the kernel, and the relay sees
+ * no progress of its own.  A queue that shrinks by 64 KiB between two
+ * looks is a reader taking bytes, not an idle one.
+ */
+static void
+test_queue_taken_is_not_idleness(void)
+{
+	/* client 100ms; the kernel holds 1 MiB for the client. */
+	struct rig r = rig_new2("100", "100ms", "30s", "30s", "none", "");
+	int up, c = streaming(&r, &up);
+
+	peer_sends(up, "answer");
+	acked(c, 1 << 20);
+	spin(60); /* looked at a quarter of the way */
+	acked(c, (1 << 20) - (64 << 10)); /* the client takes some at 60 */
+	spin(80); /* 140: busy at 60, not idle since its last byte */
+	CHECK(!fd_of(c)->closed && !fd_of(up)->closed);
+	/* It stops taking them: its own timeout cuts, with RST (at 160). */
+	spin(60);
+	CHECK(fd_of(c)->closed && fd_of(c)->aborted);
+	CHECK(fd_of(up)->closed && fd_of(up)->aborted);
+	CHECK_INT(closed(&r, RELAY_RES_TIMEOUT), 1);
+	rig_free(&r);
+}
+
+/* ... and less than 64 KiB taken in a whole period is idleness. */
+static void
+test_queue_barely_taken_is_idleness(void)
+{
+	struct rig r = rig_new2("100", "100ms", "30s", "30s", "none", "");
+	int up, c = streaming(&r, &up);
+
+	peer_sends(up, "answer");
+	acked(c, 1 << 20);
+	spin(60);
+	acked(c, (1 << 20) - (16 << 10));
+	spin(120);
+	CHECK(fd_of(c)->closed && fd_of(c)->aborted);
+	rig_free(&r);
+}
+
+/* Bytes queued beyond 128 KiB in a socket are held, like the relay's. */
+static void
+test_queued_bytes_excuse_their_source(void)
+{
+	/* client 50ms, server 300ms; 1 MiB waits in the upstream's socket. */
+	struct rig r = rig_new2("100", "50ms", "300ms", "30s", "none", "");
+	int up, c = streaming(&r, &up);
+
+	peer_sends(c, "held");
+	CHECK(got(up, "held"));
+	fd_of(up)->outq = 1 << 20;
+	spin(200);
+	CHECK(!fd_of(c)->closed && !fd_of(up)->closed);
+	/* The upstream's own timeout measures the stall: a cut, RST. */
+	spin(300);
+	CHECK(fd_of(c)->closed && fd_of(c)->aborted);
+	CHECK(fd_of(up)->closed && fd_of(up)->aborted);
+	rig_free(&r);
+}
+
+/* Our FIN behind more than 128 KiB: the full timeout, not the -fin one. */
+static void
+test_fin_behind_queued_bytes_full_timeout(void)
+{
+	/* server-fin 50ms, server 300ms; our FIN waits behind 1 MiB. */
+	struct rig r = rig_new2("100", "30s", "300ms", "50ms", "none", "");
+	int up, c = streaming(&r, &up);
+
+	peer_sends(c, "GET");
+	fd_of(up)->outq = 1 << 20;
+	peer_fins(c);
+	CHECK(fd_of(up)->shut_wr);
+	spin(150);
+	CHECK(!fd_of(c)->closed && !fd_of(up)->closed);
+	spin(300);
+	CHECK(fd_of(c)->closed && fd_of(c)->aborted);
+	CHECK(fd_of(up)->closed && fd_of(up)->aborted);
+	rig_free(&r);
+}
+
+/*
  * Our FIN went to a client still taking our last bytes: each shrink of its
  * send queue, down to empty, restarts client-fin from the ACK that made it,
  * so after its last byte it has a whole period to answer with its FIN.
@@ -1045,6 +1127,10 @@ main(void)
 	test_hello_other_name_is_ours();
 	test_fin_period_restarts_when_queue_drains();
 	test_fin_period_counts_from_the_last_ack();
+	test_queue_taken_is_not_idleness();
+	test_queue_barely_taken_is_idleness();
+	test_queued_bytes_excuse_their_source();
+	test_fin_behind_queued_bytes_full_timeout();
 	test_peer_rst_propagates();
 	test_connect_refused_fails_over_and_marks_down();
 	test_connect_timeout_next_server();
