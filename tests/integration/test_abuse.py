@@ -791,17 +791,18 @@ def daemon_pipes(pid):
     return pipes
 
 
-def socket_bytes(host, pid):
-    """Bytes queued in the kernel buffers of the process's TCP sockets
-    (ss: skmem r, received; w, queued to send), for the record."""
+def socket_mem(host, pid):
+    """The kernel buffers of the process's TCP sockets, one dict per
+    socket (ss's skmem: r, bytes received; w, queued to send, with their
+    overhead; tb, the send buffer that bounds w)."""
     out = nsx(host.ns, "ss", "-tmpnH").stdout
-    total = 0
+    socks = []
     for line, mem in re.findall(r"(.*?)\n?\s*skmem:\((.*?)\)", out):
         if f"pid={pid}," not in line:
             continue
         f = dict(re.findall(r"([a-z]+)(\d+)", mem))
-        total += int(f.get("r", 0)) + int(f.get("w", 0))
-    return total
+        socks.append({k: int(v) for k, v in f.items()})
+    return socks
 
 
 def rss_bytes(pid):
@@ -812,6 +813,11 @@ def rss_bytes(pid):
 
 STALLED = 500  # connections, each stalled both ways (1,000 directions)
 STALL_WRITE = 512 * KiB  # written each way: more than the relay can hold
+# The send buffer's maximum in the test's namespace (net.ipv4.tcp_wmem,
+# per namespace): what the kernel queues toward a stalled reader, beyond
+# the relay's pipe.  The default, 4 MiB, would swallow the writers' bytes
+# before any pipe filled.
+STALL_WMEM_MAX = 128 * KiB
 
 
 @pytest.mark.plain_only
@@ -823,10 +829,20 @@ def test_memory_bound_per_stalled_connection(host_factory, nofile, tmp_path):
     resident memory, and the kernel pages of its pipes, each counted at
     its capacity, the most pages it can pin) stays at or under one pipe
     (256 KiB) plus one buffer (16 KiB) per direction per connection; and
-    all of it is given back when they go."""
+    all of it is given back when they go.
+
+    Beyond that, the kernel queues toward each stalled reader what the
+    daemon's socket's send buffer takes (no TCP_NOTSENT_LOWAT: the relay
+    reads the queue at its timer instead), bounded by net.ipv4.tcp_wmem's
+    maximum, 4 MiB by default; here the namespace sets 128 KiB, so that
+    512 KiB each way fill the pipes, and each of the daemon's sockets must
+    stay within it (a relay that raised its send buffer, or queued without
+    bound, would not)."""
     n = STALLED
     nofile(8 * n + 1000)
     host = host_factory()
+    nsx(host.ns, "sysctl", "-q", "-w",
+        f"net.ipv4.tcp_wmem=4096 16384 {STALL_WMEM_MAX}")
     with host.inside():
         probe = conftest.Server(h_echo, name="probe")
         lsock = socket.socket()
@@ -893,7 +909,9 @@ def test_memory_bound_per_stalled_connection(host_factory, nofile, tmp_path):
             time.sleep(0.05)
     rss1 = rss_bytes(d.pid)
     pipes1 = daemon_pipes(d.pid)
-    kernel_sockets = socket_bytes(host, d.pid)
+    ksocks = socket_mem(host, d.pid)
+    kernel_sent = sum(k.get("w", 0) for k in ksocks)
+    kernel_rcvd = sum(k.get("r", 0) for k in ksocks)
 
     caps = sorted(c for c, _ in pipes1.values())
     held = sum(h for _, h in pipes1.values())
@@ -910,8 +928,10 @@ def test_memory_bound_per_stalled_connection(host_factory, nofile, tmp_path):
           f"{per_conn / KiB:.0f} KiB (RSS {rss / n / KiB:.1f} KiB + pipes "
           f"{pipe_mem / n / KiB:.0f} KiB), bound {bound // KiB} KiB; "
           f"unsent by the writers {sum(left.values()) / 2**20:.0f} MiB; "
-          f"in the daemon's socket buffers (the kernel's, not counted) "
-          f"{kernel_sockets / n / KiB:.0f} KiB per connection")
+          f"in the daemon's socket buffers (the kernel's, not counted in "
+          f"the bound) per connection: {kernel_sent / n / KiB:.0f} KiB to "
+          f"send, {kernel_rcvd / n / KiB:.0f} KiB received; send buffers "
+          f"at most {max(k.get('tb', 0) for k in ksocks) // KiB} KiB")
     # The workload holds what the relay can hold: every direction holds a
     # full pipe, or, once the user's pipe pages are spent (a pipe smaller
     # than the buffer is refused), a full buffer, counted in RSS (else the
@@ -930,6 +950,15 @@ def test_memory_bound_per_stalled_connection(host_factory, nofile, tmp_path):
     # state, whatever the pipes hold
     assert rss / n <= 2 * COPY_BUF + 4 * KiB, \
         f"RSS grew {rss / n / KiB:.1f} KiB per connection"
+    # the kernel's side: every send queue toward a stalled reader within
+    # the send buffer's maximum (an skb beyond it at most)
+    over = [k for k in ksocks
+            if k.get("tb", 0) > STALL_WMEM_MAX or
+            k.get("w", 0) > STALL_WMEM_MAX + 64 * KiB]
+    assert not over, f"{len(over)} sockets beyond tcp_wmem's maximum: " \
+        f"{over[:3]}"
+    assert kernel_sent <= 2 * n * (STALL_WMEM_MAX + 64 * KiB), \
+        f"{kernel_sent / n / KiB:.0f} KiB queued to send per connection"
 
     for s in socks:  # the peers give up: RST both ways
         conftest.rst_close(s)

@@ -593,9 +593,8 @@ def test_upload_drains_to_a_slow_upstream_after_client_fin(tmp_path):
 def test_steady_slow_reader_is_not_idle(tmp_path):
     """client = 2 s; the client reads 32 KiB every 0.25 s of a 768 KiB
     answer (6 s), the upstream keeps its side open: the reader is busy,
-    not idle.  (With megabytes queued in the kernel the relay would see no
-    progress for seconds; it keeps at most 128 KiB unsent there, so a
-    reader's progress wakes it every 64 KiB or so.)"""
+    not idle.  (With the answer queued in the kernel the relay sees no
+    progress of its own; the socket's send queue shrinking is progress.)"""
     size = 768 << 10
 
     def handler(c, rec):
@@ -626,14 +625,17 @@ def test_steady_slow_reader_is_not_idle(tmp_path):
 
 
 def test_tls_client_timeout_applies_after_first_data(tmp_path):
-    """client = 1 s, server = 4 s: an idle TLS client is closed at 1 s,
+    """client = 1 s, server = 10 s: an idle TLS client is closed at 1 s,
     whatever came with its first flight (it once waited for the server's
-    4 s when the first bytes were still held as the timer was armed)."""
+    timeout when the first bytes were still held as the timer was armed).
+    The server's timeout is more than 4 client timeouts, so that no look at
+    the server's socket (a quarter of its timeout after writing to it)
+    covers for the timer brought forward."""
     echo = Server(h_echo, name="echo")
     # connect = 10 s: a new stream's deadline waits for the connect
     # deadline when that is earlier; at 1 s it would cover for the timer
     # brought forward.
-    d = tls_daemon(tmp_path, echo, client="1s", server="4s", connect="10s")
+    d = tls_daemon(tmp_path, echo, client="1s", server="10s", connect="10s")
     late = []
     for i in range(10):
         s = tls_connect(d.addr("tls"))
@@ -651,8 +653,8 @@ def test_tls_client_timeout_applies_after_first_data(tmp_path):
 def test_tail_after_fin_drains_through_a_small_window(tmp_path):
     """A client with a 16 KiB receive buffer reads 16 KiB every 0.25 s
     (64 KiB/s) of 384 KiB that the upstream sent with its FIN: what the
-    relay queued before its own FIN (up to 128 KiB) takes longer than
-    client-fin (1 s) to drain, and must not be cut while it does."""
+    relay queued before its own FIN takes longer than client-fin (1 s) to
+    drain, and must not be cut while it does."""
     size = 384 << 10
     srv = Server(answering(size), name="answer")
     d = plain_daemon(tmp_path, srv, client="30s", server="30s")
