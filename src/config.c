@@ -233,6 +233,35 @@ cfg_parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
 }
 
 const char *
+cfg_parse_size(const char *s, unsigned min, unsigned max, unsigned *out)
+{
+	unsigned long long v = 0, mult = 1;
+	const char *p = s;
+
+	if (*p < '0' || *p > '9')
+		return "not a size (use a number of bytes, or k or m for KiB "
+		       "or MiB)";
+	for (; *p >= '0' && *p <= '9'; p++) {
+		v = v * 10 + (unsigned)(*p - '0');
+		if (v > max)
+			return "size too large";
+	}
+	if (*p == 'k' || *p == 'K')
+		mult = 1024, p++;
+	else if (*p == 'm' || *p == 'M')
+		mult = 1024 * 1024, p++;
+	if (*p != '\0')
+		return "not a size (use a number of bytes, or k or m for KiB "
+		       "or MiB)";
+	if (v * mult > max)
+		return "size too large";
+	if (v * mult < min)
+		return "size too small";
+	*out = (unsigned)(v * mult);
+	return NULL;
+}
+
+const char *
 cfg_parse_duration(const char *s, uint64_t *ms)
 {
 	uint64_t v = 0, mult;
@@ -504,7 +533,8 @@ section_keys(enum sec_kind kind)
 	static const char *const global[] = {"workers", "maxconn", "user",
 	    "drain-timeout", "log-level", "ports-file", "public-host",
 	    "sandbox", "max-conn-per-source", "new-conn-rate-per-source",
-	    "source-prefix-v4", "source-prefix-v6", "source-table-size", NULL};
+	    "source-prefix-v4", "source-prefix-v6", "source-table-size",
+	    "socket-buffers", NULL};
 	static const char *const timeouts[] = {"connect", "client", "server",
 	    "client-fin", "server-fin", "handshake", NULL};
 	static const char *const stats[] = {"listen", "public", NULL};
@@ -723,6 +753,12 @@ key_global(struct parse_state *st, const char *key, const char *value)
 		    cfg_parse_uint(value, SRCLIMIT_MIN_SIZE, SRCLIMIT_MAX_SIZE,
 		        &cfg->source_table_size) != NULL)
 			bad_value(st, key, value, "use 64-16777216 (sources)");
+	} else if (strcmp(key, "socket-buffers") == 0) {
+		if (!once(st, 13, key) || strcmp(value, "auto") == 0)
+			return;
+		if ((e = cfg_parse_size(value, CFG_SOCKBUF_MIN, CFG_SOCKBUF_MAX,
+		         &cfg->socket_buffers)) != NULL)
+			bad_value(st, key, value, e);
 	} else {
 		perr(st, st->line, "unknown key '%s' in [global]", key);
 	}
@@ -1666,6 +1702,10 @@ cfg_print(const struct cfg *cfg, FILE *out)
 		fprintf(
 		    out, "source-table-size = %u\n", cfg->source_table_size);
 	}
+	if (cfg->socket_buffers == 0)
+		fprintf(out, "socket-buffers = auto\n");
+	else
+		fprintf(out, "socket-buffers = %u\n", cfg->socket_buffers);
 
 	fprintf(out, "\n[timeouts]\n");
 	fprintf(out, "connect = %s\n",

@@ -112,6 +112,12 @@ struct cfg_listen {
 #define CFG_TLS_TICKETS 1
 #define CFG_TLS_TICKET_LIFETIME_MS (2 * 3600 * 1000ULL)
 
+/* socket-buffers' range: a few segments, up to what a 1 Gbit/s path of
+ * 500 ms could use.  The kernel doubles the value (its own overhead) and,
+ * without CAP_NET_ADMIN, caps it at net.core.rmem_max / wmem_max. */
+#define CFG_SOCKBUF_MIN (4 * 1024)
+#define CFG_SOCKBUF_MAX (64 * 1024 * 1024)
+
 /* client-keepalive's default: dead clients found within about 2 min. */
 #define CFG_KEEPALIVE_MS 60000
 
@@ -138,6 +144,9 @@ struct cfg {
 	unsigned source_prefix4; /* how sources are grouped: /32 */
 	unsigned source_prefix6; /* /64 */
 	unsigned source_table_size; /* sources tracked at most */
+	/* SO_RCVBUF and SO_SNDBUF of every relayed socket, client and
+	 * upstream, in bytes; 0: the kernel's autotuning. */
+	unsigned socket_buffers;
 	struct cfg_timeouts timeouts;
 	struct cfg_bind *stats; /* owned array */
 	size_t nstats;
@@ -184,6 +193,9 @@ bool cfg_any_listener_srclimit(const struct cfg *cfg);
  * success or a static message.
  */
 const char *cfg_parse_duration(const char *s, uint64_t *ms);
+/* "N", "Nk" or "Nm" (bytes, KiB, MiB) within [min, max]; NULL or why not. */
+const char *cfg_parse_size(
+    const char *s, unsigned min, unsigned max, unsigned *out);
 const char *cfg_parse_uint(
     const char *s, unsigned min, unsigned max, unsigned *out);
 const char *cfg_parse_bool(const char *s, bool *out);

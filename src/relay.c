@@ -266,6 +266,15 @@ k_socket(int family)
 	return fd;
 }
 
+static void
+k_buffers(int fd, unsigned bytes)
+{
+	int v = (int)bytes;
+
+	(void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+}
+
 static ssize_t
 k_splice_in(int fd, int pipe_wr, size_t len)
 {
@@ -359,6 +368,7 @@ k_watch(struct loop *loop, struct loop_io *io)
 
 const struct relay_sys relay_sys_kernel = {
     .socket = k_socket,
+    .buffers = k_buffers,
     .connect = connect,
     .recv = recv,
     .send = send,
@@ -1035,8 +1045,8 @@ conn_run(struct relay_conn *c)
 			if (!side->end.shut || shut_before[s])
 				continue;
 			/*
-			 * Its -fin timeout counts from our FIN, once at most the
-			 * slack is before it (its queue, read now).
+			 * Its -fin timeout counts from our FIN, once at most
+			 * the slack is before it (its queue, read now).
 			 */
 			side->end.last = now;
 			side_took(side, side_queue(c, s), now);
@@ -1180,6 +1190,9 @@ conn_connect(struct relay_conn *c)
 			conn_close(c, true, RELAY_RES_ERROR);
 			return;
 		}
+		/* Before connect: the window scale follows the buffer. */
+		if (c->gen->cfg->socket_buffers != 0)
+			rc->sys->buffers(fd, c->gen->cfg->socket_buffers);
 		r = rc->sys->connect(fd, (struct sockaddr *)&ss,
 		    addr_len((struct sockaddr *)&ss));
 		if (r == 0 || errno == EINPROGRESS) {
@@ -1926,6 +1939,9 @@ relay_accept(struct relay_ctx *rc, struct gen *g, struct listener *ls, int fd)
 		c->dir[s].spliceable = ls->tls == NULL;
 	}
 	c->side[CLIENT].io.fd = fd;
+	/* The handshake is over: this bounds the queues, not the scale. */
+	if (cfg->socket_buffers != 0)
+		rc->sys->buffers(fd, cfg->socket_buffers);
 	loop_timer_init(&c->timer, conn_timer_cb);
 	loop_task_init(&c->task, conn_continue_task);
 	c->next = rc->conns;

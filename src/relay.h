@@ -35,6 +35,8 @@ struct relay_sys {
 	/* A non-blocking TCP socket with the upstream options (Nagle off,
 	 * urgent data inline). */
 	int (*socket)(int family);
+	/* SO_RCVBUF and SO_SNDBUF (socket-buffers); best effort. */
+	void (*buffers)(int fd, unsigned bytes);
 	int (*connect)(int fd, const struct sockaddr *sa, socklen_t len);
 	ssize_t (*recv)(int fd, void *buf, size_t len, int flags);
 	ssize_t (*send)(int fd, const void *buf, size_t len, int flags);

@@ -45,6 +45,21 @@ test_values(void)
 	CHECK(cfg_parse_uint("11", 1, 10, &u) != NULL);
 	CHECK(cfg_parse_uint("lots", 1, 10, &u) != NULL);
 	CHECK(cfg_parse_uint("99999999999999999999999", 1, 10, &u) != NULL);
+	CHECK(cfg_parse_size("4096", 4096, 1 << 20, &u) == NULL);
+	CHECK_INT(u, 4096);
+	CHECK(cfg_parse_size("64k", 4096, 1 << 20, &u) == NULL);
+	CHECK_INT(u, 65536);
+	CHECK(cfg_parse_size("1M", 4096, 1 << 20, &u) == NULL);
+	CHECK_INT(u, 1 << 20);
+	CHECK(cfg_parse_size("4095", 4096, 1 << 20, &u) != NULL);
+	CHECK(cfg_parse_size("2m", 4096, 1 << 20, &u) != NULL);
+	CHECK(cfg_parse_size("1025k", 4096, 1 << 20, &u) != NULL);
+	CHECK(cfg_parse_size("64kb", 4096, 1 << 20, &u) != NULL);
+	CHECK(cfg_parse_size("k", 4096, 1 << 20, &u) != NULL);
+	CHECK(cfg_parse_size("", 4096, 1 << 20, &u) != NULL);
+	CHECK(cfg_parse_size("-64k", 4096, 1 << 20, &u) != NULL);
+	CHECK(
+	    cfg_parse_size("99999999999999999999k", 4096, 1 << 20, &u) != NULL);
 	CHECK(cfg_parse_bool("on", &b) == NULL && b);
 	CHECK(cfg_parse_bool("off", &b) == NULL && !b);
 	CHECK(cfg_parse_bool("maybe", &b) != NULL);

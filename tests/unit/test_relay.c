@@ -38,6 +38,8 @@ struct ffd {
 	int outq; /* unacknowledged bytes */
 	uint64_t acked_at; /* loop_clock_ms() of the peer's last ACK */
 	bool shut_wr, closed, aborted;
+	unsigned buffers; /* socket-buffers set on it; 0: none */
+	bool connected_after_buffers; /* connect() came after buffers() */
 	struct loop_io *io; /* watched */
 	struct sockaddr_storage peer;
 };
@@ -89,6 +91,12 @@ f_socket(int family)
 	return fake_new(true);
 }
 
+static void
+f_buffers(int fd, unsigned bytes)
+{
+	fd_of(fd)->buffers = bytes;
+}
+
 static int
 f_connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
@@ -96,6 +104,7 @@ f_connect(int fd, const struct sockaddr *sa, socklen_t len)
 
 	(void)len;
 	memcpy(&fd_of(fd)->peer, sa, sizeof(struct sockaddr_in));
+	fd_of(fd)->connected_after_buffers = fd_of(fd)->buffers != 0;
 	iconnect++;
 	if (e == 0)
 		return 0;
@@ -272,6 +281,7 @@ f_watch(struct loop *loop, struct loop_io *io)
 
 static const struct relay_sys fake_sys = {
     .socket = f_socket,
+    .buffers = f_buffers,
     .connect = f_connect,
     .recv = f_recv,
     .send = f_send,
@@ -1094,6 +1104,27 @@ test_maxconn(void)
 	CHECK_INT(relay_total_active(), 0);
 }
 
+/* socket-buffers: on the client's socket and the upstream's, before its
+ * connect (the window scale follows the buffer); auto: neither touched. */
+static void
+test_socket_buffers(void)
+{
+	struct rig r =
+	    rig_new("100\nsocket-buffers = 64k", "30s", "30s", "none", "");
+	int up, c = streaming(&r, &up);
+
+	CHECK_INT(fd_of(c)->buffers, 65536);
+	CHECK_INT(fd_of(up)->buffers, 65536);
+	CHECK(fd_of(up)->connected_after_buffers);
+	rig_free(&r);
+
+	r = rig_new("100", "30s", "30s", "none", "");
+	c = streaming(&r, &up);
+	CHECK_INT(fd_of(c)->buffers, 0);
+	CHECK_INT(fd_of(up)->buffers, 0);
+	rig_free(&r);
+}
+
 static void
 test_close_all_resets(void)
 {
@@ -1140,6 +1171,7 @@ main(void)
 	test_proxy_header_forwarded();
 	test_proxy_header_after_retry();
 	test_maxconn();
+	test_socket_buffers();
 	test_close_all_resets();
 	loop_free(L);
 	return h_report("test_relay");
