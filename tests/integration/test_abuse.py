@@ -17,6 +17,7 @@ import re
 import resource
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -1020,4 +1021,126 @@ def test_memory_bound_per_stalled_connection(host_factory, nofile, tmp_path,
     assert n_fd <= fd0, f"descriptors {n_fd}, baseline {fd0}"
     assert len(daemon_pipes(d.pid)) <= len(pipes0) + 2 * 256 * 2, \
         "pipes beyond the pools' bound kept"
+    assert relays()
+
+
+# OpenSSL's part of a stalled TLS connection, beyond the relay's two
+# buffers: its SSL object and, while bytes wait (SSL_MODE_RELEASE_BUFFERS
+# frees them only when idle), a read and a write buffer of a record each
+# (16 KiB + overhead).
+TLS_STATE = 48 * KiB
+
+
+@pytest.mark.plain_only
+def test_memory_bound_per_stalled_tls_connection(host_factory, nofile,
+                                                 tmp_path):
+    """500 TLS connections, each stalled both ways like the plain ones
+    above (the client writes 512 KiB and does not read; so does the
+    upstream), with `socket-buffers = 16k` so that the bytes reach the
+    relay.  TLS directions never splice: each holds its 16 KiB buffer, and
+    OpenSSL its record buffers; the daemon's resident memory grows by at
+    most two buffers and TLS_STATE per connection, and all of it is given
+    back when the peers reset."""
+    n = 500
+    nofile(8 * n + 1000)
+    host = host_factory()
+    peer_buf = 4 * KiB
+    with host.inside():
+        probe = conftest.Server(h_echo, name="probe")
+        lsock = socket.socket()
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, peer_buf)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, peer_buf)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(4096)
+        d = start_daemon(tmp_path, make_config(
+            {"stall": [f"127.0.0.1:{lsock.getsockname()[1]}"],
+             "probe": [probe.spec]},
+            {"tls": {"upstream": "stall", "tls": "on"},
+             "probe": {"upstream": "probe"}},
+            global_={"maxconn": "10000", "socket-buffers": "16k"},
+            timeouts={"client": "60s", "server": "60s"}))
+    conftest._SOCKETS.append(lsock)
+
+    def relays():
+        with host.inside():
+            return conftest.try_echo(d.addr("probe"), timeout=5.0)
+
+    assert relays()
+    ctx = client_ctx()
+    with host.inside():  # warm: a TLS handshake and a stalled pair
+        warm = ctx.wrap_socket(conftest.connect(d.addr("tls"), timeout=5.0))
+    conftest._SOCKETS.append(warm)
+    lsock.settimeout(5.0)
+    warm_up, _ = lsock.accept()
+    conftest._SOCKETS.append(warm_up)
+    fd0 = d.stable_fd_count()
+    rss0 = rss_bytes(d.pid)
+
+    socks = []
+    with host.inside():
+        for _ in range(n):
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, peer_buf)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, peer_buf)
+            raw.settimeout(5.0)
+            raw.connect(d.addr("tls"))
+            c = ctx.wrap_socket(raw)
+            socks.append(c)
+            conftest._SOCKETS.append(c)
+    for _ in range(n):
+        u, _ = lsock.accept()
+        socks.append(u)
+        conftest._SOCKETS.append(u)
+    chunk = os.urandom(16 * KiB)
+    left = {s: STALL_WRITE for s in socks}
+    for s in socks:
+        s.setblocking(False)
+    t0 = time.monotonic()
+    quiet_since, last = None, None
+    while True:  # write until nothing moves, anywhere
+        moved = 0
+        for s, k in left.items():
+            if k == 0:
+                continue
+            try:
+                sent = s.send(chunk[:min(k, len(chunk))])
+            except (BlockingIOError, ssl.SSLWantWriteError,
+                    ssl.SSLWantReadError):
+                continue
+            left[s] -= sent
+            moved += sent
+        rss = rss_bytes(d.pid)
+        now = time.monotonic()
+        if moved or rss != last:
+            quiet_since, last = now, rss
+        elif now - quiet_since >= 0.5:
+            break
+        assert now - t0 < 60, "the stalled connections never settled"
+        if not moved:
+            time.sleep(0.05)
+    grown = rss_bytes(d.pid) - rss0
+    ksocks = socket_mem(host, d.pid)
+    held = sum(STALL_WRITE - k for k in left.values())
+    bound = 2 * COPY_BUF + TLS_STATE
+    print(f"stalled TLS: {n} connections x 2 directions: RSS "
+          f"+{grown / 2**20:.1f} MiB, {grown / n / KiB:.1f} KiB per "
+          f"connection (bound {bound // KiB} KiB); accepted from the "
+          f"writers {held / n / KiB:.0f} KiB per connection; socket "
+          f"queues {sum(k.get('r', 0) + k.get('w', 0) for k in ksocks) / n / KiB:.0f}"
+          f" KiB per connection")
+    # the workload stalls the relay: every direction holds a full buffer
+    # (else the figure would flatter it)
+    assert grown >= n * 2 * COPY_BUF * 0.9, \
+        f"RSS +{grown / n / KiB:.1f} KiB per connection: not a full " \
+        f"buffer each way"
+    assert grown <= n * bound, \
+        f"{grown / n / KiB:.1f} KiB per stalled TLS connection, " \
+        f"bound {bound // KiB} KiB"
+
+    for s in socks:  # the peers give up: RST both ways
+        conftest.rst_close(s)
+    conftest.rst_close(warm)
+    conftest.rst_close(warm_up)
+    n_fd = d.wait_fds_at_most(fd0 - 2, timeout=5.0 * SLOW)
+    assert n_fd <= fd0 - 2, f"descriptors {n_fd}, baseline {fd0 - 2}"
     assert relays()
