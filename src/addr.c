@@ -187,6 +187,53 @@ addr_is_loopback(const struct sockaddr *sa)
 	    (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
 }
 
+/* b, four bytes of an IPv4 address in network order. */
+static enum addr_scope
+scope4(const uint8_t *b)
+{
+	if (b[0] == 127)
+		return ADDR_SCOPE_LOOPBACK;
+	if (b[0] == 10 || (b[0] == 172 && (b[1] & 0xf0) == 16) ||
+	    (b[0] == 192 && b[1] == 168) || (b[0] == 100 && (b[1] & 0xc0) == 64) ||
+	    (b[0] == 169 && b[1] == 254))
+		return ADDR_SCOPE_PRIVATE;
+	return ADDR_SCOPE_PUBLIC;
+}
+
+enum addr_scope
+addr_scope(const struct sockaddr *sa)
+{
+	const uint8_t *b;
+
+	if (sa->sa_family == AF_INET)
+		return scope4((const uint8_t *)&((const struct sockaddr_in *)sa)
+		                  ->sin_addr);
+	if (sa->sa_family != AF_INET6)
+		return ADDR_SCOPE_PUBLIC;
+	b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+	if (IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)b))
+		return scope4(b + 12);
+	if (IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)b))
+		return ADDR_SCOPE_LOOPBACK;
+	if ((b[0] & 0xfe) == 0xfc || (b[0] == 0xfe && (b[1] & 0xc0) == 0x80))
+		return ADDR_SCOPE_PRIVATE;
+	return ADDR_SCOPE_PUBLIC;
+}
+
+const char *
+addr_scope_str(enum addr_scope s)
+{
+	switch (s) {
+	case ADDR_SCOPE_LOOPBACK:
+		return "loopback";
+	case ADDR_SCOPE_PRIVATE:
+		return "private";
+	case ADDR_SCOPE_PUBLIC:
+		return "public";
+	}
+	return "?";
+}
+
 void
 addr_format(const struct sockaddr *sa, char *buf, size_t len)
 {

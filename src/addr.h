@@ -45,6 +45,23 @@ bool addr_cidr_match(const struct addr_cidr *cidr, const struct sockaddr *sa);
 /* True for 127.0.0.0/8, ::1 and v4-mapped 127.0.0.0/8. */
 bool addr_is_loopback(const struct sockaddr *sa);
 
+/*
+ * Who can reach an address bound by a listener.  LOOPBACK: this host only
+ * (127.0.0.0/8, ::1, v4-mapped 127/8).  PRIVATE: a private or local
+ * network (10/8, 172.16/12, 192.168/16, 100.64/10 shared address space,
+ * 169.254/16 and fe80::/10 link-local, fc00::/7 unique local).  PUBLIC:
+ * anything else, the wildcards 0.0.0.0 and :: included (they bind every
+ * interface, the public ones too).
+ */
+enum addr_scope {
+	ADDR_SCOPE_LOOPBACK,
+	ADDR_SCOPE_PRIVATE,
+	ADDR_SCOPE_PUBLIC,
+};
+
+enum addr_scope addr_scope(const struct sockaddr *sa);
+const char *addr_scope_str(enum addr_scope s);
+
 /* Formats sa as "1.2.3.4:80" or "[::1]:80" into buf (ADDR_STRLEN bytes). */
 void addr_format(const struct sockaddr *sa, char *buf, size_t len);
 

@@ -526,6 +526,89 @@ fail:
 	return r;
 }
 
+/* Reads until the peer closes, into buf; returns the bytes or -errno. */
+static ssize_t
+read_all(int fd, uint64_t deadline, char *buf, size_t cap)
+{
+	size_t got = 0;
+
+	for (;;) {
+		ssize_t n;
+		int r;
+
+		if (got + 1 >= cap)
+			return -EMSGSIZE;
+		if ((r = wait_fd(fd, POLLIN, deadline)) != 0)
+			return r;
+		n = recv(fd, buf + got, cap - 1 - got, 0);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	buf[got] = '\0';
+	return (ssize_t)got;
+}
+
+enum health_probe
+health_fetch(const struct sockaddr *sa, const char *path, uint64_t timeout_ms,
+    char *buf, size_t cap, int *code, const char **body, int *err)
+{
+	uint64_t deadline = loop_clock_ms() + timeout_ms;
+	struct addrinfo ai = {.ai_family = sa->sa_family,
+	    .ai_addr = (struct sockaddr *)sa, .ai_addrlen = addr_len(sa)};
+	char host[ADDR_STRLEN];
+	enum health_probe r;
+	ssize_t n;
+	int fd;
+	char *end;
+
+	*body = NULL;
+	*code = 0;
+	*err = 0;
+	fd = probe_connect(&ai, deadline);
+	if (fd < 0) {
+		*err = -fd;
+		return *err == ETIMEDOUT ? HEALTH_PROBE_TIMEOUT
+		                         : HEALTH_PROBE_CONNECT_FAILED;
+	}
+	addr_format(sa, host, sizeof(host));
+	snprintf(buf, cap,
+	    "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path,
+	    host);
+	if (send(fd, buf, strlen(buf), MSG_NOSIGNAL) != (ssize_t)strlen(buf)) {
+		*err = errno;
+		r = HEALTH_PROBE_IO_ERROR;
+		goto done;
+	}
+	n = read_all(fd, deadline, buf, cap);
+	if (n < 0) {
+		*err = (int)-n;
+		r = n == -ETIMEDOUT   ? HEALTH_PROBE_TIMEOUT
+		    : n == -EMSGSIZE ? HEALTH_PROBE_MALFORMED
+		                     : HEALTH_PROBE_IO_ERROR;
+		goto done;
+	}
+	if (n == 0) {
+		r = HEALTH_PROBE_NO_RESPONSE;
+		goto done;
+	}
+	end = strstr(buf, "\r\n\r\n");
+	if (health_parse_status(buf, (size_t)n, code) != HEALTH_STATUS_OK ||
+	    end == NULL) {
+		r = HEALTH_PROBE_MALFORMED;
+		goto done;
+	}
+	*body = end + 4;
+	r = *code == 200 ? HEALTH_PROBE_READY : HEALTH_PROBE_NOT_READY;
+done:
+	close(fd);
+	return r;
+}
+
 /* One line on stderr naming what failed, for the operator's log. */
 static void
 probe_report(

@@ -65,6 +65,17 @@ enum health_status health_parse_status(const char *buf, size_t len, int *code);
 enum health_probe health_probe(const char *host, const char *port,
     const char *path, int *code, int *err, char *peer, size_t peerlen);
 /*
+ * GETs path from sa and reads the whole response (the server closes it)
+ * into buf, NUL-terminated, within timeout_ms: `lifeline doctor` reads a
+ * running relay's stats listener so.  Returns READY (status 200) or
+ * NOT_READY (*code has the status) with *body pointing at the body in
+ * buf, or a failure (*err: an errno) with *body NULL.  A response longer
+ * than cap - 1 bytes is MALFORMED.
+ */
+enum health_probe health_fetch(const struct sockaddr *sa, const char *path,
+    uint64_t timeout_ms, char *buf, size_t cap, int *code, const char **body,
+    int *err);
+/*
  * `lifeline health [--url URL]`: returns the exit status: 0 ready, 1 not
  * (with one line on stderr saying why), 2 usage error.
  */

@@ -22,6 +22,7 @@
 #include "cli.h"
 #include "config.h"
 #include "control.h"
+#include "doctor.h"
 #include "failalloc.h"
 #include "gen.h"
 #include "log.h"
@@ -69,6 +70,8 @@ usage(FILE *out)
 	    "       lifeline link --host HOST [--chat-port N] [--media-port N] "
 	    "[--tls|--no-tls] [--qr]\n"
 	    "       lifeline health [--url URL]\n"
+	    "       lifeline doctor [-c FILE | --preset NAME] [--outside "
+	    "HOST]\n"
 	    "       lifeline --version | --help\n"
 	    "\n"
 	    "  -c, --config FILE     configuration file (INI); without it "
@@ -86,6 +89,12 @@ usage(FILE *out)
 	    "  -q, --quiet           log errors only\n"
 	    "  -V, --version         print the version and exit\n"
 	    "  -h, --help            print this help and exit\n"
+	    "\n"
+	    "\n"
+	    "  health: exit 0 when the running relay's /readyz says ready.\n"
+	    "  doctor: check this host, its configuration and relay, one "
+	    "line\n"
+	    "          per check (ok, warn, fail); see lifeline(8).\n"
 	    "\n"
 	    "Signals: TERM/INT drain and exit, HUP reload, USR1 log "
 	    "counters.\n");
@@ -508,6 +517,8 @@ main(int argc, char **argv)
 		return cli_link(argc - 1, argv + 1);
 	if (argc > 1 && strcmp(argv[1], "health") == 0)
 		return cli_health(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "doctor") == 0)
+		return doctor_cli(argc - 1, argv + 1);
 #ifdef LIFELINE_TEST_HOOKS
 	tls_test_hooks_init();
 	if (failalloc_init(err, sizeof(err)) != 0) {

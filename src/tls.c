@@ -9,6 +9,10 @@
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,6 +22,7 @@
 
 #include "log.h"
 #include "tls.h"
+#include "util.h"
 
 /* Ticket keys: current and previous, rotated every 12 hours. */
 #define TLS_TICKET_ROTATE_S (12 * 3600)
@@ -817,6 +822,163 @@ tls_status_str(enum tls_status st)
 		return "fail";
 	}
 	return "?";
+}
+
+/* An ASN1_TIME as seconds since the epoch; 0 when it does not parse. */
+static time_t
+asn1_time(const ASN1_TIME *a)
+{
+	struct tm tm;
+
+	if (a == NULL || ASN1_TIME_to_tm(a, &tm) != 1)
+		return 0;
+	return timegm(&tm);
+}
+
+/* The subjectAltNames (DNS and IP) of x as "DNS:a, IP:b" into buf. */
+static void
+alt_names(X509 *x, char *buf, size_t len)
+{
+	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+		char ip[64] = "";
+		const ASN1_OCTET_STRING *o;
+
+		if (n >= len)
+			break;
+		if (g->type == GEN_DNS) {
+			n += (size_t)snprintf(buf + n, len - n, "%sDNS:%.*s",
+			    n ? ", " : "", ASN1_STRING_length(g->d.dNSName),
+			    (const char *)ASN1_STRING_get0_data(g->d.dNSName));
+		} else if (g->type == GEN_IPADD) {
+			o = g->d.iPAddress;
+			if (ASN1_STRING_length(o) == 4)
+				inet_ntop(AF_INET, ASN1_STRING_get0_data(o), ip,
+				    sizeof(ip));
+			else if (ASN1_STRING_length(o) == 16)
+				inet_ntop(AF_INET6, ASN1_STRING_get0_data(o),
+				    ip, sizeof(ip));
+			n += (size_t)snprintf(
+			    buf + n, len - n, "%sIP:%s", n ? ", " : "", ip);
+		}
+	}
+	GENERAL_NAMES_free(gens);
+}
+
+static void
+subject_line(X509 *x, char *buf, size_t len)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *p = NULL;
+	long n;
+
+	snprintf(buf, len, "?");
+	if (b == NULL)
+		return;
+	if (X509_NAME_print_ex(b, X509_get_subject_name(x), 0,
+	        XN_FLAG_RFC2253) >= 0 &&
+	    (n = BIO_get_mem_data(b, &p)) > 0)
+		snprintf(buf, len, "%.*s", (int)n, p);
+	BIO_free(b);
+}
+
+int
+tls_ctx_cert_info(const struct tls_ctx *t, struct tls_cert_info *out)
+{
+	X509 *x = SSL_CTX_get0_certificate(t->ssl);
+
+	memset(out, 0, sizeof(*out));
+	if (x == NULL)
+		return -1;
+	out->not_before = asn1_time(X509_get0_notBefore(x));
+	out->not_after = asn1_time(X509_get0_notAfter(x));
+	subject_line(x, out->subject, sizeof(out->subject));
+	alt_names(x, out->names, sizeof(out->names));
+	return 0;
+}
+
+/* Runs the client handshake on ssl until done, failed or deadline. */
+static int
+client_handshake(SSL *ssl, int fd, uint64_t deadline, char *err, size_t errlen)
+{
+	for (;;) {
+		struct pollfd pfd = {.fd = fd};
+		struct timespec ts;
+		uint64_t now;
+		int r = SSL_connect(ssl), e;
+
+		if (r == 1)
+			return 0;
+		e = SSL_get_error(ssl, r);
+		if (e == SSL_ERROR_WANT_READ)
+			pfd.events = POLLIN;
+		else if (e == SSL_ERROR_WANT_WRITE)
+			pfd.events = POLLOUT;
+		else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+			return errf(err, errlen, "the connection was %s",
+			    errno == ECONNRESET ? "reset" : "closed");
+		else {
+			openssl_err(err, errlen, "handshake failed");
+			return -1;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+		if (now >= deadline ||
+		    (r = poll(&pfd, 1, (int)(deadline - now))) == 0)
+			return errf(err, errlen, "no answer within the timeout");
+		if (r < 0 && errno != EINTR)
+			return errf(err, errlen, "poll: %s", strerror(errno));
+	}
+}
+
+int
+tls_client_probe(int fd, const char *sni, unsigned timeout_ms, char *proto,
+    size_t protolen, char *subject, size_t subjlen, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = NULL;
+	SSL *ssl = NULL;
+	X509 *peer;
+	struct timespec ts;
+	uint64_t deadline;
+	int r = -1;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	deadline = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 +
+	    timeout_ms;
+	ERR_clear_error();
+	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL ||
+	    (ssl = SSL_new(ctx)) == NULL || SSL_set_fd(ssl, fd) != 1 ||
+	    (sni != NULL && SSL_set_tlsext_host_name(ssl, sni) != 1)) {
+		openssl_err(err, errlen, "TLS client");
+		goto fail;
+	}
+	/* Whatever the relay serves is looked at, not trusted. */
+	SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
+		errf(err, errlen, "fcntl: %s", strerror(errno));
+		goto fail;
+	}
+	if (client_handshake(ssl, fd, deadline, err, errlen) != 0)
+		goto fail;
+	snprintf(proto, protolen, "%s", SSL_get_version(ssl));
+	peer = SSL_get1_peer_certificate(ssl);
+	if (peer != NULL) {
+		subject_line(peer, subject, subjlen);
+		X509_free(peer);
+	} else {
+		snprintf(subject, subjlen, "(no certificate)");
+	}
+	(void)SSL_shutdown(ssl);
+	r = 0;
+fail:
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	ERR_clear_error();
+	return r;
 }
 
 #ifdef LIFELINE_TEST_HOOKS

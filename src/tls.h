@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "config.h"
 
@@ -67,5 +68,27 @@ enum tls_status tls_close_notify(struct tls_conn *tc);
 bool tls_conn_resumed(const struct tls_conn *tc);
 
 const char *tls_status_str(enum tls_status st);
+
+/* What `lifeline doctor` shows of a context's certificate. */
+struct tls_cert_info {
+	time_t not_before, not_after;
+	char subject[256]; /* one line, OpenSSL's RFC 2253 form */
+	char names[1024]; /* subjectAltNames "DNS:a, IP:b", or "" */
+};
+
+/* Fills out from t's certificate.  Returns 0, or -1 when it has none. */
+int tls_ctx_cert_info(const struct tls_ctx *t, struct tls_cert_info *out);
+
+/*
+ * A client handshake over fd (borrowed: a connected TCP socket, made
+ * non-blocking here), as an app would make it, without verifying the
+ * certificate, within timeout_ms.  sni NULL sends no server_name.  On
+ * success returns 0 with the protocol ("TLSv1.3") in proto and the
+ * server certificate's subject in subject; otherwise -1 with the reason
+ * in err.
+ */
+int tls_client_probe(int fd, const char *sni, unsigned timeout_ms,
+    char *proto, size_t protolen, char *subject, size_t subjlen, char *err,
+    size_t errlen);
 
 #endif

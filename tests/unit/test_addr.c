@@ -136,6 +136,52 @@ test_loopback(void)
 	}
 }
 
+static void
+test_scope(void)
+{
+	static const struct {
+		const char *a;
+		enum addr_scope s;
+	} cases[] = {
+	    {"127.0.0.1", ADDR_SCOPE_LOOPBACK},
+	    {"::1", ADDR_SCOPE_LOOPBACK},
+	    {"::ffff:127.0.0.9", ADDR_SCOPE_LOOPBACK},
+	    {"10.1.2.3", ADDR_SCOPE_PRIVATE},
+	    {"172.16.0.1", ADDR_SCOPE_PRIVATE},
+	    {"172.31.255.255", ADDR_SCOPE_PRIVATE},
+	    {"192.168.0.1", ADDR_SCOPE_PRIVATE},
+	    {"100.64.0.1", ADDR_SCOPE_PRIVATE},
+	    {"100.127.255.1", ADDR_SCOPE_PRIVATE},
+	    {"169.254.1.1", ADDR_SCOPE_PRIVATE},
+	    {"fd00::1", ADDR_SCOPE_PRIVATE},
+	    {"fc12::1", ADDR_SCOPE_PRIVATE},
+	    {"fe80::1", ADDR_SCOPE_PRIVATE},
+	    {"febf::1", ADDR_SCOPE_PRIVATE},
+	    {"::ffff:10.0.0.1", ADDR_SCOPE_PRIVATE},
+	    /* The wildcards bind public interfaces too. */
+	    {"0.0.0.0", ADDR_SCOPE_PUBLIC},
+	    {"::", ADDR_SCOPE_PUBLIC},
+	    {"172.15.0.1", ADDR_SCOPE_PUBLIC},
+	    {"172.32.0.1", ADDR_SCOPE_PUBLIC},
+	    {"100.63.0.1", ADDR_SCOPE_PUBLIC},
+	    {"100.128.0.1", ADDR_SCOPE_PUBLIC},
+	    {"192.169.0.1", ADDR_SCOPE_PUBLIC},
+	    {"128.0.0.1", ADDR_SCOPE_PUBLIC},
+	    {"203.0.113.7", ADDR_SCOPE_PUBLIC},
+	    {"2001:db8::1", ADDR_SCOPE_PUBLIC},
+	    {"fec0::1", ADDR_SCOPE_PUBLIC},
+	    {"::ffff:8.8.8.8", ADDR_SCOPE_PUBLIC},
+	};
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		CHECK(addr_parse_numeric(cases[i].a, 1, &ss, &len) == NULL);
+		CHECK_STR(addr_scope_str(addr_scope((struct sockaddr *)&ss)),
+		    addr_scope_str(cases[i].s));
+	}
+}
+
 int
 main(void)
 {
@@ -143,5 +189,6 @@ main(void)
 	test_numeric();
 	test_cidr();
 	test_loopback();
+	test_scope();
 	return h_report("test_addr");
 }
