@@ -538,6 +538,11 @@ use_files(SSL_CTX *ssl, const struct cfg_listen *cl, char *err, size_t errlen)
 	}
 	snprintf(what, sizeof(what), "key %s", cl->key);
 	if (SSL_CTX_use_PrivateKey_file(ssl, cl->key, SSL_FILETYPE_PEM) != 1) {
+		/* OpenSSL finds a key of another certificate here already. */
+		if (ERR_GET_REASON(ERR_peek_last_error()) ==
+		    X509_R_KEY_VALUES_MISMATCH)
+			snprintf(what, sizeof(what),
+			    "key %s does not match %s", cl->key, cl->cert);
 		openssl_err(err, errlen, what);
 		return -1;
 	}
