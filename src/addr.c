@@ -194,7 +194,8 @@ scope4(const uint8_t *b)
 	if (b[0] == 127)
 		return ADDR_SCOPE_LOOPBACK;
 	if (b[0] == 10 || (b[0] == 172 && (b[1] & 0xf0) == 16) ||
-	    (b[0] == 192 && b[1] == 168) || (b[0] == 100 && (b[1] & 0xc0) == 64) ||
+	    (b[0] == 192 && b[1] == 168) ||
+	    (b[0] == 100 && (b[1] & 0xc0) == 64) ||
 	    (b[0] == 169 && b[1] == 254))
 		return ADDR_SCOPE_PRIVATE;
 	return ADDR_SCOPE_PUBLIC;

@@ -286,7 +286,8 @@ check_stats_exposure(struct doctor *d)
 			    "bind 127.0.0.1, or set 'public = on' in [stats] "
 			    "if it is meant",
 			    b->text, addr_scope_str(s),
-			    s == ADDR_SCOPE_PUBLIC ? " (a wildcard counts)" : "",
+			    s == ADDR_SCOPE_PUBLIC ? " (a wildcard counts)"
+			                           : "",
 			    s == ADDR_SCOPE_PUBLIC ? "anyone" : "that network");
 	}
 }
@@ -316,9 +317,10 @@ check_port_set(struct doctor *d)
 			npublic++;
 			/* One mention per listener and port (v4 and v6). */
 			if (usual_port(port) || n >= sizeof(list) ||
-			    (j > 0 && addr_port((const struct sockaddr *)&cl
-			                            ->binds[j - 1]
-			                            .ss) == port))
+			    (j > 0 &&
+			        addr_port(
+			            (const struct sockaddr *)&cl->binds[j - 1]
+			                .ss) == port))
 				continue;
 			n += (size_t)snprintf(list + n, sizeof(list) - n,
 			    "%s%u (%s)", n ? ", " : "", port, cl->name);
@@ -326,7 +328,8 @@ check_port_set(struct doctor *d)
 	}
 	if (n > 0)
 		say(d, LV_WARN,
-		    "exposure: port%s %s on a public address: ports other than 443, "
+		    "exposure: port%s %s on a public address: ports other than "
+		    "443, "
 		    "80 and 587 make an unusual set that a censor's scan can "
 		    "tell apart from a web or mail server; serve 443 and 587 "
 		    "only (--preset minimal) unless clients need the others",
@@ -362,8 +365,8 @@ dialable(const struct sockaddr_storage *in, struct sockaddr_storage *out)
 
 /* GETs path from the running relay; the body, or NULL. */
 static const char *
-stats_get(struct doctor *d, const struct sockaddr_storage *sa,
-    const char *path, int *code, enum health_probe *res)
+stats_get(struct doctor *d, const struct sockaddr_storage *sa, const char *path,
+    int *code, enum health_probe *res)
 {
 	const char *body = NULL;
 	int err = 0;
@@ -483,15 +486,15 @@ try_bind(const struct sockaddr_storage *ss)
 }
 
 static void
-check_bind(struct doctor *d, const char *what, const struct cfg_bind *b,
-    bool is_stats)
+check_bind(
+    struct doctor *d, const char *what, const struct cfg_bind *b, bool is_stats)
 {
 	uint16_t port = addr_port((const struct sockaddr *)&b->ss);
 	int err;
 
 	if (port == 0) {
-		say(d, LV_OK, "port: %s binds %s: a port chosen at start",
-		    what, b->text);
+		say(d, LV_OK, "port: %s binds %s: a port chosen at start", what,
+		    b->text);
 		return;
 	}
 	err = try_bind(&b->ss);
@@ -503,9 +506,10 @@ check_bind(struct doctor *d, const char *what, const struct cfg_bind *b,
 		    "CAP_NET_BIND_SERVICE, which the systemd unit grants",
 		    port, what, b->text);
 	else if (err == EADDRINUSE &&
-	         (is_stats ? d->stats_bind == b : daemon_serves(d, b->text)))
-		say(d, LV_OK, "port: %u (%s, %s) is held by the running lifeline",
-		    port, what, b->text);
+	    (is_stats ? d->stats_bind == b : daemon_serves(d, b->text)))
+		say(d, LV_OK,
+		    "port: %u (%s, %s) is held by the running lifeline", port,
+		    what, b->text);
 	else if (err == EADDRINUSE)
 		say(d, LV_FAIL,
 		    "port: %u (%s, %s) is in use by another program: stop it, "
@@ -588,7 +592,8 @@ check_cert(struct doctor *d, const struct cfg_listen *cl)
 		return;
 	}
 	if (tls_ctx_cert_info(t, &ci) != 0)
-		say(d, LV_FAIL, "certificate (listen %s): none loaded", cl->name);
+		say(d, LV_FAIL, "certificate (listen %s): none loaded",
+		    cl->name);
 	else if (cl->cert == NULL)
 		say(d, LV_OK,
 		    "certificate (listen %s): generated in memory at each "
@@ -724,7 +729,7 @@ resolve_bounded(
 	}
 	pthread_mutex_lock(&job->lock);
 	while (job->ndone < n &&
-	       pthread_cond_timedwait(&job->cond, &job->lock, &ts) == 0)
+	    pthread_cond_timedwait(&job->cond, &job->lock, &ts) == 0)
 		;
 	memcpy(state, job->state, n * sizeof(*state));
 	pthread_mutex_unlock(&job->lock);
@@ -772,8 +777,8 @@ attempt_open(struct attempt *a, uint64_t timeout_ms)
 {
 	a->start = loop_clock_ms();
 	a->until = a->start + timeout_ms;
-	a->fd = socket(a->ss.ss_family,
-	    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	a->fd = socket(
+	    a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (a->fd < 0) {
 		attempt_end(a, UP_ERROR, errno);
 		return;
@@ -902,8 +907,8 @@ report_server(struct doctor *d, const struct cfg_upstream *cu,
 	const struct attempt *ok = NULL, *bad = NULL;
 	size_t tried = 0;
 	char addr[ADDR_STRLEN];
-	const char *pp = cu->send_proxy == CFG_SEND_PROXY_V1 ? "v1 UNKNOWN"
-	                                                     : "v2 LOCAL";
+	const char *pp =
+	    cu->send_proxy == CFG_SEND_PROXY_V1 ? "v1 UNKNOWN" : "v2 LOCAL";
 
 	for (size_t i = 0; i < n; i++) {
 		if (v[i].srv != s || v[i].cu != cu)
@@ -915,11 +920,14 @@ report_server(struct doctor *d, const struct cfg_upstream *cu,
 			bad = &v[i];
 	}
 	if (ok != NULL) {
-		addr_format((const struct sockaddr *)&ok->ss, addr, sizeof(addr));
+		addr_format(
+		    (const struct sockaddr *)&ok->ss, addr, sizeof(addr));
 		say(d, LV_OK,
-		    "upstream %s: %s accepted a TCP connection (%s, %llu ms)%s%s%s",
+		    "upstream %s: %s accepted a TCP connection (%s, %llu "
+		    "ms)%s%s%s",
 		    cu->name, s->label, addr, (unsigned long long)ok->took_ms,
-		    cu->send_proxy != CFG_SEND_PROXY_NONE ? " and a PROXY " : "",
+		    cu->send_proxy != CFG_SEND_PROXY_NONE ? " and a PROXY "
+		                                          : "",
 		    cu->send_proxy != CFG_SEND_PROXY_NONE ? pp : "",
 		    bad != NULL ? "; another of its addresses did not answer"
 		                : "");
@@ -950,8 +958,8 @@ report_server(struct doctor *d, const struct cfg_upstream *cu,
 		    "%d ms of our PROXY %s header (%s): the server does not "
 		    "expect one (set send-proxy = none), or refuses ours",
 		    cu->name, s->label,
-		    bad->res == UP_CLOSED ? "closed" : "reset", DOCTOR_PP_WATCH_MS,
-		    pp, addr);
+		    bad->res == UP_CLOSED ? "closed" : "reset",
+		    DOCTOR_PP_WATCH_MS, pp, addr);
 		break;
 	default:
 		say(d, LV_FAIL, "upstream %s: %s: cannot connect (%s): %s",
@@ -999,11 +1007,10 @@ servers_free(const struct cfg *cfg, struct server_list *sl)
 
 /* One attempt per resolved address of each server that resolved. */
 static size_t
-attempts_make(struct doctor *d, const struct server_list *sl,
-    const int *state, uint64_t connect_ms, struct attempt **out)
+attempts_make(struct doctor *d, const struct server_list *sl, const int *state,
+    uint64_t connect_ms, struct attempt **out)
 {
-	struct attempt *v =
-	    xcalloc(sl->n * UPSTREAM_MAX_ADDRS + 1, sizeof(*v));
+	struct attempt *v = xcalloc(sl->n * UPSTREAM_MAX_ADDRS + 1, sizeof(*v));
 	size_t n = 0;
 
 	for (size_t k = 0; k < sl->n; k++) {
@@ -1048,8 +1055,8 @@ check_upstreams(struct doctor *d)
 	state = xcalloc(sl.n + 1, sizeof(*state));
 	resolve_bounded(sl.srv, sl.n, left(d, DOCTOR_RESOLVE_MS), state);
 	n = attempts_make(d, &sl, state, connect_ms, &v);
-	attempts_run(v, n, loop_clock_ms() + left(d, connect_ms +
-	                                                 DOCTOR_PP_WATCH_MS));
+	attempts_run(
+	    v, n, loop_clock_ms() + left(d, connect_ms + DOCTOR_PP_WATCH_MS));
 	for (size_t k = 0; k < sl.n; k++) {
 		if (state[k] == 1)
 			report_server(d, sl.cu[k], sl.srv[k], v, n, connect_ms);
@@ -1124,7 +1131,7 @@ json_count_listeners(const char *json)
 		return 0;
 	end = strstr(p, "\"upstreams\":[");
 	while ((p = strstr(p + 1, "{\"name\":\"")) != NULL &&
-	       (end == NULL || p < end))
+	    (end == NULL || p < end))
 		n++;
 	return n;
 }
@@ -1150,10 +1157,10 @@ check_served(struct doctor *d)
 
 			if (addr_port((const struct sockaddr *)&b->ss) != 0 &&
 			    !json_has_address(obj, b->text))
-				n += (size_t)snprintf(diff + n,
-				    sizeof(diff) - n,
-				    "%slisten %s does not bind %s", n ? "; " : "",
-				    cl->name, b->text);
+				n +=
+				    (size_t)snprintf(diff + n, sizeof(diff) - n,
+				        "%slisten %s does not bind %s",
+				        n ? "; " : "", cl->name, b->text);
 		}
 	}
 	if (n == 0 && served != d->cfg->nlistens)
@@ -1210,8 +1217,8 @@ look_line(const char *l, size_t len, uint64_t *sum)
 	for (int c = 0; c < LOOK_MAX; c++) {
 		const char *lab = look_def[c].label;
 
-		if (strncmp(l, look_def[c].prefix, strlen(look_def[c].prefix)) !=
-		        0 ||
+		if (strncmp(l, look_def[c].prefix,
+		        strlen(look_def[c].prefix)) != 0 ||
 		    (lab != NULL &&
 		        memmem(l, (size_t)(sp - l), lab, strlen(lab)) == NULL))
 			continue;
@@ -1272,7 +1279,8 @@ check_counters(struct doctor *d)
 		if (b[c] > a[c])
 			n += (size_t)snprintf(grew + n, sizeof(grew) - n,
 			    "%s%llu %s", n ? ", " : "",
-			    (unsigned long long)(b[c] - a[c]), look_def[c].words);
+			    (unsigned long long)(b[c] - a[c]),
+			    look_def[c].words);
 	}
 	if (n > 0)
 		say(d, LV_FAIL,
@@ -1314,8 +1322,8 @@ dial(const struct sockaddr_storage *sa, uint64_t timeout_ms, uint64_t *took)
 		if (poll(&p, 1, (int)timeout_ms) != 1)
 			attempt_end(&a, UP_TIMEOUT, ETIMEDOUT);
 		else if (getsockopt(a.fd, SOL_SOCKET, SO_ERROR, &err, &len) !=
-		             0 ||
-		         err != 0)
+		        0 ||
+		    err != 0)
 			attempt_end(&a, UP_ERROR, err != 0 ? err : errno);
 	}
 	*took = loop_clock_ms() - a.start;
@@ -1517,7 +1525,8 @@ parse_args(int argc, char **argv, const char **file, const char **preset,
 			return 2;
 		default:
 			fprintf(stderr,
-			    "lifeline doctor: unknown option '%s' (see --help)\n",
+			    "lifeline doctor: unknown option '%s' (see "
+			    "--help)\n",
 			    argv[optind - 1]);
 			return 2;
 		}

@@ -559,7 +559,8 @@ health_fetch(const struct sockaddr *sa, const char *path, uint64_t timeout_ms,
 {
 	uint64_t deadline = loop_clock_ms() + timeout_ms;
 	struct addrinfo ai = {.ai_family = sa->sa_family,
-	    .ai_addr = (struct sockaddr *)sa, .ai_addrlen = addr_len(sa)};
+	    .ai_addr = (struct sockaddr *)sa,
+	    .ai_addrlen = addr_len(sa)};
 	char host[ADDR_STRLEN];
 	enum health_probe r;
 	ssize_t n;
@@ -587,7 +588,7 @@ health_fetch(const struct sockaddr *sa, const char *path, uint64_t timeout_ms,
 	n = read_all(fd, deadline, buf, cap);
 	if (n < 0) {
 		*err = (int)-n;
-		r = n == -ETIMEDOUT   ? HEALTH_PROBE_TIMEOUT
+		r = n == -ETIMEDOUT  ? HEALTH_PROBE_TIMEOUT
 		    : n == -EMSGSIZE ? HEALTH_PROBE_MALFORMED
 		                     : HEALTH_PROBE_IO_ERROR;
 		goto done;

@@ -541,8 +541,8 @@ use_files(SSL_CTX *ssl, const struct cfg_listen *cl, char *err, size_t errlen)
 		/* OpenSSL finds a key of another certificate here already. */
 		if (ERR_GET_REASON(ERR_peek_last_error()) ==
 		    X509_R_KEY_VALUES_MISMATCH)
-			snprintf(what, sizeof(what),
-			    "key %s does not match %s", cl->key, cl->cert);
+			snprintf(what, sizeof(what), "key %s does not match %s",
+			    cl->key, cl->cert);
 		openssl_err(err, errlen, what);
 		return -1;
 	}
@@ -844,7 +844,8 @@ asn1_time(const ASN1_TIME *a)
 static void
 alt_names(X509 *x, char *buf, size_t len)
 {
-	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	GENERAL_NAMES *gens =
+	    X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
 	size_t n = 0;
 
 	buf[0] = '\0';
@@ -884,8 +885,8 @@ subject_line(X509 *x, char *buf, size_t len)
 	snprintf(buf, len, "?");
 	if (b == NULL)
 		return;
-	if (X509_NAME_print_ex(b, X509_get_subject_name(x), 0,
-	        XN_FLAG_RFC2253) >= 0 &&
+	if (X509_NAME_print_ex(
+	        b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) >= 0 &&
 	    (n = BIO_get_mem_data(b, &p)) > 0)
 		snprintf(buf, len, "%.*s", (int)n, p);
 	BIO_free(b);
@@ -931,10 +932,12 @@ client_handshake(SSL *ssl, int fd, uint64_t deadline, char *err, size_t errlen)
 			return -1;
 		}
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+		now =
+		    (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 		if (now >= deadline ||
 		    (r = poll(&pfd, 1, (int)(deadline - now))) == 0)
-			return errf(err, errlen, "no answer within the timeout");
+			return errf(
+			    err, errlen, "no answer within the timeout");
 		if (r < 0 && errno != EINTR)
 			return errf(err, errlen, "poll: %s", strerror(errno));
 	}

@@ -87,8 +87,7 @@ int tls_ctx_cert_info(const struct tls_ctx *t, struct tls_cert_info *out);
  * server certificate's subject in subject; otherwise -1 with the reason
  * in err.
  */
-int tls_client_probe(int fd, const char *sni, unsigned timeout_ms,
-    char *proto, size_t protolen, char *subject, size_t subjlen, char *err,
-    size_t errlen);
+int tls_client_probe(int fd, const char *sni, unsigned timeout_ms, char *proto,
+    size_t protolen, char *subject, size_t subjlen, char *err, size_t errlen);
 
 #endif

@@ -419,6 +419,13 @@ def test_stats_public_address(tmp_path, echo):
     lv, text = r.one("stats:")
     assert lv == "ok" and "as 'public = on' says" in text, r.out
 
+    # A private address: reachable from that network only, a warning.
+    r = doctor(tmp_path, config({"up": [echo.spec]}, lst,
+                                stats_addr=f"10.77.99.1:{port}"),
+               name="private")
+    lv, text = r.one("stats:")
+    assert lv == "warn" and "private address" in text, r.out
+
     r = doctor(tmp_path, config({"up": [echo.spec]}, lst), name="lo")
     lv, text = r.one("stats:")
     assert lv == "ok" and "from this host only" in text, r.out
