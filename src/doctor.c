@@ -413,14 +413,25 @@ find_daemon(struct doctor *d)
 		          "so a running relay cannot be found");
 }
 
-/* True when the running relay lists text among its listening addresses. */
-static bool
-daemon_serves(const struct doctor *d, const char *text)
+/*
+ * b's address as the relay prints a bound one (addr_format): the text
+ * written in the file may differ ("*:443" for "0.0.0.0:443").
+ */
+static void
+bind_text(const struct cfg_bind *b, char *buf, size_t len)
 {
-	char quoted[ADDR_STRLEN + 2];
+	addr_format((const struct sockaddr *)&b->ss, buf, len);
+}
+
+/* True when the running relay lists b among its listening addresses. */
+static bool
+daemon_serves(const struct doctor *d, const struct cfg_bind *b)
+{
+	char text[ADDR_STRLEN], quoted[ADDR_STRLEN + 2];
 
 	if (!d->daemon)
 		return false;
+	bind_text(b, text, sizeof(text));
 	snprintf(quoted, sizeof(quoted), "\"%s\"", text);
 	return strstr(d->json, quoted) != NULL;
 }
@@ -506,15 +517,18 @@ check_bind(
 		    "CAP_NET_BIND_SERVICE, which the systemd unit grants",
 		    port, what, b->text);
 	else if (err == EADDRINUSE &&
-	    (is_stats ? d->stats_bind == b : daemon_serves(d, b->text)))
+	    (is_stats ? d->stats_bind == b : daemon_serves(d, b)))
 		say(d, LV_OK,
 		    "port: %u (%s, %s) is held by the running lifeline", port,
 		    what, b->text);
 	else if (err == EADDRINUSE)
 		say(d, LV_FAIL,
-		    "port: %u (%s, %s) is in use by another program: stop it, "
-		    "or bind another port",
-		    port, what, b->text);
+		    "port: %u (%s, %s) is in use by another program%s: stop "
+		    "it, or bind another port",
+		    port, what, b->text,
+		    d->daemon ? ""
+		              : " (or by a relay whose stats listener is not "
+		                "this configuration's)");
 	else if (err == EADDRNOTAVAIL)
 		say(d, LV_FAIL,
 		    "port: %s (%s): the address is not one of this host's: "
@@ -1154,9 +1168,11 @@ check_served(struct doctor *d)
 		}
 		for (size_t j = 0; j < cl->nbinds && n < sizeof(diff); j++) {
 			const struct cfg_bind *b = &cl->binds[j];
+			char text[ADDR_STRLEN];
 
+			bind_text(b, text, sizeof(text));
 			if (addr_port((const struct sockaddr *)&b->ss) != 0 &&
-			    !json_has_address(obj, b->text))
+			    !json_has_address(obj, text))
 				n +=
 				    (size_t)snprintf(diff + n, sizeof(diff) - n,
 				        "%slisten %s does not bind %s",

@@ -202,6 +202,47 @@ def test_port_held_by_lifeline(tmp_path, echo):
     assert r.level("relay:") == "ok" and not r.find("relay:", "ready")
 
 
+def test_port_held_by_lifeline_as_written(tmp_path, host_factory, echo):
+    """The file may write a wildcard as "*": the relay lists the address
+    it bound, 0.0.0.0:PORT, and doctor compares addresses, not text.  In
+    a namespace of its own: the relay binds the wildcard there."""
+    host = host_factory(name="star")
+    with host.inside():
+        up = Server(h_echo, name="star-echo")
+        d = start_daemon(tmp_path, make_config(
+            {"up": [up.spec]}, {"any": {"upstream": "up",
+                                        "bind": "0.0.0.0:0"}},
+            extra=stats("127.0.0.1:0")), name="star")
+    port = d.port("any")
+    conf = make_config({"up": [up.spec]},
+                       {"any": {"upstream": "up", "bind": f"*:{port}"}},
+                       extra=stats(fmt_addr(*d.addr("stats"))))
+    r = doctor(tmp_path, conf, wrap=["ip", "netns", "exec", host.ns])
+    lv, text = r.one("port: %d " % port)
+    assert lv == "ok" and "held by the running lifeline" in text, r.out
+    assert r.level("relay: serves") == "ok", r.out
+
+
+def h_mute(c, rec):
+    """Takes the request and never answers (until the peer leaves)."""
+    c.settimeout(30)
+    while c.recv(4096):
+        pass
+
+
+def test_stats_listener_never_answers(tmp_path, echo):
+    """Something on the stats port accepts and says nothing: doctor waits
+    2 s for it (DOCTOR_HTTP_MS), not more, and finds no relay there."""
+    mute = Server(h_mute, name="mute")
+    r = doctor(tmp_path, config({"up": [echo.spec]},
+                                {"plain": {"upstream": "up"}},
+                                stats_addr=mute.spec))
+    assert r.level("relay:", "no lifeline answers") == "ok", r.out
+    lv, text = r.one("port: %d " % mute.port)
+    assert lv == "fail" and "another program" in text, r.out
+    assert r.elapsed < 2.0 + 2.0 * SLOW, f"doctor took {r.elapsed:.1f}s"
+
+
 # --------------------------------------------------------------------------
 # fd limit
 
