@@ -680,3 +680,39 @@ def test_unprivileged(tmp_path, host_factory, world_dir):
         squat.close()
     lv, text = r.one("port: 443 ")
     assert lv == "fail" and "in use by another program" in text, r.out
+
+
+# --------------------------------------------------------------------------
+# command line
+
+
+def test_usage(tmp_path):
+    p = subprocess.run([LIFELINE_BIN, "doctor", "--help"], capture_output=True,
+                       text=True, timeout=10)
+    assert p.returncode == 0 and "--outside HOST" in p.stdout, p
+    assert "within 60 s" in p.stdout
+    p = subprocess.run([LIFELINE_BIN, "--help"], capture_output=True,
+                       text=True, timeout=10)
+    assert "lifeline doctor" in p.stdout, p.stdout
+    for bad in (["--nope"], ["-c"], ["-c", "a", "--preset", "minimal"],
+                ["extra"]):
+        p = subprocess.run([LIFELINE_BIN, "doctor"] + bad, capture_output=True,
+                           text=True, timeout=10)
+        assert p.returncode == 2 and p.stderr.startswith("lifeline doctor:"), \
+            (bad, p)
+        assert p.stdout == ""
+
+
+def test_preset_without_file(tmp_path, host_factory):
+    """--preset works like -c.  In an empty namespace: the preset's
+    upstreams are WhatsApp's servers, never to be dialled by a test (their
+    names cannot resolve there, or their addresses be reached)."""
+    host = host_factory(name="preset")
+    p = subprocess.run(["ip", "netns", "exec", host.ns, LIFELINE_BIN,
+                        "doctor", "--preset", "minimal"],
+                       capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert p.stdout.splitlines()[0].startswith(
+        "ok    config: <preset minimal> loads"), p.stdout
+    assert "ok    exposure: public listeners use only 443, 80 and 587" in \
+        p.stdout, p.stdout
+    assert "upstream chat: g.whatsapp.net:443" in p.stdout, p.stdout
