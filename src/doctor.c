@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1262,6 +1263,16 @@ look_parse(const char *text, uint64_t *sum)
 	return seen ? 0 : -1;
 }
 
+static void
+pause_ms(uint64_t ms)
+{
+	struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
+	    .tv_nsec = (long)(ms % 1000) * 1000000};
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
 static int
 look_once(struct doctor *d, uint64_t *sum)
 {
@@ -1286,7 +1297,7 @@ check_counters(struct doctor *d)
 		say(d, LV_FAIL, "relay: /metrics cannot be read");
 		return;
 	}
-	usleep((useconds_t)left(d, DOCTOR_LOOK_MS) * 1000);
+	pause_ms(left(d, DOCTOR_LOOK_MS));
 	if (look_once(d, b) != 0) {
 		say(d, LV_FAIL, "relay: /metrics cannot be read");
 		return;
