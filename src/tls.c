@@ -249,31 +249,60 @@ add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
 	return ok == 1 ? 0 : -1;
 }
 
+/*
+ * A version 3 certificate for key, subject CN=cn, a random serial of bits
+ * bits, valid from not_before to not_after: what both kinds below share.
+ * Issuer, extensions and signature are the caller's.
+ */
+static X509 *
+cert_skeleton(EVP_PKEY *key, const char *cn, int bits, time_t not_before,
+    time_t not_after)
+{
+	X509 *x = X509_new();
+	BIGNUM *bn = BN_new();
+	bool ok = x != NULL && bn != NULL &&
+	    X509_set_version(x, X509_VERSION_3) == 1 &&
+	    BN_rand(bn, bits, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) == 1 &&
+	    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL &&
+	    X509_time_adj_ex(X509_getm_notBefore(x), 0, 0, &not_before) !=
+	        NULL &&
+	    X509_time_adj_ex(X509_getm_notAfter(x), 0, 0, &not_after) != NULL &&
+	    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN",
+	        MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) == 1 &&
+	    X509_set_pubkey(x, key) == 1;
+
+	BN_free(bn);
+	if (!ok) {
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
+/* Signs x with key; x, or NULL (x freed) when that fails. */
+static X509 *
+cert_sign(X509 *x, EVP_PKEY *key)
+{
+	if (X509_sign(x, key, EVP_sha256()) == 0) {
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
 /* Makes a certificate for key, named cn, signed by issuer/ikey (or self). */
 static X509 *
 make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *ikey,
     long days, const char *san)
 {
-	X509 *x = X509_new();
-	BIGNUM *bn = BN_new();
-	X509_NAME *name;
+	time_t now = time(NULL);
+	X509 *x =
+	    cert_skeleton(key, cn, 64, now - 24 * 3600, now + days * 86400);
 
-	if (x == NULL || bn == NULL)
-		goto fail;
-	if (X509_set_version(x, X509_VERSION_3) != 1 ||
-	    BN_rand(bn, 64, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1 ||
-	    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL)
-		goto fail;
-	if (X509_gmtime_adj(X509_getm_notBefore(x), -24 * 3600) == NULL ||
-	    X509_gmtime_adj(X509_getm_notAfter(x), days * 24 * 3600) == NULL)
-		goto fail;
-	name = X509_get_subject_name(x);
-	if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-	        (const unsigned char *)cn, -1, -1, 0) != 1)
-		goto fail;
-	if (X509_set_issuer_name(x,
-	        issuer != NULL ? X509_get_subject_name(issuer) : name) != 1 ||
-	    X509_set_pubkey(x, key) != 1)
+	if (x == NULL)
+		return NULL;
+	if (X509_set_issuer_name(
+	        x, X509_get_subject_name(issuer != NULL ? issuer : x)) != 1)
 		goto fail;
 	if (issuer == NULL) {
 		if (add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") !=
@@ -292,12 +321,8 @@ make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *ikey,
 		        add_ext(x, issuer, NID_subject_alt_name, san) != 0))
 			goto fail;
 	}
-	if (X509_sign(x, ikey != NULL ? ikey : key, EVP_sha256()) == 0)
-		goto fail;
-	BN_free(bn);
-	return x;
+	return cert_sign(x, ikey != NULL ? ikey : key);
 fail:
-	BN_free(bn);
 	X509_free(x);
 	return NULL;
 }
@@ -312,39 +337,25 @@ fail:
 static X509 *
 make_named_cert(EVP_PKEY *key, const char *cn, const char *san)
 {
-	X509 *x = X509_new();
-	BIGNUM *bn = BN_new();
-	X509_NAME *name;
 	unsigned char r = 0;
 	time_t start = time(NULL);
+	X509 *x;
 
-	if (x == NULL || bn == NULL || RAND_bytes(&r, 1) != 1)
-		goto fail;
+	if (RAND_bytes(&r, 1) != 1)
+		return NULL;
 	start -= start % 86400 + (time_t)(r % 30) * 86400;
-	if (X509_set_version(x, X509_VERSION_3) != 1 ||
-	    BN_rand(bn, 128, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1 ||
-	    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL ||
-	    X509_time_adj_ex(X509_getm_notBefore(x), 0, 0, &start) == NULL ||
-	    X509_time_adj_ex(X509_getm_notAfter(x), 365, 0, &start) == NULL)
-		goto fail;
-	name = X509_get_subject_name(x);
-	if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-	        (const unsigned char *)cn, -1, -1, 0) != 1 ||
-	    X509_set_issuer_name(x, name) != 1 || X509_set_pubkey(x, key) != 1)
-		goto fail;
-	if (add_ext(x, x, NID_subject_key_identifier, "hash") != 0 ||
+	x = cert_skeleton(key, cn, 128, start, start + 365 * 86400);
+	if (x == NULL)
+		return NULL;
+	if (X509_set_issuer_name(x, X509_get_subject_name(x)) != 1 ||
+	    add_ext(x, x, NID_subject_key_identifier, "hash") != 0 ||
 	    add_ext(x, x, NID_authority_key_identifier, "keyid:always") != 0 ||
 	    add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") != 0 ||
-	    add_ext(x, x, NID_subject_alt_name, san) != 0)
-		goto fail;
-	if (X509_sign(x, key, EVP_sha256()) == 0)
-		goto fail;
-	BN_free(bn);
-	return x;
-fail:
-	BN_free(bn);
-	X509_free(x);
-	return NULL;
+	    add_ext(x, x, NID_subject_alt_name, san) != 0) {
+		X509_free(x);
+		return NULL;
+	}
+	return cert_sign(x, key);
 }
 
 /* Appends "PREFIX:item" for each comma/space separated item of list. */
