@@ -109,15 +109,20 @@ struct relay_side {
 	struct loop_io io;
 	struct relay_conn *c; /* borrowed: back pointer */
 	struct copy_end end; /* readiness, FIN state, transport */
-	/*
-	 * STREAMING: its socket's queue (SIOCOUTQ: bytes we wrote that it has
-	 * not yet acknowledged), as the timer (or our FIN) found it; -1: never
-	 * looked at.  A write makes it stale (end.wrote).  Kept until the
-	 * queue shrinks (after our FIN, until the next look): a queue that
-	 * shrinks is a peer taking our bytes, not an idle one.  (HELLO borrows
-	 * the client's for the bytes its parser needs.)
-	 */
-	int outq;
+	union {
+		/*
+		 * From CONNECTING on: its socket's queue (SIOCOUTQ: bytes we
+		 * wrote that it has not yet acknowledged), as the timer (or
+		 * our FIN) found it; -1: never looked at.  A write makes it
+		 * stale (end.wrote).  Kept until the queue shrinks (after our
+		 * FIN, until the next look): a queue that shrinks is a peer
+		 * taking our bytes, not an idle one.
+		 */
+		int outq;
+		/* HELLO, the client's side: the bytes the ClientHello parser
+		 * needs before it can tell more. */
+		int hello_need;
+	};
 	uint32_t outq_at; /* when taken: loop time, ms, low 32 bits */
 };
 
@@ -1458,8 +1463,8 @@ tls_start(struct relay_conn *c)
  * or decoy-tls group, untouched.  The parser says how many bytes it needs
  * to tell more, and FIONREAD says how many are in: a peek happens only
  * when they are, not at every segment of a ClientHello sent in pieces.
- * side[CLIENT].outq holds that need meanwhile (it is unused until
- * STREAMING).
+ * side[CLIENT].hello_need holds that need meanwhile; leaving HELLO gives
+ * the field back to outq (-1: never looked at).
  */
 
 /* The peek buffer: one per worker thread, only used within a call. */
@@ -1502,7 +1507,7 @@ hello_read(struct relay_conn *c, uint32_t events)
 
 	if (c->rc->sys->inq(fd, &avail) != 0 || avail < 0)
 		avail = 0;
-	if (avail < c->side[CLIENT].outq && !closed)
+	if (avail < c->side[CLIENT].hello_need && !closed)
 		return;
 	if (avail > HELLO_READ_MAX)
 		avail = HELLO_READ_MAX;
@@ -1511,7 +1516,7 @@ hello_read(struct relay_conn *c, uint32_t events)
 		return;
 	r = hello_parse(hello_buf, n > 0 ? (size_t)n : 0, &info, &need);
 	if (r == HELLO_MORE && !closed && n >= 0) {
-		c->side[CLIENT].outq = (int)need;
+		c->side[CLIENT].hello_need = (int)need;
 		return;
 	}
 	if (r == HELLO_NOT_TLS && c->ls->decoy_tls != NULL) {
@@ -1544,7 +1549,7 @@ tls_begin(struct relay_conn *c)
 	conn_enter(c, RELAY_ST_HELLO);
 	c->deadline =
 	    loop_now(c->rc->loop) + c->gen->cfg->timeouts.handshake_ms;
-	c->side[CLIENT].outq = 1;
+	c->side[CLIENT].hello_need = 1;
 	conn_arm(c);
 	/* The ClientHello may be in already (edge-triggered: no new event). */
 	hello_read(c, 0);
