@@ -585,7 +585,12 @@ class Server:
                  what=f"{self.name}: {n} accepted connections")
 
     def wait_done(self, n=None, timeout=IO_TIMEOUT):
-        """Wait until the first n (default: all) connections have finished."""
+        """Wait until the first n (default: all accepted so far)
+        connections have been accepted and have finished (a connection
+        the relay dialled may not be accepted by the server's thread yet
+        when the client is through)."""
+        if n is not None:
+            self.wait_accepted(n, timeout)
         with self.lock:
             recs = list(self.records if n is None else self.records[:n])
         for r in recs:

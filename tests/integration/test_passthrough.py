@@ -26,12 +26,6 @@ from tls_helpers import (
 )
 
 
-def done(server, n):
-    """The first n connections of server, once accepted and finished (a
-    connection dialled at accept may not be accepted by the test server's
-    thread yet when the client is through)."""
-    server.wait_accepted(n)
-    return server.wait_done(n)
 
 MEDIA = "mmg.whatsapp.net"
 BODY = b"media ok\n"
@@ -146,7 +140,7 @@ def test_curl_reaches_the_media_server_through_lifeline(tmp_path, media_cert):
         capture_output=True, timeout=30)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == BODY
-    rec = done(media, 1)[0]
+    rec = media.wait_done(1)[0]
     assert rec["sni"] == MEDIA
     assert rec["request"].startswith(b"GET /v/t62/file.enc HTTP/1.1\r\n")
     assert chat.accepted == 0
@@ -168,7 +162,7 @@ def test_hello_in_one_byte_segments_still_passes(tmp_path, media_cert):
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     data, notify = conn.recv_to_eof()
     assert data.endswith(BODY) and notify
-    assert done(media, 1)[0]["sni"] == MEDIA
+    assert media.wait_done(1)[0]["sni"] == MEDIA
 
 
 @pytest.mark.parametrize("sni", ["example.org", None, "whatsapp.net",
@@ -183,7 +177,7 @@ def test_other_hellos_get_lifelines_tls(tmp_path, media_cert, sni):
     s.sendall(b"WA\x06\x03chat")
     assert recv_exact(s, 8) == b"WA\x06\x03chat"
     s.close()
-    assert done(chat, 1)[0]["data"] == b"WA\x06\x03chat"
+    assert chat.wait_done(1)[0]["data"] == b"WA\x06\x03chat"
     assert media.accepted == 0
     assert camo_count(d, "passthrough") == 0
 
@@ -207,7 +201,7 @@ def test_own_patterns_replace_the_default(tmp_path, media_cert):
             break
         got += x
     assert got.endswith(BODY)
-    assert done(media, 1)[0]["sni"] == "a.b.media.example"
+    assert media.wait_done(1)[0]["sni"] == "a.b.media.example"
     assert camo_count(d, "passthrough") == 1
 
 
@@ -225,7 +219,7 @@ def test_plain_bytes_go_to_decoy_tls(tmp_path):
             break
         got += x
     assert got.startswith(b"HTTP/1.1 400 Bad Request")
-    assert done(web, 1)[0]["data"] == req
+    assert web.wait_done(1)[0]["data"] == req
     assert chat.accepted == 0
     assert camo_count(d, "decoy_tls") == 1
     # A real ClientHello on the same listener is still ours.

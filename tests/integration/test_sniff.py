@@ -24,12 +24,6 @@ from stats_helpers import scrape, stats_config
 from tls_helpers import client_ctx, tls_connect
 
 
-def done(server, n):
-    """The first n connections of server, once accepted and finished (a
-    connection dialled at accept may not be accepted by the test server's
-    thread yet when the client is through)."""
-    server.wait_accepted(n)
-    return server.wait_done(n)
 
 # Noise header WA 6.3 and a first frame of 4 bytes: "\x12" + 3 bytes.
 WA_INTRO = b"WA\x06\x03\x00\x00\x04\x12abc"
@@ -107,10 +101,10 @@ def test_intro_in_pieces_reaches_chat_exact(tmp_path, chat, decoy, intro):
     assert recv_exact(s, len(tail)) == tail
     s.shutdown(socket.SHUT_WR)
     assert read_until_closed(s, 5)[:2] == ("eof", 0)
-    rec = done(chat, 1)[0]
+    rec = chat.wait_done(1)[0]
     assert rec["data"] == intro + tail
     # The decoy was dialled at once, then closed without a byte: FIN.
-    drec = done(decoy, 1)[0]
+    drec = decoy.wait_done(1)[0]
     assert drec.get("data") == b"" and drec.get("fin"), drec
     m = scrape(d.addr("stats"))
     assert m.get("lifeline_camouflage_total", listener="camo",
@@ -131,7 +125,7 @@ def test_other_bytes_get_the_decoys_answer(tmp_path, chat, decoy):
             break
         got += x
     assert got == REPLY
-    assert done(decoy, 1)[0]["data"] == req
+    assert decoy.wait_done(1)[0]["data"] == req
     assert chat.accepted == 0
     m = scrape(d.addr("stats"))
     assert m.get("lifeline_camouflage_total", listener="camo",
@@ -147,7 +141,7 @@ def test_empty_connection_is_closed_by_the_decoy(tmp_path, chat, decoy):
     how, n, elapsed = read_until_closed(s, 5 * SLOW)
     assert (how, n) == ("eof", 0)
     assert 0.9 <= elapsed < 1.0 * SLOW + 0.5, elapsed
-    assert done(decoy, 1)[0].get("timeout")
+    assert decoy.wait_done(1)[0].get("timeout")
     assert chat.accepted == 0
 
 
@@ -170,7 +164,7 @@ def test_partial_intro_goes_to_the_decoy_after_a_short_grace(tmp_path,
     s.sendall(b"WA")
     s.settimeout(5 * SLOW)
     assert recv_exact(s, len(REPLY)) == REPLY
-    rec = done(web, 1)[0]
+    rec = web.wait_done(1)[0]
     assert rec["data"] == b"WA"
     assert 0.24 <= rec["at"] - t0 < 0.25 * SLOW + 0.3, rec["at"] - t0
     assert chat.accepted == 0
@@ -228,7 +222,7 @@ def test_decoy_down_chat_still_works(tmp_path, chat):
     o = connect(d.addr("camo"))
     o.sendall(b"GET / HTTP/1.0\r\n\r\n")
     assert read_until_closed(o, 3)[:2] == ("eof", 0)
-    assert done(chat, 1)[0]["data"] == ED_INTRO
+    assert chat.wait_done(1)[0]["data"] == ED_INTRO
 
 
 def test_decoy_unreachable_until_window_ends(tmp_path, chat):
@@ -262,8 +256,8 @@ def test_tls_listener_classifies_the_decrypted_stream(tmp_path, chat, decoy):
     assert recv_exact(h, len(REPLY)) == REPLY
     # The decoy closed: close_notify, then EOF (no truncation error).
     assert h.recv(10) == b""
-    assert done(decoy, 2)[1]["data"] == req
-    assert done(chat, 1)[0]["data"] == ED_INTRO
+    assert decoy.wait_done(2)[1]["data"] == req
+    assert chat.wait_done(1)[0]["data"] == ED_INTRO
 
 
 def test_client_fin_before_a_verdict_reaches_the_decoy(tmp_path, chat, decoy):
@@ -273,7 +267,7 @@ def test_client_fin_before_a_verdict_reaches_the_decoy(tmp_path, chat, decoy):
     s.sendall(b"ED\x00")
     s.shutdown(socket.SHUT_WR)
     assert s.recv(4096) == REPLY
-    rec = done(decoy, 1)[0]
+    rec = decoy.wait_done(1)[0]
     assert rec["data"] == b"ED\x00" and rec.get("fin")
     assert chat.accepted == 0
 
@@ -340,7 +334,7 @@ def test_client_keepalive_default_off_and_duration(tmp_path, chat):
          "short": {"upstream": "chat", "client-keepalive": "3s"}})
     for s in held.values():
         s.close()
-    done(chat, 3)  # the relay's sockets to them are closed
+    chat.wait_done(3)  # the relay's sockets to them are closed
     d.reload(conf)
     again = {n: connect(d.addr(n)) for n in ("dflt", "off")}
     for s in again.values():
@@ -419,4 +413,4 @@ def test_chat_half_close_timeout_still_resets(tmp_path, chat):
     assert how == "eof"
     time.sleep(1.0 * SLOW + 1.0)
     assert tcp_state(s) == "CLOSE", tcp_state(s)  # an RST came
-    assert done(srv, 1)[0]["after"] == "reset"
+    assert srv.wait_done(1)[0]["after"] == "reset"
