@@ -230,11 +230,11 @@ chroot_pristine() {
 		say "$prog: pristine tree $tarball (delete it to rebuild)"
 		return 0
 	fi
-	step "debootstrap $suite minbase + $include (first run: no $tarball)"
+	step "debootstrap $suite minbase${include:+ + $include} (first run: no $tarball)"
 	build=$(mktemp -d "$cache/build.XXXXXX")
 	root=$build/root # the cleanup trap unmounts what debootstrap leaves
 	work=$build
-	bg_wait timeout 1200 debootstrap --variant=minbase --include="$include" \
+	bg_wait timeout 1200 debootstrap --variant=minbase ${include:+"--include=$include"} \
 		"$suite" "$root" "$mirror" >"$build/debootstrap.log" 2>&1 || {
 		tail -n 20 "$build/debootstrap.log" >&2
 		[ -f "$root/debootstrap/debootstrap.log" ] &&
