@@ -73,6 +73,11 @@ networks=()
 pids=()
 made_images=()
 
+# True when container $1's log has a line matching the pattern $2.  (Not
+# `podman logs | grep -q`: under pipefail, podman's SIGPIPE when grep
+# stops early would make a match a failure.)
+logged() { pm logs "$1" 2>&1 | grep -e "$2" >/dev/null; }
+
 # Waits up to $2 seconds for the command line $1 to succeed.
 wait_for() {
 	local i
@@ -165,7 +170,7 @@ check_confined() {
 
 # Waits up to 20 s for container $1 to log that it started.
 wait_started() {
-	wait_for "pm logs '$1' 2>&1 | grep -q 'lifeline .* started'" 20 || {
+	wait_for "logged '$1' 'lifeline .* started'" 20 || {
 		pm logs "$1" 2>&1 | tail -n 20 >&2
 		die "$1: lifeline did not start within 20 s"
 	}
@@ -217,7 +222,8 @@ pm info --format '{{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}}' >"$work/inf
 	die "podman info failed"
 say "podman $(podman --version | awk '{print $3}'): $(cat "$work/info")"
 made_images+=("$base_image")
-pm import --change 'CMD ["/bin/bash"]' "$tarball" "$base_image" >/dev/null ||
+pm import --change 'CMD ["/bin/bash"]' "$tarball" "$base_image" \
+	>/dev/null 2>>"$work/podman.log" ||
 	die "podman import failed"
 exec 9>&- # chroot_pristine's lock on the cache
 step_done "base image"
@@ -337,7 +343,7 @@ wait "$cpid" || {
 	die "the live transfer did not survive SIGTERM"
 }
 cat "$work/drain-client.log"
-pm logs "$relay" 2>&1 | grep -q 'stopping: no new connections; draining 1 live connection' || {
+logged "$relay" 'stopping: no new connections; draining 1 live connection' || {
 	pm logs "$relay" 2>&1 | tail -n 5 >&2
 	die "no drain in the log"
 }
@@ -375,7 +381,7 @@ compose_check() {
 		timeout 5 bash -c "exec 3<>/dev/tcp/${hostport%:*}/${hostport##*:}; cat <&3" \
 			>/dev/null 2>&1 || true
 	done
-	wait_for "pm logs '$project' 2>&1 | grep -q 'whatsapp.net:443 marked down'" 10 ||
+	wait_for "logged '$project' 'whatsapp.net:443 marked down'" 10 ||
 		die "$file: the media server was not marked down"
 	check_health "$project" unhealthy
 	compose "$project" "$file" down || die "podman-compose down ($file) failed"
