@@ -44,8 +44,9 @@
 #
 # Nothing is dialled outside loopback and the containers' own network
 # namespaces.  Every container, network, image and process this run
-# creates is removed on exit, failure, Ctrl-C or SIGTERM.  Each step
-# prints its time.
+# creates is removed on exit, failure, Ctrl-C or SIGTERM, and IPv4
+# forwarding (netavark turns it on) is put back as found when no
+# container is left.  Each step prints its time.
 # SC2016: Go templates in single quotes.  SC2015: A && B || die: die when
 # either fails.
 # shellcheck disable=SC2016,SC2015
@@ -72,6 +73,8 @@ containers=()
 networks=()
 pids=()
 made_images=()
+# netavark turns IPv4 forwarding on for its bridge; put back as found.
+forward=$(cat /proc/sys/net/ipv4/ip_forward)
 
 # True when container $1's log has a line matching the pattern $2.  (Not
 # `podman logs | grep -q`: under pipefail, podman's SIGPIPE when grep
@@ -132,6 +135,9 @@ container_cleanup() {
 			say "$prog: left behind: $left" >&2
 			[ "$rc" -eq 0 ] && rc=1
 		fi
+	fi
+	if [ "$forward" = 0 ] && [ -z "$(pm ps -a -q)" ]; then
+		echo 0 >/proc/sys/net/ipv4/ip_forward
 	fi
 	# chroot.sh's cleanup reads the status from $?.
 	(exit "$rc")
