@@ -238,11 +238,14 @@ step "podman build of deploy/container/Containerfile at $head"
 mkdir "$work/context"
 git -C "$repo" archive HEAD | tar -C "$work/context" -x
 made_images+=("$image")
-bg_wait timeout 900 podman build --format docker --pull=never --layers=false \
+# In the background: a signal to this script stops the build too.
+timeout 900 podman build --format docker --pull=never --layers=false \
 	--build-arg BASE="$base_image" --build-arg DEBIAN_MIRROR="$mirror" \
 	--build-arg DEBIAN_SECURITY="$security" \
 	-f "$work/context/deploy/container/Containerfile" -t "$image" "$work/context" \
-	>"$work/build.log" 2>&1 || {
+	>"$work/build.log" 2>&1 &
+pids+=($!)
+wait "$!" || {
 	tail -n 30 "$work/build.log" >&2
 	die "podman build failed"
 }
