@@ -72,7 +72,7 @@ inner_ports="10080 18080 10443 18443 15222 18222 10587 17777 18587"
 containers=()
 networks=()
 pids=()
-made_images=()
+base_id="" # the imported base image
 # netavark turns IPv4 forwarding on for its bridge; put back as found.
 forward=$(cat /proc/sys/net/ipv4/ip_forward)
 
@@ -112,7 +112,7 @@ compose() {
 }
 
 container_cleanup() {
-	local rc=$? p c left
+	local rc=$? p c left ours
 	trap - EXIT INT TERM HUP
 	set +e
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
@@ -125,14 +125,27 @@ container_cleanup() {
 	for c in "${networks[@]}"; do
 		pm network exists "$c" && pm network rm -f "$c" >/dev/null 2>&1
 	done
-	for c in "${made_images[@]}"; do
-		pm image exists "$c" && pm rmi -f "$c" >/dev/null 2>&1
-	done
-	if [ ${#made_images[@]} -gt 0 ]; then
-		left=$(pm ps -a -q --filter "name=$run"; pm network ls -q --filter "name=$run"
-			pm images -q --filter "reference=localhost/$run*")
+	if [ -n "$base_id" ]; then
+		# The images this run made: the base and every one made since
+		# (the build's stages too, when it was interrupted), and the
+		# working containers an interrupted build leaves.
+		ours=$(pm images -a -q --no-trunc --filter "since=$base_id"
+			echo "$base_id")
+		pm ps -a --external --format '{{.ID}} {{.ImageID}}' |
+			while read -r c img; do
+				case "$ours" in *"sha256:$img"*)
+					pm rm -f "$c" >/dev/null 2>&1 ;;
+				esac
+			done
+		pm rmi -f "$image" "$base_image" >/dev/null 2>&1
+		for c in $ours; do
+			pm image exists "$c" && pm rmi -f "$c" >/dev/null 2>&1
+		done
+		left=$(pm ps -a -q --filter "name=$run"
+			pm network ls -q --filter "name=$run"
+			for c in $ours; do pm image exists "$c" && echo "$c"; done)
 		if [ -n "$left" ]; then
-			say "$prog: left behind: $left" >&2
+			say "$prog: left behind: ${left//$'\n'/ }" >&2
 			[ "$rc" -eq 0 ] && rc=1
 		fi
 	fi
@@ -227,17 +240,16 @@ export CONTAINERS_CONF=$work/containers.conf
 pm info --format '{{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}}' >"$work/info" ||
 	die "podman info failed"
 say "podman $(podman --version | awk '{print $3}'): $(cat "$work/info")"
-made_images+=("$base_image")
 pm import --change 'CMD ["/bin/bash"]' "$tarball" "$base_image" \
 	>/dev/null 2>>"$work/podman.log" ||
 	die "podman import failed"
+base_id=$(pm image inspect -f '{{.Id}}' "$base_image")
 exec 9>&- # chroot_pristine's lock on the cache
 step_done "base image"
 
 step "podman build of deploy/container/Containerfile at $head"
 mkdir "$work/context"
 git -C "$repo" archive HEAD | tar -C "$work/context" -x
-made_images+=("$image")
 # In the background: a signal to this script stops the build too.
 timeout 900 podman build --format docker --pull=never --layers=false \
 	--build-arg BASE="$base_image" --build-arg DEBIAN_MIRROR="$mirror" \
