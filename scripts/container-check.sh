@@ -32,7 +32,7 @@
 #    (which must get a PROXY v2 header) and plain to the media upstream
 #    (which must get none), through ports the engine published on
 #    loopback; `podman healthcheck run` then `podman inspect` say healthy;
-#    SIGTERM during a live transfer: the transfer completes, the container
+#    SIGHUP reloads; SIGTERM during a live transfer: the transfer completes, the container
 #    exits 0 well before drain-timeout.
 # 6. deploy/container/compose.yaml, then compose.minimal.yaml, brought up
 #    and down with podman-compose and tests/container/compose.test.yaml
@@ -349,6 +349,11 @@ check_health "$relay" healthy
 got=$(pm inspect -f '{{.State.Health.Status}}' "$relay")
 [ "$got" = healthy ] || die "podman inspect: health '$got'"
 say "podman inspect: healthy"
+# SIGHUP reaches PID 1 too: a reload, listeners kept.
+pm kill --signal HUP "$relay" >/dev/null
+wait_for "logged '$relay' 'configuration reloaded: 9 listeners'" 10 ||
+	die "no reload after SIGHUP"
+say "SIGHUP: configuration reloaded"
 # SIGTERM while 4 MiB are on their way (paced over 4 s).
 client "${media%:*}" "${media##*:}" --size $payload --pace 4 \
 	--live "$work/live" >"$work/drain-client.log" 2>&1 &
