@@ -32,8 +32,8 @@
 #    (which must get a PROXY v2 header) and plain to the media upstream
 #    (which must get none), through ports the engine published on
 #    loopback; `podman healthcheck run` then `podman inspect` say healthy;
-#    SIGHUP reloads; SIGTERM during a live transfer: the transfer completes, the container
-#    exits 0 well before drain-timeout.
+#    SIGHUP reloads; SIGTERM during a live transfer: the transfer
+#    completes, the container exits 0 well before drain-timeout.
 # 6. deploy/container/compose.yaml, then compose.minimal.yaml, brought up
 #    and down with podman-compose and tests/container/compose.test.yaml
 #    (every port published on loopback, on ports the engine picks): each
