@@ -12,7 +12,11 @@
 #                       only git, make and ca-certificates, kept in
 #                       $LIFELINE_FRESH_CACHE (default
 #                       /var/cache/lifeline-fresh-check; built once, about
-#                       40 s; delete the directory to refresh it)
+#                       40 s; delete the directory to refresh it); a
+#                       caller may set `cache` and `include` (packages
+#                       beyond minbase, comma-separated, maybe none) after
+#                       sourcing (scripts/container-check.sh: its own
+#                       cache, none)
 #   chroot_workdir      $work, the run's directory under $LIFELINE_FRESH_TMP
 #                       (default /var/tmp); $root=$work/root, the tree
 #   chroot_unpack       a fresh copy of the pristine tree in $root
