@@ -387,6 +387,11 @@ compose_check() {
 	containers+=("$project")
 	networks+=("${project}_default")
 	compose "$project" "$file" up -d || die "podman-compose up ($file) failed"
+	# podman-compose exits 0 when podman run fails: look.
+	[ "$(pm inspect -f '{{.State.Status}}' "$project" 2>/dev/null)" = running ] || {
+		tail -n 20 "$work/compose.log" >&2
+		die "$file: the container is not running after podman-compose up"
+	}
 	wait_started "$project"
 	got=$(pm port "$project" | awk '{print $1}' | sort | tr '\n' ' ')
 	[ "$got" = "$(for p in $want; do echo "$p/tcp"; done | sort | tr '\n' ' ')" ] ||
@@ -394,7 +399,7 @@ compose_check() {
 	for p in $want; do
 		hostport=$(pm port "$project" "$p/tcp")
 		case "$hostport" in 127.0.0.1:*) ;; *) die "$file: $p on $hostport" ;; esac
-		accepting "${hostport%:*}/${hostport##*:}" ||
+		timeout 5 bash -c "exec 3<>/dev/tcp/${hostport%:*}/${hostport##*:}" ||
 			die "$file: $hostport (inside $p) refuses connections"
 	done
 	say "$file: up; $(echo "$want" | wc -w) ports published on loopback accept connections"
