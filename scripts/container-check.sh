@@ -19,8 +19,9 @@
 #    work only), with BASE that image and apt pointed at the mirror
 #    (LIFELINE_FRESH_MIRROR, LIFELINE_FRESH_SECURITY, as for the other
 #    checks).  The image runs as 'lifeline', has the HEALTHCHECK, the man
-#    pages, and a configuration that is the whatsapp preset at 10000 + each
-#    port (compared with --print-config).
+#    pages, and deploy/container/lifeline.conf, which its lifeline accepts
+#    (tests/integration/test_container_files.py holds that file to the
+#    whatsapp preset at 10000 + each port).
 # 4. A configuration that does not load (mounted over the image's): the
 #    container exits at once, status 2, its log one line naming file:line.
 # 5. The relay, as `podman run` starts it (default capabilities), with
@@ -275,18 +276,16 @@ want=$(for p in $inner_ports; do echo "$p/tcp"; done | sort)
 pm run --rm --network none --no-healthcheck --entrypoint /bin/ls "$image" \
 	/usr/share/man/man8/lifeline.8 /usr/share/man/man5/lifeline.conf.5 >/dev/null ||
 	die "man pages missing"
-# The shipped configuration is the preset, each listener moved to 10000 +
-# its port and IPv4 only, a shorter drain and 'user' for --user 0.
-pm run --rm --network none --no-healthcheck "$image" --print-config -c /etc/lifeline/lifeline.conf |
-	grep -v '^#' >"$work/shipped.conf" || die "--print-config failed in the image"
-pm run --rm --network none --no-healthcheck "$image" --print-config --preset whatsapp |
-	grep -v '^#' | grep -v '^bind = \[::\]' |
-	awk -F: '/^bind = 0\.0\.0\.0:/ { print $1 ":" $2 + 10000; next } { print }' |
-	sed -e 's/^drain-timeout = 30s$/user = lifeline\ndrain-timeout = 25s/' \
-		>"$work/preset.conf"
-diff -u "$work/preset.conf" "$work/shipped.conf" ||
-	die "the image's configuration is not the whatsapp preset at 10000 + each port"
-say "runs as lifeline; HEALTHCHECK lifeline health; ports $inner_ports; man pages; config = preset + 10000"
+# The configuration is deploy/container/lifeline.conf (which
+# tests/integration/test_container_files.py holds to the whatsapp preset,
+# each listener at 10000 + its port), and the binary runs with it.
+pm run --rm --network none --no-healthcheck --entrypoint /bin/cat "$image" \
+	/etc/lifeline/lifeline.conf | cmp - "$work/context/deploy/container/lifeline.conf" ||
+	die "the image's /etc/lifeline/lifeline.conf is not deploy/container/lifeline.conf"
+got=$(pm run --rm --network none --no-healthcheck "$image" --check \
+	-c /etc/lifeline/lifeline.conf 2>&1) || die "lifeline --check in the image: $got"
+say "runs as lifeline; HEALTHCHECK lifeline health; ports $inner_ports; man pages;"
+say "deploy/container/lifeline.conf: $got"
 step_done "image contents"
 
 step "a configuration that does not load: exit at once, one line in the log"
