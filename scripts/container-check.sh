@@ -12,7 +12,7 @@
 #    log (no systemd), default ulimits within the hard limits.
 # 2. The base image: a Debian 12 `debootstrap --variant=minbase` tree,
 #    kept as a tarball in $LIFELINE_CONTAINER_CACHE (default
-#    /var/cache/lifeline-container; built once, about 45 s; the tree's
+#    /var/cache/lifeline-container; built once, 45-90 s; the tree's
 #    life is scripts/lib/chroot.sh's), imported with `podman import`.
 # 3. `podman build --format docker` (the OCI format drops HEALTHCHECK) of
 #    deploy/container/Containerfile, from HEAD (git archive: committed
