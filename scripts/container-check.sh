@@ -95,9 +95,9 @@ wait_for() {
 pm() { timeout 120 podman "$@"; }
 
 # Runs podman-compose for project $1 with compose file $2 (in
-# deploy/container) and the test override, every port published on
-# loopback; the rest of the arguments are its command.  Logs to
-# $work/compose.log.
+# deploy/container) and the test override, both as HEAD has them (the
+# build context), every port published on loopback; the rest of the
+# arguments are its command.  Logs to $work/compose.log.
 compose() {
 	local project=$1 file=$2 v
 	shift 2
@@ -106,9 +106,9 @@ compose() {
 		MEDIA_LB; do
 		env+=("LIFELINE_$v=127.0.0.1:")
 	done
-	(cd "$repo/deploy/container" &&
+	(cd "$work/context/deploy/container" &&
 		env "${env[@]}" timeout 120 podman-compose -p "$project" -f "$file" \
-			-f "$repo/tests/container/compose.test.yaml" "$@") \
+			-f "$work/context/tests/container/compose.test.yaml" "$@") \
 		>>"$work/compose.log" 2>&1
 }
 
