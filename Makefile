@@ -6,6 +6,8 @@
 #                        and under ASan+UBSan
 #   make SANITIZE=address,undefined   sanitized build in build-san/
 #   make DEBUG=1         build-debug/: invariant checks on, -O0
+#   make container-check the container image, built and run in Podman (as
+#                        root; scripts/container-check.sh)
 #   make mutate          does the suite catch deliberate breaks? (slow;
 #                        not part of check; MUTANTS="03 17" for some)
 #   make soak DURATION=600   only the soak test (tests/integration/
@@ -75,7 +77,7 @@ UNIT_BINS := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_TESTS))
 
 .PHONY: all run check check-unit check-integration check-serial check-fuzz-replay deps \
 	test-deps install uninstall clean format format-check fuzz bench mutate \
-	soak
+	soak container-check
 
 all: $(BIN)
 
@@ -163,6 +165,11 @@ bench:
 # to a copy of the tree): every mutant must be caught by the tests it names.
 mutate:
 	@/usr/bin/python3 scripts/mutate.py
+
+# The container image built and run in Podman (as root; scripts/
+# container-check.sh says what it checks).
+container-check:
+	@scripts/container-check.sh
 
 deps:
 	@scripts/deps.sh build

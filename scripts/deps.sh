@@ -11,6 +11,12 @@
 #                   systemd-container to boot the unit (scripts/unit-check.sh);
 #                   and for the throwaway Debian 12 tree, debootstrap and
 #                   iproute2
+#   deps.sh container  what scripts/container-check.sh drives: podman with
+#                   runc (crun fails on hosts that mix cgroup v1 and v2),
+#                   netavark and iptables (the engine's network and its
+#                   published ports), podman-compose, debootstrap (the
+#                   local base image), python3 (the test's client and
+#                   upstream); the image itself builds with the build group
 #   deps.sh list    print every package named here, installs nothing
 #                   (scripts/fresh-check.sh checks nothing else got in)
 # Services that Debian would start on install (nginx, haproxy, iperf3) are
@@ -21,17 +27,19 @@ build_pkgs="gcc libc6-dev make pkg-config libinih-dev libssl-dev libqrencode-dev
 test_pkgs="python3 python3-pytest iproute2 nftables clang-format haproxy nginx iperf3 wrk openssl curl prometheus chromium zbar-tools"
 bench_pkgs="haproxy nginx iperf3 wrk procps"
 deb_pkgs="dpkg-dev debhelper lintian systemd systemd-container debootstrap iproute2"
+container_pkgs="podman runc netavark iptables podman-compose debootstrap python3"
 
 case "${1:-build}" in
 build) pkgs=$build_pkgs ;;
 test) pkgs="$build_pkgs $test_pkgs" ;;
 bench) pkgs="$build_pkgs $bench_pkgs" ;;
 deb) pkgs="$build_pkgs $deb_pkgs" ;;
+container) pkgs=$container_pkgs ;;
 list)
-	echo "$build_pkgs $test_pkgs $bench_pkgs $deb_pkgs"
+	echo "$build_pkgs $test_pkgs $bench_pkgs $deb_pkgs $container_pkgs"
 	exit 0
 	;;
-*) echo "usage: $0 build|test|bench|deb|list" >&2; exit 2 ;;
+*) echo "usage: $0 build|test|bench|deb|container|list" >&2; exit 2 ;;
 esac
 
 missing=""

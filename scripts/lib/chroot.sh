@@ -12,7 +12,11 @@
 #                       only git, make and ca-certificates, kept in
 #                       $LIFELINE_FRESH_CACHE (default
 #                       /var/cache/lifeline-fresh-check; built once, about
-#                       40 s; delete the directory to refresh it)
+#                       40 s; delete the directory to refresh it); a
+#                       caller may set `cache` and `include` (packages
+#                       beyond minbase, comma-separated, maybe none) after
+#                       sourcing (scripts/container-check.sh: its own
+#                       cache, none)
 #   chroot_workdir      $work, the run's directory under $LIFELINE_FRESH_TMP
 #                       (default /var/tmp); $root=$work/root, the tree
 #   chroot_unpack       a fresh copy of the pristine tree in $root
@@ -230,11 +234,11 @@ chroot_pristine() {
 		say "$prog: pristine tree $tarball (delete it to rebuild)"
 		return 0
 	fi
-	step "debootstrap $suite minbase + $include (first run: no $tarball)"
+	step "debootstrap $suite minbase${include:+ + $include} (first run: no $tarball)"
 	build=$(mktemp -d "$cache/build.XXXXXX")
 	root=$build/root # the cleanup trap unmounts what debootstrap leaves
 	work=$build
-	bg_wait timeout 1200 debootstrap --variant=minbase --include="$include" \
+	bg_wait timeout 1200 debootstrap --variant=minbase ${include:+"--include=$include"} \
 		"$suite" "$root" "$mirror" >"$build/debootstrap.log" 2>&1 || {
 		tail -n 20 "$build/debootstrap.log" >&2
 		[ -f "$root/debootstrap/debootstrap.log" ] &&
