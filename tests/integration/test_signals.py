@@ -1,5 +1,6 @@
 """Signals: SIGHUP reload, SIGTERM/SIGINT drain, SIGUSR1 summary."""
 
+import errno
 import hashlib
 import re
 import selectors
@@ -248,11 +249,24 @@ class LiveTransfers:
                     a = c["off"] + c["sent"]
                     try:
                         c["sent"] += c["sock"].send(RANDOM[a:a + n])
-                    except (BlockingIOError, OSError):
-                        pass  # not connected yet, or the buffer is full
+                    except BlockingIOError:
+                        pass  # the buffer is full
+                    except OSError as e:
+                        if e.errno in (errno.ENOTCONN, errno.EAGAIN):
+                            pass  # not connected yet
+                        else:  # the error is told once: to us, here
+                            c["how"] = "reset"
+                            self.sel.unregister(c["sock"])
+                            c["sock"].close()
+                            continue
                 if c["sent"] == LIVE_SIZE:
-                    c["sock"].shutdown(socket.SHUT_WR)
                     c["shut"] = True
+                    try:
+                        c["sock"].shutdown(socket.SHUT_WR)
+                    except OSError:  # reset meanwhile
+                        c["how"] = "reset"
+                        self.sel.unregister(c["sock"])
+                        c["sock"].close()
             for key, ev in sel.select(0.005):
                 kind, rec = key.data
                 s = key.fileobj
@@ -315,9 +329,17 @@ class LiveTransfers:
                 del u["buf"][:n]
             except BlockingIOError:
                 pass
+            except OSError:  # reset by the relay
+                u["how"] = "reset"
+                self.sel.unregister(s)
+                s.close()
+                return
         if u["eof"] and not u["buf"]:
             u["how"] = "eof"
-            s.shutdown(socket.SHUT_WR)  # the echo's FIN
+            try:
+                s.shutdown(socket.SHUT_WR)  # the echo's FIN
+            except OSError:
+                u["how"] = "reset"
             self.sel.unregister(s)
             s.close()
             return
@@ -325,6 +347,16 @@ class LiveTransfers:
         if not u["eof"] and len(u["buf"]) < (1 << 20):
             want |= selectors.EVENT_READ
         self.sel.modify(s, want, ("up", u))
+
+    def check_cut(self):
+        """Every transfer cut: an RST to both peers, never a FIN, each
+        having got an exact prefix of what was sent."""
+        bad = [(c["i"], c["how"], c["got"]) for c in self.clients
+               if c["how"] != "reset" or c["got"] >= LIVE_SIZE]
+        assert not bad, f"{len(bad)} clients not reset: {bad[:5]}"
+        bad = [(u["how"], u["got"]) for u in self.ups
+               if u["how"] != "reset" or u["got"] >= LIVE_SIZE]
+        assert not bad, f"{len(bad)} upstream sides not reset: {bad[:5]}"
 
     def check(self):
         """Every byte both ways, every end a FIN."""
@@ -347,7 +379,8 @@ class LiveTransfers:
                                         for u in self.ups][:5]
 
 
-@pytest.mark.parametrize("sig", ["SIGHUP", "SIGTERM"])
+@pytest.mark.plain_only
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGTERM", "SIGTERM-cut"])
 def test_signal_with_200_live_transfers(tmp_path, sig):
     """200 transfers live (256 KiB each way each, paced over 3 s) when a
     SIGHUP reloads the configuration (adding a listener), or a SIGTERM
@@ -355,11 +388,14 @@ def test_signal_with_200_live_transfers(tmp_path, sig):
     ending with a FIN each way; after SIGHUP the daemon relays on both
     listeners and its descriptors come back; after SIGTERM the listener
     is closed at once and the daemon exits 0 when the last transfer
-    ends."""
+    ends.  SIGTERM-cut: a drain-timeout (1 s) shorter than the transfers
+    cuts every one of them with an RST to both peers, never a FIN, and
+    the daemon exits 0 right after it."""
     live = LiveTransfers()
     extra = Server(h_echo, name="echo")
+    drain = "1s" if sig == "SIGTERM-cut" else "30s"
     cfg = make_config({"up": [live.spec]}, {"a": {"upstream": "up"}},
-                      global_={"drain-timeout": "30s"})
+                      global_={"drain-timeout": drain})
     d = start_daemon(tmp_path, cfg)
     fd0 = d.stable_fd_count()
     live.start(d.addr("a"))
@@ -383,6 +419,13 @@ def test_signal_with_200_live_transfers(tmp_path, sig):
     assert live.live() == LIVE, f"only {live.live()} live at the {sig}"
     live.join(LIVE_SECONDS + 40)
     took = time.monotonic() - t_sig
+    if sig == "SIGTERM-cut":
+        live.check_cut()
+        assert d.wait_exit(5) == 0
+        assert took < 1.0 + 1.0 * SLOW, f"cut {took:.1f}s after SIGTERM"
+        print(f"{sig}: {LIVE} transfers cut with RST {took:.1f}s after "
+              f"the signal")
+        return
     live.check()
     print(f"{sig}: {LIVE} transfers of {LIVE_SIZE >> 10} KiB each way "
           f"complete {took:.1f}s after the signal")
