@@ -461,3 +461,30 @@ class StatsProber:
         self.stop.set()
         conftest.join(self.thread, 10.0 * SLOW)
         assert self.error is None, f"a /healthz probe failed: {self.error!r}"
+
+
+def test_stats_requests_timed_out_and_evicted_are_counted(tmp_path):
+    """The other results of lifeline_stats_requests_total: 257 silent
+    clients on the stats listener (256 at most): the first is evicted at
+    once (FIN), the others closed at the 2 s request deadline (FIN), each
+    counted once; scrapes are counted as answered."""
+    d = start_tls_daemon(tmp_path, stats_config(
+        {"up": ["127.0.0.1:9"]}, {"l": {"upstream": "up"}}))
+    st = d.addr("stats")
+    fd0 = d.stable_fd_count()
+    socks = [connect(st, timeout=5.0 * SLOW) for _ in range(257)]
+    how, n, took = read_until_closed(socks[0], 1.0 * SLOW)
+    assert (how, n) == ("eof", 0) and took < 0.5 * SLOW, (how, n, took)
+    t0 = time.monotonic()
+    for s in socks[1:]:
+        how, n, _ = read_until_closed(s, 4.0 * SLOW)
+        assert (how, n) == ("eof", 0), (how, n)
+    took = time.monotonic() - t0
+    assert took < 2.5 * SLOW, f"the last closed after {took:.2f}s"
+    m = scrape(st)
+    got = {l["result"]: v for l, v in
+           m.select("lifeline_stats_requests_total")}
+    assert got == {"answered": 1, "bad_request": 0, "incomplete": 0,
+                   "timeout": 256, "evicted": 1}, got
+    n = d.wait_fds_at_most(fd0, timeout=5.0 * SLOW)
+    assert n <= fd0, f"descriptors {n}, {fd0} before"
