@@ -405,7 +405,8 @@ def test_flood_beyond_maxconn_at_scale(host_factory, nofile, tmp_path, cap):
     the global one) chat through the relay, each a message every 0.5 s
     echoed byte for byte; then 4,000 more connection attempts in 2 s.
     Each one beyond the cap is closed at once with FIN and never reaches
-    the upstream (median under 20 ms, none over 0.5 s from its connect);
+    the upstream (from its connect: median under 20 ms, 99% under 0.1 s,
+    none over 1 s);
     the established ones miss no byte; the refused counter equals the
     attempts; every descriptor comes back."""
     nofile(12000)
@@ -434,20 +435,26 @@ def test_flood_beyond_maxconn_at_scale(host_factory, nofile, tmp_path, cap):
         hows[r["how"]] = hows.get(r["how"], 0) + 1
     late = sorted(flood.late)
     med, worst = lat[len(lat) // 2], lat[-1]
-    print(f"maxconn flood ({cap}): {FLOOD_HELD} held, {len(lat)} refused "
-          f"({hows}) in {took:.1f}s; connect to close median "
-          f"{med * 1000:.1f} ms, 99th {lat[len(lat) * 99 // 100] * 1000:.1f}"
-          f" ms, max {worst * 1000:.1f} ms; held echoes "
-          f"{len(late)}, round trip median {late[len(late) // 2] * 1000:.1f}"
-          f" ms, max {late[-1] * 1000:.1f} ms")
-    assert hows == {"eof": FLOOD_NEW}, hows
+    p99 = lat[len(lat) * 99 // 100]
+    summary = (f"maxconn flood ({cap}): {FLOOD_HELD} held, {len(lat)} "
+               f"refused ({hows}) in {took:.1f}s; connect to close median "
+               f"{med * 1000:.1f} ms, 99th {p99 * 1000:.1f} ms, max "
+               f"{worst * 1000:.1f} ms; held echoes {len(late)}, round trip "
+               f"median {late[len(late) // 2] * 1000:.1f} ms, max "
+               f"{late[-1] * 1000:.1f} ms")
+    print(summary)
+    assert hows == {"eof": FLOOD_NEW}, summary
     assert all(r["got"] == 0 for r in flood.flood)
-    assert med < 0.02 * SLOW, f"median {med * 1000:.1f} ms to the refusal"
-    assert worst < 0.5 * SLOW, f"a refusal took {worst * 1000:.0f} ms"
+    # Measured by the test's own event loop, which shares 2 cores with
+    # the daemon (and, in CI, with the other pass): the median and the
+    # 99th percentile are the daemon's; the maximum is mostly ours.
+    assert med < 0.02 * SLOW, summary
+    assert p99 < 0.1 * SLOW, summary
+    assert worst < 1.0 * SLOW, summary
     # nothing beyond the cap reached the upstream
-    assert flood.ups == FLOOD_HELD, flood.ups
+    assert flood.ups == FLOOD_HELD, (flood.ups, summary)
     assert all(r["how"] == "eof" and not r["want"] for r in flood.held)
-    assert late[-1] < 1.0 * SLOW, f"an echo took {late[-1]:.2f}s"
+    assert late[-1] < 2.0 * SLOW, summary
     with host.inside():
         m = scrape(d.addr("stats"))
     counts = {l["result"]: v for l, v in
