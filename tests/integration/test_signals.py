@@ -410,13 +410,18 @@ def test_signal_with_200_live_transfers(tmp_path, sig):
             {"a": {"upstream": "up"}, "b": {"upstream": "e"}},
             global_={"drain-timeout": "30s"}))
         assert set(ports) == {"a", "b"}, ports
-    else:
+    elif sig == "SIGTERM":
         d.send(signal.SIGTERM)
         addr = d.addr("a")
+        # (listening() reads the whole /proc/net/tcp: slow on a busy host,
+        # so not after SIGTERM-cut, whose 1 s it could outlast)
         wait_for(lambda: not listening(addr[1]), 5, interval=0.01,
                  what="the listener closed after SIGTERM")
+    else:
+        d.send(signal.SIGTERM)
     # the signal came while every transfer was live
-    assert live.live() == LIVE, f"only {live.live()} live at the {sig}"
+    if sig != "SIGTERM-cut":
+        assert live.live() == LIVE, f"only {live.live()} live at the {sig}"
     live.join(LIVE_SECONDS + 40)
     took = time.monotonic() - t_sig
     if sig == "SIGTERM-cut":
