@@ -75,6 +75,20 @@ struct stats_client {
 	struct stats_client *prev, *next;
 };
 
+/*
+ * How a stats client's request ended, counted once per connection:
+ * lifeline_stats_requests_total{result}.  Only the control thread
+ * touches these (it serves the stats listener and renders /metrics).
+ */
+enum stats_result {
+	STATS_RES_ANSWERED = 0, /* a route answered: 200, 404, 503 */
+	STATS_RES_BAD_REQUEST, /* refused: 400, 405, 414, 431, 505 */
+	STATS_RES_INCOMPLETE, /* the client closed or reset mid-request */
+	STATS_RES_TIMEOUT, /* no whole request within the deadline */
+	STATS_RES_EVICTED, /* closed mid-request to make room */
+	STATS_RES_MAX,
+};
+
 struct stats {
 	struct stats_sock socks[STATS_MAX_SOCKS];
 	size_t nsocks;
@@ -87,6 +101,7 @@ struct stats {
 	struct client_list sending; /* owned: response under way */
 	struct client_list closed; /* owned: freed by reap, after the batch */
 	struct loop_task reap;
+	uint64_t requests[STATS_RES_MAX];
 };
 
 /* The parts of a request line (pointers into the request, borrowed). */
@@ -499,6 +514,25 @@ get_errors(const struct metric_ctx *c, size_t i)
 	    worker_sum(c->st, offsetof(struct relay_counters, errors)));
 }
 
+static const char *
+split_stats_result(size_t i)
+{
+	static const char *const v[] = {
+	    "answered", "bad_request", "incomplete", "timeout", "evicted"};
+
+	return v[i];
+}
+
+static const struct metric_split by_stats_result = {
+    "result", STATS_RES_MAX, split_stats_result};
+
+/* i: enum stats_result. */
+static struct metric_val
+get_stats_requests(const struct metric_ctx *c, size_t i)
+{
+	return count(c->st->requests[i]);
+}
+
 static const struct metric metrics[] = {
     {"lifeline_build_info", "gauge", "Version of the running relay.",
         METRIC_GLOBAL, &by_version, get_one},
@@ -548,6 +582,9 @@ static const struct metric metrics[] = {
     {"lifeline_source_table_full_total", "counter",
         "Connections admitted without a per-source limit: table full.",
         METRIC_GLOBAL, NULL, get_source_full},
+    {"lifeline_stats_requests_total", "counter",
+        "Connections to the stats listener, by how their request ended.",
+        METRIC_GLOBAL, &by_stats_result, get_stats_requests},
 };
 
 static void
@@ -825,6 +862,7 @@ respond_error(struct stats_client *c, int status)
 	};
 	size_t i = 0;
 
+	c->st->requests[STATS_RES_BAD_REQUEST]++;
 	while (i < ARRAY_LEN(errs) - 1 && errs[i].status != status)
 		i++;
 	respond(c, errs[i].status, errs[i].reason, "text/plain", errs[i].body,
@@ -909,6 +947,7 @@ route(struct stats_client *c, const char *path, bool head)
 	struct stats *st = c->st;
 	struct sbuf body = {0};
 
+	st->requests[STATS_RES_ANSWERED]++;
 	if (strcmp(path, "/metrics") == 0) {
 		render_metrics(st, &body);
 		respond(c, 200, "OK",
@@ -1092,6 +1131,7 @@ client_read(struct stats_client *c)
 	if (n < 0 && errno == EAGAIN)
 		return;
 	if (n <= 0) {
+		c->st->requests[STATS_RES_INCOMPLETE]++;
 		client_close(c, false);
 		return;
 	}
@@ -1139,6 +1179,8 @@ client_timer_cb(struct loop_timer *t)
 {
 	struct stats_client *c = container_of(t, struct stats_client, timer);
 
+	if (c->list == &c->st->reading)
+		c->st->requests[STATS_RES_TIMEOUT]++;
 	client_close(c, c->list == &c->st->sending);
 }
 
@@ -1151,6 +1193,7 @@ static bool
 evict_oldest(struct stats *st)
 {
 	if (st->reading.head != NULL) {
+		st->requests[STATS_RES_EVICTED]++;
 		client_close(st->reading.head, false);
 		return true;
 	}
@@ -1217,6 +1260,7 @@ accept_cb(struct loop_io *io, uint32_t events)
 		/* Out of descriptors: an idle client's one serves a probe. */
 		if (errno != ENOBUFS && errno != ENOMEM &&
 		    st->reading.head != NULL) {
+			st->requests[STATS_RES_EVICTED]++;
 			client_close(st->reading.head, false);
 			continue;
 		}

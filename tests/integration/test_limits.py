@@ -1,15 +1,22 @@
-"""Connection limits, idle timeouts, file descriptor exhaustion."""
+"""Connection limits, idle timeouts, file descriptor exhaustion, a
+flood beyond maxconn."""
 
+import errno
 import os
+import selectors
 import socket
+import threading
 import time
 
 import pytest
 
 from conftest import (
-    SLOW, _SOCKETS, Daemon, Server, connect, echo_roundtrip, expect_rejected,
-    h_sink, make_config, read_until_closed, recv_exact, start_daemon,
-    try_echo, wait_for)
+    RANDOM, SLOW, _SOCKETS, _THREADS, Daemon, Server, connect, echo_roundtrip,
+    expect_rejected, h_sink, make_config, read_until_closed, recv_exact,
+    start_daemon, try_echo, wait_for)
+from netns import host_factory  # noqa: F401 (fixture)
+from stats_helpers import scrape
+from test_abuse import nofile  # noqa: F401 (fixture)
 
 
 def _established(addr, n):
@@ -191,3 +198,270 @@ def test_fd_exhaustion(tmp_path, echo):
     # no descriptor leaked on the out-of-fds error paths
     n = d.wait_fds_at_most(base, timeout=5)
     assert n <= base, f"fd count {n} after the flood, {base} before (peak {peak})"
+
+
+# --------------------------------------------------------------------------
+# a flood beyond maxconn, at scale
+
+FLOOD_HELD = 1000  # established connections: the cap, exactly
+FLOOD_NEW = 4000  # attempts beyond it
+FLOOD_PACE = 2000.0  # attempts a second
+CHAT_PERIOD = 0.5  # each established connection sends a message this often
+
+
+class MaxconnFlood:
+    """One thread, epoll, in the test's own namespace: an echo upstream;
+    FLOOD_HELD client connections that each send a message every
+    CHAT_PERIOD and check its echo byte for byte; then FLOOD_NEW new
+    connection attempts, paced, each recording when it started and when
+    and how the relay closed it ("eof": a FIN, "reset")."""
+
+    def __init__(self, host, addr):
+        self.host = host
+        self.addr = addr
+        self.sel = selectors.EpollSelector()
+        with host.inside():
+            self.lsock = socket.socket()
+            self.lsock.bind(("127.0.0.1", 0))
+            self.lsock.listen(4096)
+        self.lsock.setblocking(False)
+        self.upstream = f"127.0.0.1:{self.lsock.getsockname()[1]}"
+        self.held = []  # dicts: sock, want (bytes still to come back), ...
+        self.flood = []  # dicts: t0, t_end, how, got
+        self.ups = 0
+        self.phase = "connect"  # connect, chat, flood, close, done
+        self.error = None
+        self.stop = threading.Event()
+        self.late = []  # echo round trips of held connections, seconds
+
+    def start(self):
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name="maxconn-flood")
+        self.thread.start()
+        _THREADS.append(self.thread)
+
+    def join(self, timeout):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "flood thread stuck"
+        if self.error is not None:
+            raise self.error
+
+    def _run(self):
+        try:
+            with self.host.inside():
+                self._loop()
+        except BaseException as e:  # reported by join()
+            self.error = e
+        finally:
+            for key in list(self.sel.get_map().values()):
+                key.fileobj.close()
+            self.sel.close()
+
+    def _new_sock(self):
+        s = socket.socket()
+        s.setblocking(False)
+        err = s.connect_ex(self.addr)
+        assert err in (0, errno.EINPROGRESS), os.strerror(err)
+        return s
+
+    def _send(self, rec, now):
+        n = 50 + rec["i"] * 37 % 400
+        off = (rec["i"] * 7919 + rec["msgs"] * 104729) % (len(RANDOM) - n)
+        msg = RANDOM[off:off + n]
+        rec["sock"].send(msg)  # small: the socket buffer takes it whole
+        rec["want"] += msg
+        rec["sent"] += n
+        rec["sent_at"].append((rec["sent"], now))
+        rec["msgs"] += 1
+        rec["next"] = now + CHAT_PERIOD
+
+    def _loop(self):
+        sel = self.sel
+        sel.register(self.lsock, selectors.EVENT_READ, ("listen", None))
+        t0 = time.monotonic()
+        for i in range(FLOOD_HELD):
+            s = self._new_sock()
+            rec = {"i": i, "sock": s, "want": bytearray(), "msgs": 0,
+                   "sent": 0,
+                   "sent_at": [], "next": None, "how": None, "got": 0}
+            self.held.append(rec)
+            sel.register(s, selectors.EVENT_WRITE, ("held-conn", rec))
+            if i % 200 == 199:  # let the daemon's backlog drain
+                self._pump(0.05)
+        connected = lambda: sum(r["next"] is not None for r in self.held)
+        while connected() < FLOOD_HELD or self.ups < FLOOD_HELD:
+            assert time.monotonic() - t0 < 20, \
+                f"{connected()} connected, {self.ups} upstream"
+            self._pump(0.05)
+        self.phase = "chat"
+        t_chat = time.monotonic()
+        while time.monotonic() - t_chat < 2 * CHAT_PERIOD:
+            self._pump(0.01)
+        self.phase = "flood"
+        self.t_flood = time.monotonic()
+        started = 0
+        while started < FLOOD_NEW:
+            now = time.monotonic()
+            while started < FLOOD_NEW and \
+                    (now - self.t_flood) * FLOOD_PACE >= started:
+                rec = {"t0": time.monotonic(), "t_end": None, "how": None,
+                       "got": 0}
+                s = self._new_sock()
+                self.flood.append(rec)
+                sel.register(s, selectors.EVENT_READ, ("flood", rec))
+                started += 1
+            self._pump(0.001)
+        deadline = time.monotonic() + 10
+        while any(r["how"] is None for r in self.flood):
+            assert time.monotonic() < deadline, "flood connections open"
+            self._pump(0.01)
+        # the held ones keep talking a while after the flood
+        t_after = time.monotonic()
+        while time.monotonic() - t_after < 2 * CHAT_PERIOD:
+            self._pump(0.01)
+        # all echoed: then FIN from each client, FIN back from the relay
+        deadline = time.monotonic() + 10
+        self.phase = "drain"
+        while any(r["want"] for r in self.held):
+            assert time.monotonic() < deadline, "echoes missing"
+            self._pump(0.01)
+        self.phase = "close"
+        for r in self.held:
+            r["sock"].shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 10
+        while any(r["how"] is None for r in self.held):
+            assert time.monotonic() < deadline, "held connections open"
+            self._pump(0.01)
+        self.phase = "done"
+
+    def _pump(self, timeout):
+        now = time.monotonic()
+        if self.phase in ("chat", "flood"):
+            for rec in self.held:
+                if rec["how"] is None and rec["next"] <= now:
+                    self._send(rec, now)
+        for key, ev in self.sel.select(timeout):
+            kind, rec = key.data
+            s = key.fileobj
+            now = time.monotonic()
+            if kind == "listen":
+                while True:
+                    try:
+                        c, _ = s.accept()
+                    except BlockingIOError:
+                        break
+                    c.setblocking(False)
+                    self.ups += 1
+                    self.sel.register(c, selectors.EVENT_READ, ("up", None))
+            elif kind == "held-conn":
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                assert err == 0, f"held {rec['i']}: {os.strerror(err)}"
+                self.sel.modify(s, selectors.EVENT_READ, ("held", rec))
+                rec["next"] = now + CHAT_PERIOD * rec["i"] / FLOOD_HELD
+            elif kind == "up":
+                try:
+                    d = s.recv(65536)
+                except ConnectionResetError:
+                    d = None
+                if not d:
+                    self.sel.unregister(s)
+                    if d is not None:
+                        s.shutdown(socket.SHUT_WR)  # echo's FIN
+                    s.close()
+                    continue
+                s.send(d)  # small: taken whole
+            else:
+                try:
+                    d = s.recv(65536)
+                except ConnectionResetError:
+                    d = None
+                if d:
+                    rec["got"] += len(d)
+                    if kind == "held":
+                        want = rec["want"]
+                        assert want[:len(d)] == d, \
+                            f"held {rec['i']}: echo differs"
+                        del want[:len(d)]
+                        # each message's round trip, once it is all back
+                        while rec["sent_at"] and \
+                                rec["sent_at"][0][0] <= rec["got"]:
+                            self.late.append(now - rec["sent_at"].pop(0)[1])
+                    continue
+                rec["how"] = "eof" if d is not None else "reset"
+                rec["t_end"] = now
+                self.sel.unregister(s)
+                s.close()
+                if kind == "held" and (self.phase != "close" or
+                                       rec["want"]):
+                    raise AssertionError(
+                        f"held {rec['i']}: {rec['how']} in phase "
+                        f"{self.phase}, {len(rec['want'])} bytes missing")
+
+
+@pytest.mark.plain_only
+@pytest.mark.parametrize("cap", ["listener", "global"])
+def test_flood_beyond_maxconn_at_scale(host_factory, nofile, tmp_path, cap):
+    """1,000 established connections (the cap: a listener's maxconn, or
+    the global one) chat through the relay, each a message every 0.5 s
+    echoed byte for byte; then 4,000 more connection attempts in 2 s.
+    Each one beyond the cap is closed at once with FIN and never reaches
+    the upstream (from its connect: median under 20 ms, 99% under 0.5 s,
+    none over 2 s);
+    the established ones miss no byte; the refused counter equals the
+    attempts; every descriptor comes back."""
+    nofile(12000)
+    host = host_factory()
+    flood = MaxconnFlood(host, None)
+    listen = {"upstream": "up"}
+    g = {"maxconn": str(FLOOD_HELD)} if cap == "global" else \
+        {"maxconn": "20000"}
+    if cap == "listener":
+        listen["maxconn"] = str(FLOOD_HELD)
+    with host.inside():
+        d = start_daemon(tmp_path, make_config(
+            {"up": [flood.upstream]}, {"l": listen}, global_=g,
+            timeouts={"client": "60s", "server": "60s"},
+            extra="\n[stats]\nlisten = 127.0.0.1:0\n"))
+    fd0 = d.stable_fd_count()
+    flood.addr = d.addr("l")
+    t0 = time.monotonic()
+    flood.start()
+    flood.join(60)
+    took = time.monotonic() - t0
+
+    lat = sorted(r["t_end"] - r["t0"] for r in flood.flood)
+    hows = {}
+    for r in flood.flood:
+        hows[r["how"]] = hows.get(r["how"], 0) + 1
+    late = sorted(flood.late)
+    med, worst = lat[len(lat) // 2], lat[-1]
+    p99 = lat[len(lat) * 99 // 100]
+    summary = (f"maxconn flood ({cap}): {FLOOD_HELD} held, {len(lat)} "
+               f"refused ({hows}) in {took:.1f}s; connect to close median "
+               f"{med * 1000:.1f} ms, 99th {p99 * 1000:.1f} ms, max "
+               f"{worst * 1000:.1f} ms; held echoes {len(late)}, round trip "
+               f"median {late[len(late) // 2] * 1000:.1f} ms, max "
+               f"{late[-1] * 1000:.1f} ms")
+    print(summary)
+    assert hows == {"eof": FLOOD_NEW}, summary
+    assert all(r["got"] == 0 for r in flood.flood)
+    # Measured by the test's own event loop, which shares 2 cores with
+    # the daemon (and, in CI, with the other pass and whatever else runs):
+    # the median is the daemon's; the tail is mostly ours (measured: 99th
+    # percentile 2-30 ms, 126 ms on a machine loaded twice over).
+    assert med < 0.02 * SLOW, summary
+    assert p99 < 0.5 * SLOW, summary
+    assert worst < 2.0 * SLOW, summary
+    # nothing beyond the cap reached the upstream
+    assert flood.ups == FLOOD_HELD, (flood.ups, summary)
+    assert all(r["how"] == "eof" and not r["want"] for r in flood.held)
+    assert late[-1] < 2.0 * SLOW, summary
+    with host.inside():
+        m = scrape(d.addr("stats"))
+    counts = {l["result"]: v for l, v in
+              m.select("lifeline_connections_total", listener="l") if v}
+    assert counts == {"refused_maxconn": FLOOD_NEW,
+                      "relayed": FLOOD_HELD}, counts
+    n = d.wait_fds_at_most(fd0, timeout=5.0 * SLOW)
+    assert n <= fd0, f"descriptors {n}, {fd0} before"
+    assert d.alive()
