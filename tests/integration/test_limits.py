@@ -17,6 +17,7 @@ from conftest import (
 from netns import host_factory  # noqa: F401 (fixture)
 from stats_helpers import scrape
 from test_abuse import nofile  # noqa: F401 (fixture)
+from tls_helpers import client_ctx
 
 
 def _established(addr, n):
@@ -143,17 +144,55 @@ def test_one_way_traffic_is_not_idle(tmp_path, direction):
         assert got == count, f"client got {got} of {count} bytes before close"
 
 
-def test_fd_exhaustion(tmp_path, echo):
+FD_KINDS = {"plain": {}, "tls": {"tls": "on"}, "pp": {"accept-proxy": "on"},
+            "pp-tls": {"accept-proxy": "on", "tls": "on"}}
+PP_HEADER = b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 443\r\n"
+
+
+def kind_client(kind, addr, timeout=3.0):
+    """A connection to a listener of that kind, through its header and
+    handshake: a socket that relays what it is given."""
+    s = connect(addr, timeout=timeout)
+    s.settimeout(timeout)
+    if kind.startswith("pp"):
+        s.sendall(PP_HEADER)
+    if kind.endswith("tls"):
+        s = client_ctx().wrap_socket(s)
+        _SOCKETS.append(s)
+    return s
+
+
+def kind_echo(kind, addr, timeout=1.0):
+    try:
+        s = kind_client(kind, addr, timeout)
+        payload = os.urandom(64)
+        s.sendall(payload)
+        ok = recv_exact(s, len(payload)) == payload
+        s.close()
+        return ok
+    except (OSError, AssertionError):
+        return False
+
+
+@pytest.mark.parametrize("kind", list(FD_KINDS))
+def test_fd_exhaustion(tmp_path, echo, kind):
+    """64 descriptors and a flood of 300 connections on each listener
+    kind: the daemon lives, does not spin on accept(), serves again once
+    the flood goes, and leaks nothing on the out-of-descriptors paths (a
+    TLS handshake, a PROXY header, an upstream socket that could not be
+    made)."""
     d = Daemon(tmp_path, make_config(
-        {"up": [echo.spec]}, {"plain": {"upstream": "up", "maxconn": "1000"}}),
+        {"up": [echo.spec]},
+        {"l": dict(FD_KINDS[kind], upstream="up", maxconn="1000")}),
         nofile=64).start()
-    addr = d.addr("plain")
+    addr = d.addr("l")
 
     def concurrent_echo(n):
-        socks = [connect(addr, timeout=3) for _ in range(n)]
+        socks = [kind_client(kind, addr) for _ in range(n)]
         for s in socks:
-            s.settimeout(3)
-            echo_roundtrip(s, os.urandom(4000))
+            payload = os.urandom(4000)
+            s.sendall(payload)
+            assert recv_exact(s, len(payload)) == payload
         for s in socks:
             s.close()
 
@@ -172,7 +211,7 @@ def test_fd_exhaustion(tmp_path, echo):
         time.sleep(0.05)
     for s in flood:
         try:
-            s.send(b"x")
+            s.send(PP_HEADER if kind.startswith("pp") else b"x")
         except OSError:
             pass
     # while out of descriptors the daemon must not spin on accept()
@@ -184,12 +223,12 @@ def test_fd_exhaustion(tmp_path, echo):
         f"daemon used {cpu:.2f}s CPU in {wall:.2f}s while out of fds (peak {peak} fds)"
     for s in flood:
         s.close()
-    wait_for(lambda: try_echo(addr, timeout=1.0), 15, interval=0.1,
+    wait_for(lambda: kind_echo(kind, addr), 15, interval=0.1,
              what="service to recover after the flood")
     for _ in range(10):
-        assert try_echo(addr, timeout=3.0)
+        assert kind_echo(kind, addr, timeout=3.0)
     concurrent_echo(4)
-    s = connect(addr)
+    s = kind_client(kind, addr)
     payload = os.urandom(256 << 10)
     s.sendall(payload)
     assert recv_exact(s, len(payload)) == payload
