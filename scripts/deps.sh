@@ -11,6 +11,13 @@
 #                   systemd-container to boot the unit (scripts/unit-check.sh);
 #                   and for the throwaway Debian 12 tree, debootstrap and
 #                   iproute2
+#   deps.sh deploy  what checks the deployment files takes
+#                   (scripts/kube-check.sh, scripts/cloudinit-check.sh):
+#                   kubernetes-client (kubectl, whose built-in kustomize
+#                   renders deploy/kubernetes/), python3-yaml (reads what
+#                   it renders), cloud-init (`cloud-init schema` checks
+#                   deploy/cloud-init.yaml); the cloud-init check's Debian 12
+#                   tree also needs debootstrap and iproute2
 #   deps.sh list    print every package named here, installs nothing
 #                   (scripts/fresh-check.sh checks nothing else got in)
 # Services that Debian would start on install (nginx, haproxy, iperf3) are
@@ -21,17 +28,19 @@ build_pkgs="gcc libc6-dev make pkg-config libinih-dev libssl-dev libqrencode-dev
 test_pkgs="python3 python3-pytest iproute2 nftables clang-format haproxy nginx iperf3 wrk openssl curl prometheus chromium zbar-tools"
 bench_pkgs="haproxy nginx iperf3 wrk procps"
 deb_pkgs="dpkg-dev debhelper lintian systemd systemd-container debootstrap iproute2"
+deploy_pkgs="kubernetes-client python3 python3-yaml cloud-init debootstrap iproute2"
 
 case "${1:-build}" in
 build) pkgs=$build_pkgs ;;
 test) pkgs="$build_pkgs $test_pkgs" ;;
 bench) pkgs="$build_pkgs $bench_pkgs" ;;
 deb) pkgs="$build_pkgs $deb_pkgs" ;;
+deploy) pkgs="$build_pkgs $deploy_pkgs" ;;
 list)
-	echo "$build_pkgs $test_pkgs $bench_pkgs $deb_pkgs"
+	echo "$build_pkgs $test_pkgs $bench_pkgs $deb_pkgs $deploy_pkgs"
 	exit 0
 	;;
-*) echo "usage: $0 build|test|bench|deb|list" >&2; exit 2 ;;
+*) echo "usage: $0 build|test|bench|deb|deploy|list" >&2; exit 2 ;;
 esac
 
 missing=""
