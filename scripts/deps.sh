@@ -43,6 +43,16 @@ list)
 *) echo "usage: $0 build|test|bench|deb|deploy|list" >&2; exit 2 ;;
 esac
 
+# kubernetes-client's /usr/bin/kubectl clashes with another package's (the
+# Google Cloud SDK's `kubectl`, on some images): that one stays, and
+# scripts/kube-check.sh unpacks Debian's kubectl into its cache instead.
+if [ "${1:-}" = deploy ] && owner=$(dpkg-query -S /usr/bin/kubectl 2>/dev/null) &&
+	[ "${owner%%:*}" != kubernetes-client ]; then
+	echo "deps.sh: /usr/bin/kubectl belongs to ${owner%%:*}: kubernetes-client not installed"
+	# shellcheck disable=SC2086
+	pkgs=$(printf '%s\n' $pkgs | grep -vx kubernetes-client)
+fi
+
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||

@@ -529,7 +529,7 @@ def check(docs, lifeline, base_cfg=None, image=None, prefix=""):
             p.add(what, "selector does not select the relay pods")
         tps = [target(sp.get("targetPort", sp.get("port")))
                for sp in spec.get("ports") or []]
-        if tps != [stats_port]:
+        if stats_port is not None and tps != [stats_port]:
             p.add(what, f"targets {tps}, want the stats port [{stats_port}] only")
         if spec.get("externalIPs") or spec.get("loadBalancerIP"):
             p.add(what, "exposed outside the cluster")
@@ -602,7 +602,7 @@ def check(docs, lifeline, base_cfg=None, image=None, prefix=""):
                     p.add(what, f"ingress rule {i} admits every namespace")
         for pt in sorted(set(lports) - open_ports):
             p.add(what, f"listener port {pt} is not open to clients")
-        for pt in sorted(open_ports - set(lports)):
+        for pt in sorted(open_ports - set(lports) if cfg is not None else ()):
             p.add(what, f"port {pt} is open but no listener binds it")
         if "Egress" in types and cfg is not None:
             eg = spec.get("egress") or []
