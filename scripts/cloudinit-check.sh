@@ -20,9 +20,9 @@
 # 4. `lifeline-firstboot firewall` (this tree has none: it says so) and
 #    `start` (no systemd in a chroot: it says so and starts nothing).
 # 5. In a network namespace of its own, the installed relay started as the
-#    unit starts it (its ExecStart, as root here), its names resolving to
-#    the namespace (the tree's /etc/hosts) where a listener answers:
-#    443 and 587 accept; then `lifeline-firstboot announce` must find it
+#    unit starts it (its ExecStart, as root here), its upstreams' names
+#    resolving in the namespace (the tree's /etc/hosts): 443 and 587
+#    accept; then `lifeline-firstboot announce` must find it
 #    ready and print the share link for LIFELINE_PUBLIC_HOST (chat 443
 #    with TLS, media 587) and save it in /root/lifeline-link.txt; SIGTERM
 #    ends the relay with status 0.
@@ -51,30 +51,13 @@ if [ "${1:-}" = "--in-netns" ]; then
 	work=$3
 	trap - EXIT INT TERM HUP # the caller cleans the tree up
 	ip link set lo up
-	# The upstreams' names, here; a listener on their ports (perl: minbase
-	# has it) that takes each connection and closes it, so that the
-	# relay's upstream checks pass.
+	# The upstreams' names resolve here (the tree's /etc/hosts): a server
+	# counts as up until its first check, a minute on, so the relay is
+	# ready at once.  (A listener on their ports would take 443 from the
+	# relay.)
 	names=$(awk '$1 == "server" { sub(/:[0-9]+$/, "", $3); print $3 }' \
 		"$root/etc/lifeline/lifeline.conf" | sort -u | tr '\n' ' ')
 	echo "127.0.0.1 localhost $names" >"$root/etc/hosts"
-	cat >"$root/tmp/echo.pl" <<-'EOF'
-		use IO::Socket::INET;
-		my @l = map { IO::Socket::INET->new(LocalAddr => "127.0.0.1:$_",
-		    Listen => 16, ReuseAddr => 1) or die "echo: listen $_: $!" } (80, 443, 5222);
-		open(my $f, ">", "/tmp/echo.ready") or die; close($f);
-		use IO::Select;
-		my $s = IO::Select->new(@l);
-		while (my @r = $s->can_read) { for (@r) { my $c = $_->accept; close($c) if $c; } }
-	EOF
-	in_tree 'exec perl /tmp/echo.pl' >"$work/echo.log" 2>&1 &
-	for ((i = 0; i < 100; i++)); do
-		[ -e "$root/tmp/echo.ready" ] && break
-		sleep 0.1
-	done
-	[ -e "$root/tmp/echo.ready" ] || {
-		cat "$work/echo.log"
-		die "the upstreams' listener did not start"
-	}
 	# The unit's ExecStart, as written in the installed unit.
 	exec_start=$(sed -n 's/^ExecStart=//p' "$root/lib/systemd/system/lifeline.service")
 	[ -n "$exec_start" ] || die "no ExecStart= in the installed unit"
@@ -113,10 +96,6 @@ if [ "${1:-}" = "--in-netns" ]; then
 	rc=0
 	wait "$job" || rc=$?
 	[ "$rc" -eq 0 ] || die "the relay exited $rc on SIGTERM (want 0)"
-	pids=$(tree_pids_of /usr/bin/perl)
-	# shellcheck disable=SC2086
-	[ -z "$pids" ] || kill $pids
-	wait
 	exit 0
 fi
 
