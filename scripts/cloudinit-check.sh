@@ -19,6 +19,10 @@
 #    must be installed at the Makefile's version and its unit enabled.
 # 4. `lifeline-firstboot firewall` (this tree has none: it says so) and
 #    `start` (no systemd in a chroot: it says so and starts nothing).
+#    The firewall step again with nftables (a dropping input chain, in
+#    step 5's namespace: a rule for 22, 443 and 587 must come first) and
+#    with ufw installed and inactive (the three rules added, ufw left
+#    inactive).
 # 5. In a network namespace of its own, the installed relay started as the
 #    unit starts it (its ExecStart, as root here), its upstreams' names
 #    resolving in the namespace (the tree's /etc/hosts): 443 and 587
@@ -90,6 +94,18 @@ if [ "${1:-}" = "--in-netns" ]; then
 		die "announce did not find the relay ready"
 	grep -qxF "$link" "$root/root/lifeline-link.txt" ||
 		die "/root/lifeline-link.txt lacks the link"
+	# nftables with a dropping input chain (this namespace's own): the
+	# firewall step must let SSH, 443 and 587 in, and nothing else.
+	in_tree "nft add table inet filter && nft add chain inet filter input \
+		'{ type filter hook input priority 0; policy drop; }'" ||
+		die "cannot make an nftables input chain"
+	out=$(in_tree "$script firewall" 2>&1) || die "firewall step (nftables): $out"
+	say "    $out"
+	rules=$(in_tree 'nft list chain inet filter input')
+	grep -q 'tcp dport { 22, 443, 587 } accept' <<<"$rules" ||
+		die "nftables: no rule for 22, 443 and 587: $rules"
+	[ "$(grep -c accept <<<"$rules")" -eq 1 ] || die "nftables: more than one rule: $rules"
+	say "nftables: tcp dport { 22, 443, 587 } accept, policy drop kept"
 	lpid=$(tree_pids_of /usr/sbin/lifeline)
 	[ -n "$lpid" ] || die "no /usr/sbin/lifeline process in the tree"
 	kill -TERM "$lpid"
@@ -197,11 +213,33 @@ grep -q "systemd is not running here" <<<"$out" || die "start: unexpected: $out"
 [ -z "$(tree_pids_of /usr/sbin/lifeline)" ] || die "start started a relay without systemd"
 step_done "firewall, start"
 
-step "the relay as the unit starts it, then lifeline-firstboot announce (own network namespace)"
+step "the relay as the unit starts it, lifeline-firstboot announce, firewall with nftables (own network namespace)"
+bg_wait in_tree 'DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nftables' \
+	>"$work/nft.log" 2>&1 || {
+	cat "$work/nft.log"
+	die "apt-get install nftables failed"
+}
 bg_wait unshare -n -- bash "$self" --in-netns "$root" "$work" ||
 	die "the relay and announce in their network namespace (the reason is above)"
 kill_tree_procs || die "processes survive in the tree"
-step_done "relay, announce"
+step_done "relay, announce, nftables"
+
+step "lifeline-firstboot firewall with ufw (installed, inactive)"
+bg_wait in_tree 'DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ufw' \
+	>"$work/ufw.log" 2>&1 || {
+	cat "$work/ufw.log"
+	die "apt-get install ufw failed"
+}
+out=$(in_tree "$script firewall" 2>&1) || die "firewall step (ufw): $out"
+say "    $out"
+added=$(in_tree 'ufw show added' 2>&1)
+for p in 22 443 587; do
+	grep -qx "ufw allow $p/tcp" <<<"$added" || die "ufw: no rule for $p/tcp: $added"
+done
+[ "$(grep -c '^ufw ' <<<"$added")" -eq 3 ] || die "ufw: other rules: $added"
+in_tree 'ufw status' | grep -qx 'Status: inactive' || die "ufw was turned on"
+say "ufw: allow 22, 443 and 587/tcp added, left inactive"
+step_done "ufw"
 
 print_timings
 say "cloudinit-check: OK (deploy/cloud-init.yaml: valid; its first boot builds, installs and announces lifeline $version on a fresh Debian 12 at $head)"
