@@ -16,8 +16,10 @@
 #                   kubernetes-client (kubectl, whose built-in kustomize
 #                   renders deploy/kubernetes/), python3-yaml (reads what
 #                   it renders), cloud-init (`cloud-init schema` checks
-#                   deploy/cloud-init.yaml); the cloud-init check's Debian 12
-#                   tree also needs debootstrap and iproute2
+#                   deploy/cloud-init.yaml; when installed here it is
+#                   disabled at boot: /etc/cloud/cloud-init.disabled); the
+#                   cloud-init check's Debian 12 tree also needs debootstrap
+#                   and iproute2
 #   deps.sh list    print every package named here, installs nothing
 #                   (scripts/fresh-check.sh checks nothing else got in)
 # Services that Debian would start on install (nginx, haproxy, iperf3) are
@@ -77,3 +79,8 @@ trap '[ -n "$own_policy" ] && rm -f $policy' EXIT
 apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# cloud-init is here for `cloud-init schema` only: a machine that did not
+# have it must not be reconfigured by it at its next boot.
+case " $missing " in
+*" cloud-init "*) touch /etc/cloud/cloud-init.disabled ;;
+esac
