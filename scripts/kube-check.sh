@@ -30,7 +30,10 @@
 # 5. An edited configuration (one comment more) renders to a ConfigMap of
 #    another name, which the Deployment's pod template follows (a
 #    rollout), and nothing else changes.
-# 6. kube-schema.py --self-test on the base's and the PROXY overlay's
+# 6. When the machine has another kubectl on PATH (a newer one: its
+#    Kustomize merges lists by other keys), every kustomization rendered
+#    by it passes the same check.
+# 7. kube-schema.py --self-test on the base's and the PROXY overlay's
 #    renderings: each of some fifty breaks (a field removed or changed, a
 #    port moved, the configuration altered) must be refused.
 # Bounded: each rendering 60 s, each run of the daemon 60 s.
@@ -90,8 +93,8 @@ case "$version" in
 esac
 say "kube-check: $kubectl: ${version//$'\n'/ }"
 
-render() { # render DIR OUT
-	timeout 60 "$kubectl" kustomize "$1" >"$2" 2>"$2.err" || {
+render() { # render DIR OUT [KUBECTL]
+	timeout 60 "${3:-$kubectl}" kustomize "$1" >"$2" 2>"$2.err" || {
 		cat "$2.err" >&2
 		die "kubectl kustomize ${1#"$repo"/} failed"
 	}
@@ -188,6 +191,31 @@ res=$(python3 - "$work/base.yaml" "$work/edited.yaml" <<-'EOF'
 EOF
 ) || die "an edited configuration: $res"
 say "edited configuration: $res"
+
+# -- a newer kubectl, when the machine has one --------------------------------
+# Its Kustomize (v4 and later: kyaml) merges lists by other keys (a
+# Service port by port and protocol): a patch that works with v2.0.3 may
+# silently not apply there.
+other=$(command -v kubectl || true)
+if [ -n "$other" ] && [ "$(readlink -f "$other")" != "$(readlink -f "$kubectl")" ]; then
+	v2=$("$other" version --client 2>/dev/null | head -n 1 || true)
+	m=0
+	for k in "$kube"/base/kustomization.yaml "$kube"/overlays/*/kustomization.yaml \
+		"$repo/tests/kubernetes/renamed/kustomization.yaml"; do
+		dir=$(dirname "$k")
+		out=$work/other-$m.yaml
+		render "$dir" "$out" "$other"
+		opt=()
+		[ "${dir##*/}" = renamed ] &&
+			opt=(--prefix relay- --image registry.example.org/relays/lifeline:0.1.0)
+		res=$(schema "${opt[@]}" "$out") || {
+			say "$res"
+			die "${dir#"$repo"/} rendered by $other ($v2) does not pass (above)"
+		}
+		m=$((m + 1))
+	done
+	say "$other ($v2): the same $m kustomizations render and pass"
+fi
 
 # -- the check itself can fail -------------------------------------------------
 for r in base overlays-nlb-proxy; do
