@@ -17,6 +17,15 @@
 #                   published ports), podman-compose, debootstrap (the
 #                   local base image), python3 (the test's client and
 #                   upstream); the image itself builds with the build group
+#   deps.sh deploy  what checks the deployment files takes
+#                   (scripts/kube-check.sh, scripts/cloudinit-check.sh):
+#                   kubernetes-client (kubectl, whose built-in kustomize
+#                   renders deploy/kubernetes/), python3-yaml (reads what
+#                   it renders), cloud-init (`cloud-init schema` checks
+#                   deploy/cloud-init.yaml; when installed here it is
+#                   disabled at boot: /etc/cloud/cloud-init.disabled); the
+#                   cloud-init check's Debian 12 tree also needs debootstrap
+#                   and iproute2
 #   deps.sh list    print every package named here, installs nothing
 #                   (scripts/fresh-check.sh checks nothing else got in)
 # Services that Debian would start on install (nginx, haproxy, iperf3) are
@@ -28,6 +37,7 @@ test_pkgs="python3 python3-pytest iproute2 nftables clang-format haproxy nginx i
 bench_pkgs="haproxy nginx iperf3 wrk procps"
 deb_pkgs="dpkg-dev debhelper lintian systemd systemd-container debootstrap iproute2"
 container_pkgs="podman runc netavark iptables podman-compose debootstrap python3"
+deploy_pkgs="kubernetes-client python3 python3-yaml cloud-init debootstrap iproute2"
 
 case "${1:-build}" in
 build) pkgs=$build_pkgs ;;
@@ -35,12 +45,23 @@ test) pkgs="$build_pkgs $test_pkgs" ;;
 bench) pkgs="$build_pkgs $bench_pkgs" ;;
 deb) pkgs="$build_pkgs $deb_pkgs" ;;
 container) pkgs=$container_pkgs ;;
+deploy) pkgs="$build_pkgs $deploy_pkgs" ;;
 list)
-	echo "$build_pkgs $test_pkgs $bench_pkgs $deb_pkgs $container_pkgs"
+	echo "$build_pkgs $test_pkgs $bench_pkgs $deb_pkgs $container_pkgs $deploy_pkgs"
 	exit 0
 	;;
-*) echo "usage: $0 build|test|bench|deb|container|list" >&2; exit 2 ;;
+*) echo "usage: $0 build|test|bench|deb|container|deploy|list" >&2; exit 2 ;;
 esac
+
+# kubernetes-client's /usr/bin/kubectl clashes with another package's (the
+# Google Cloud SDK's `kubectl`, on some images): that one stays, and
+# scripts/kube-check.sh unpacks Debian's kubectl into its cache instead.
+if [ "${1:-}" = deploy ] && owner=$(dpkg-query -S /usr/bin/kubectl 2>/dev/null) &&
+	[ "${owner%%:*}" != kubernetes-client ]; then
+	echo "deps.sh: /usr/bin/kubectl belongs to ${owner%%:*}: kubernetes-client not installed"
+	# shellcheck disable=SC2086
+	pkgs=$(printf '%s\n' $pkgs | grep -vx kubernetes-client)
+fi
 
 missing=""
 for p in $pkgs; do
@@ -66,3 +87,8 @@ trap '[ -n "$own_policy" ] && rm -f $policy' EXIT
 apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# cloud-init is here for `cloud-init schema` only: a machine that did not
+# have it must not be reconfigured by it at its next boot.
+case " $missing " in
+*" cloud-init "*) touch /etc/cloud/cloud-init.disabled ;;
+esac
