@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -35,9 +36,9 @@ pump(void *arg)
 	int p[2];
 	if (pipe2(p, O_CLOEXEC) == 0) {
 		fcntl(p[1], F_SETPIPE_SZ, PIPE_SIZE);
-		for (;;) {
-			ssize_t n = splice(h->from, NULL, p[1], NULL, PIPE_SIZE,
-			    SPLICE_F_MOVE);
+		ssize_t n;
+		while ((n = splice(h->from, NULL, p[1], NULL, PIPE_SIZE,
+		            SPLICE_F_MOVE)) > 0) {
 			while (n > 0) {
 				ssize_t w = splice(p[0], NULL, h->to, NULL,
 				    (size_t)n, SPLICE_F_MOVE);
@@ -45,7 +46,7 @@ pump(void *arg)
 					break;
 				n -= w;
 			}
-			if (n != 0)
+			if (n > 0)
 				break;
 		}
 		close(p[0]);
@@ -81,6 +82,7 @@ main(int argc, char **argv)
 	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
 	if (argc != 2)
 		return 2;
+	signal(SIGPIPE, SIG_IGN);
 	a.sin_addr.s_addr = up.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	up.sin_port = htons((unsigned short)atoi(argv[1]));
 	if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 ||
