@@ -1428,7 +1428,7 @@ def value(metric, path):
 def ratio(a, b):
     if a is None or b is None:
         return "ERR"
-    if b <= 0:
+    if b <= 0 or float("inf") in (a, b):
         return "n/a"
     return f"{a / b:.2f}x"
 
@@ -1532,7 +1532,8 @@ def pop_value(metric, n, path):
         return None if not v else n * 1024 / v
     if metric == "per_core":  # clients per core at 10% CPU
         v = R.median(pop_key("pop_cpu", n), path)
-        return None if not v else 360e3 / v
+        # No CPU tick in the window (a smoke run): unbounded, shown as n/a
+        return None if v is None else float("inf") if v == 0 else 360e3 / v
     return R.median(pop_key(metric, n), path)
 
 
@@ -1556,7 +1557,7 @@ def pop_table(ctx):
         cells = []
         for p in POP_PATHS:
             v = pop_value(m, n, p)
-            cells.append("n/a" if ro and p == "direct" else
+            cells.append("n/a" if (ro and p == "direct") or v == float("inf") else
                          "ERR" if v is None else fmt.format(v))
         ll = pop_value(m, n, "lifeline")
         arrow = "higher is better" if hi else "lower is better"
@@ -1733,6 +1734,7 @@ def main():
     ap.add_argument("--cases", default="1,2,3,4,5,6,7,population,storm",
                     help="comma-separated cases to run (1,2,6 share one run; 8 = population, "
                     "9 = storm)")
+    ap.add_argument("--reps", type=int, help="repetitions (full run: 3)")
     ap.add_argument("--pop-time", help="seconds measured at each population stage, "
                     "comma-separated (full run: 30,60)")
     ap.add_argument("--pop-paths", help="population paths, comma-separated, from "
@@ -1743,6 +1745,8 @@ def main():
 
     ctx = Ctx()
     ctx.cfg = dict(SMOKE if args.smoke else FULL)
+    if args.reps:
+        ctx.cfg["reps"] = max(1, args.reps)
     ctx.lifeline = os.path.abspath(args.lifeline)
     ctx.lifeline_base = os.path.abspath(args.base) if args.base else None
     if args.base:
