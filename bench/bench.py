@@ -18,6 +18,13 @@ settings and the official kind of certificate (RSA-4096), the same HAProxy
 with an EC P-256 certificate, and lifeline with `tls = on` (its default
 in-memory EC P-256 certificate).  Its load generator is bench/tlsclient.c.
 
+Cases 1, 2 and 6 also run a fifth path, the minimal splice relay
+(bench/minirelay.c), the floor of a splice relay.  Case 7 adds the RSS per
+idle TLS connection.  Cases 8 (`population`: WhatsApp-like clients, chat
+over TLS and plain, media downloads) and 9 (`storm`: every client reset at
+once, reconnecting within a second) have their own relays with three
+listeners each and tables (issue 16); see case_population and case_storm.
+
 Repetitions are interleaved (rep 1 of every path, then rep 2, ...) and the
 path order rotates between repetitions, so slow drifts of a noisy machine
 hit every path alike; the table shows medians.
