@@ -1134,23 +1134,28 @@ class PopRelay:
 
 
 def start_servers(ctx):
-    """The chat echo server (loadgen echo) and the media server (tlsclient
-    serve); returns (echo_port, media_port, [procs])."""
+    """The chat echo server (loadgen echo, one process per CPU sharing one
+    port: the kernel spreads the connections and their descriptors) and the
+    media server (tlsclient serve); returns (echo_port, media_port, [procs])."""
     procs = []
+
+    def start(argv, name):
+        p = PROCS.start(argv, name, ctx.tmp, stdout=subprocess.PIPE)
+        procs.append(p)
+        line = p.stdout.readline().decode().strip()
+        if not line.isdigit():
+            raise BenchError(f"{name} did not report its port:\n{log_tail(p)}")
+        return int(line)
     try:
-        for argv, name in (([ctx.loadgen, "echo"], "pop-echo"),
-                           ([ctx.tlsclient, "serve"], "pop-media")):
-            p = PROCS.start(argv, name, ctx.tmp, stdout=subprocess.PIPE)
-            procs.append(p)
-            line = p.stdout.readline().decode().strip()
-            if not line.isdigit():
-                raise BenchError(f"{name} did not report its port:\n{log_tail(p)}")
-            p.bench_port = int(line)
+        echo = start([ctx.loadgen, "echo"], "pop-echo0")
+        for i in range(1, ncpu()):
+            start([ctx.loadgen, "echo", str(echo)], f"pop-echo{i}")
+        media = start([ctx.tlsclient, "serve"], "pop-media")
     except BaseException:
         for p in procs:
             PROCS.stop(p)
         raise
-    return procs[0].bench_port, procs[1].bench_port, procs
+    return echo, media, procs
 
 
 def pop_key(metric, n):
