@@ -1088,12 +1088,12 @@ class PopRelay:
             return
         d = tempfile.mkdtemp(prefix=f"pop-{kind}-", dir=ctx.tmp)
         name = f"pop-{kind}-{len(PROCS.live)}"
-        if kind == "lifeline":
+        if kind.startswith("lifeline"):
             conf, pf = os.path.join(d, "lifeline.conf"), os.path.join(d, "ports")
             with open(conf, "w") as f:
                 f.write(POP_LIFELINE_CONF.format(echo=echo, media=media))
-            self.proc = PROCS.start([ctx.lifeline, "-c", conf, "--ports-file", pf], name,
-                                    ctx.tmp)
+            exe = ctx.lifeline_base if kind == BASE else ctx.lifeline
+            self.proc = PROCS.start([exe, "-c", conf, "--ports-file", pf], name, ctx.tmp)
 
             def ports():
                 try:
