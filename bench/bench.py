@@ -1618,8 +1618,11 @@ def targets16(ctx):
             return
         r = a / b
         ok = r <= want if op == "<=" else r >= want
+
+        def num(x):
+            return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
         lines.append(f"- {name}: **{'met' if ok else 'MISSED'}** ({r:.2f}x; "
-                     f"{a:.4g} vs {b:.4g})")
+                     f"{num(a)} vs {num(b)})")
 
     chk("relay CPU per new plain connection <= 0.7x HAProxy official",
         v("conn_cpu", "lifeline"), v("conn_cpu", "haproxy-official"), 0.7)
@@ -1643,15 +1646,22 @@ def targets16(ctx):
             pop_value("pop_cpu", n, "lifeline"), pop_value("pop_cpu", n, "haproxy-official"),
             0.6)
         a, b = pop_value("pop_add99", n, "lifeline"), pop_value("pop_add99", n, "haproxy-official")
-        lines.append(f"- population: p99 added chat latency at {n} <= HAProxy official's: **"
-                     + ("n/a" if a is None or b is None else "met" if a <= b else "MISSED")
-                     + f"** ({a} us vs {b} us)")
+        name = f"population: p99 added chat latency at {n} <= HAProxy official's"
+        if a is None or b is None:
+            lines.append(f"- {name}: **n/a** (not measured in this run)")
+        else:
+            lines.append(f"- {name}: **{'met' if a <= b else 'MISSED'}** ({a:.0f} us vs "
+                         f"{b:.0f} us)")
     chk("storm: relay CPU per reconnect <= 0.8x HAProxy with P-256",
         v("storm_cpu", "lifeline"), v("storm_cpu", "haproxy-ec256"), 0.8)
     f, t = v("storm_fail", "lifeline"), v("storm_t100", "lifeline")
-    lines.append("- storm: refused or reset connections = 0: **"
-                 + ("n/a" if f is None else "met" if f == 0 else "MISSED")
-                 + f"** ({f} failed attempts; 100% back after {t} ms)")
+    name = "storm: refused or reset connections = 0"
+    if f is None:
+        lines.append(f"- {name}: **n/a** (not measured in this run)")
+    else:
+        back = "not all back" if t is None else f"100% back after {t:.0f} ms"
+        lines.append(f"- {name}: **{'met' if f == 0 else 'MISSED'}** ({f:.0f} failed "
+                     f"attempts; {back})")
     return "\n".join(lines)
 
 
