@@ -4,11 +4,12 @@
 #
 #   bench/run.sh            the full benchmark (3 repetitions, ~40 min:
 #                           cases 1-7 ~8 min, population ~25, storm ~5)
-#   bench/run.sh --smoke    every case once, tiny (~1.5 min)
+#   bench/run.sh --smoke    every case once, tiny (~1 min)
 #   bench/run.sh --cases 3,4   only some cases (1,2,6 share one run; 7 is TLS;
 #                              population (8) and storm (9) by name or number)
 #   bench/run.sh --cases population --pop-time 60,60 --pop-paths \
-#                lifeline,direct,haproxy-official   a longer, narrower run
+#                direct,lifeline,haproxy-official   a longer, narrower run
+#   bench/run.sh --reps 1 ...  one repetition instead of 3
 #   bench/run.sh --json FILE   also write every sample
 #   bench/run.sh --base BIN    also run a second lifeline binary (say, the
 #                              previous commit's) beside it: column and ratio
@@ -25,7 +26,7 @@ cd "$root"
 for a in "$@"; do
 	case "$a" in
 	-h | --help)
-		sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	esac
