@@ -1796,8 +1796,11 @@ def main():
     # connection, pipes for the tuned one) 300 connections of its maxconn
     # for media and checks; the generators spread the clients over one
     # process per CPU, and the echo server holds one fd per client.
-    pop_max = min(ctx.cfg["pop_max"], ctx.hap_maxconn - 300, soft - 1000)
+    pop_max = max(50, min(ctx.cfg["pop_max"], ctx.hap_maxconn - 300, soft - 1000))
     ctx.pop_stages = SMOKE_POP_STAGES if args.smoke else sorted({min(1000, pop_max), pop_max})
+    if len(ctx.pop_stages) == 1:  # a low fd limit: the largest stage only
+        for k in ("pop_time", "pop_direct_time"):
+            ctx.cfg[k] = ctx.cfg[k][-1:]
     ctx.storm_conns = ctx.pop_stages[-1]
     ctx.gen_procs = ncpu()
     if args.pop_time:
