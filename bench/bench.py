@@ -919,6 +919,10 @@ class GenSet:
             self.stop()
             raise
 
+    def cpu(self):
+        """CPU seconds the generator processes used so far."""
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
     def send(self, line):
         for p in self.procs:
             p.stdin.write(line.encode() + b"\n")
@@ -1219,8 +1223,10 @@ def pop_run(ctx, path, rep, echo, media):
             gens.send(f"window {t0} {t1}")
             sleep_until_ns(t0)
             cpu0 = cpu_seconds(relay.pid) if relay.pid else None
+            gcpu0 = gens.cpu()
             sleep_until_ns(t1)
             cpu1 = cpu_seconds(relay.pid) if relay.pid else None
+            gcpu1 = gens.cpu()
             rss1 = vmrss_kib(relay.pid) if relay.pid else None
             js = [json.loads(x) for x in gens.lines(30, f"the stage {n} report")]
             lat = sorted(v for j in js for v in j["lat_us"])
@@ -1238,7 +1244,7 @@ def pop_run(ctx, path, rep, echo, media):
                 R.add(pop_key("pop_media", n), path, pct(mbps, 0.5))
                 msg += f" at {pct(mbps, 0.5):.0f} Mbit/s (median)"
             R.add(pop_key("pop_err", n), path, errors)
-            msg += f"  errors {errors}"
+            msg += f"  errors {errors}  generators' CPU {gcpu1 - gcpu0:.2f} s"
             if relay.pid:
                 cpu_h = (cpu1 - cpu0) / (n * hours)
                 R.add(pop_key("pop_cpu", n), path, cpu_h * 1e3)
@@ -1309,12 +1315,13 @@ def storm_run(ctx, path, rep, echo, media):
                 peak[0] = max(peak[0], vmrss_kib(relay.pid))
             except (OSError, BenchError):
                 pass
-        cpu0 = cpu_seconds(relay.pid)
+        cpu0, gcpu0 = cpu_seconds(relay.pid), gens.cpu()
         t = time.monotonic_ns() + 200_000_000
         gens.send(f"storm {t}")
         js = [json.loads(x) for x in gens.lines(c["storm_timeout"] + 30, "the storm's report",
                                                  tick=sample)]
-        cpu1 = cpu_seconds(relay.pid)
+        cpu1, gcpu1 = cpu_seconds(relay.pid), gens.cpu()
+        wall = (time.monotonic_ns() - t) / 1e9
         sample()
         hwm = proc_status_kib(relay.pid, "VmHWM")
         relay.check_alive()
@@ -1340,7 +1347,8 @@ def storm_run(ctx, path, rep, echo, media):
         msg += (f"  TLS handshake p99 {pct(hs, 0.99)} us ({resumed} of {offered} offered "
                 f"tickets resumed)  failed attempts {bad}  relay CPU "
                 f"{(cpu1 - cpu0) * 1e6 / n:.0f} us per reconnect  peak RSS {peak[0]} KiB "
-                f"(VmHWM {hwm})")
+                f"(VmHWM {hwm})  CPU over {wall:.1f} s: relay {cpu1 - cpu0:.1f} s, generators "
+                f"{gcpu1 - gcpu0:.1f} s")
         log(msg)
         if len(back) < n:
             raise BenchError(f"only {len(back)} of {n} clients reconnected within "
