@@ -2,9 +2,14 @@
 # make bench: lifeline against HAProxy (official and tuned settings) and
 # against no relay at all, on loopback.  See bench/bench.py for the cases.
 #
-#   bench/run.sh            the full benchmark (3 repetitions, < 10 min)
-#   bench/run.sh --smoke    every case once, tiny (< ~40 s)
-#   bench/run.sh --cases 3,4   only some cases (1,2,6 share one run; 7 is TLS)
+#   bench/run.sh            the full benchmark (3 repetitions, ~40 min:
+#                           cases 1-7 ~8 min, population ~25, storm ~5)
+#   bench/run.sh --smoke    every case once, tiny (~1 min)
+#   bench/run.sh --cases 3,4   only some cases (1,2,6 share one run; 7 is TLS;
+#                              population (8) and storm (9) by name or number)
+#   bench/run.sh --cases population --pop-time 60,60 --pop-paths \
+#                direct,lifeline,haproxy-official   a longer, narrower run
+#   bench/run.sh --reps 1 ...  one repetition instead of 3
 #   bench/run.sh --json FILE   also write every sample
 #   bench/run.sh --base BIN    also run a second lifeline binary (say, the
 #                              previous commit's) beside it: column and ratio
@@ -21,7 +26,7 @@ cd "$root"
 for a in "$@"; do
 	case "$a" in
 	-h | --help)
-		sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	esac
@@ -67,14 +72,15 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
-cc -O2 -Wall -Wextra -o "$tmp/loadgen" bench/loadgen.c
+cc -O2 -Wall -Wextra -o "$tmp/loadgen" bench/loadgen.c -lssl -lcrypto -lm
 cc -O2 -Wall -Wextra -pthread -o "$tmp/tlsclient" bench/tlsclient.c -lssl -lcrypto
+cc -O2 -Wall -Wextra -pthread -o "$tmp/minirelay" bench/minirelay.c
 
 # The driver and everything it starts get their own process group (job
 # control), so the trap can end them all, whatever state they are in.
 set -m
 /usr/bin/python3 bench/bench.py --lifeline "$bin" --loadgen "$tmp/loadgen" \
-	--tlsclient "$tmp/tlsclient" --tmp "$tmp" "$@" &
+	--tlsclient "$tmp/tlsclient" --minirelay "$tmp/minirelay" --tmp "$tmp" "$@" &
 pgid=$!
 set +m
 set +e
