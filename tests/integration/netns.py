@@ -7,16 +7,19 @@ small path MTU, with or without ICMP) or cut for a while.  Five
 namespaces per test, named llr-PID-N-ROLE (PID: the pytest process, so
 that a run that died is swept by the next one):
 
-    client          wire (a router)            relay            uwire (a router)          upstream
-    10.77.1.2 c0 -- w0 10.77.1.1                               
-                     |  w0 -> tup --[shim]--> tup -> w1
-                     |  w1 -> tdn --[shim]--> tdn -> w0
-                    w1 10.77.2.1 ---------- r0 10.77.2.2
-                                            r1 10.77.3.1 ---- v0 10.77.3.2
-                                                               |  v0 -> uup --[shim]--> uup -> v1
-                                                               |  v1 -> udn --[shim]--> udn -> v0
-                                                              v1 10.77.4.1 ------------- u0 10.77.4.2
-                                                                                            10.77.4.3
+    client    10.77.1.2  c0
+                          |
+    wire      10.77.1.1  w0    w0 -> tup --[delayshim]--> tup -> w1
+    (router)  10.77.2.1  w1    w1 -> tdn --[delayshim]--> tdn -> w0
+                          |
+    relay     10.77.2.2  r0    (clients reach the relay here)
+              10.77.3.1  r1    (the relay dials upstreams from here)
+                          |
+    uwire     10.77.3.2  v0    v0 -> uup --[delayshim]--> uup -> v1
+    (router)  10.77.4.1  v1    v1 -> udn --[delayshim]--> udn -> v0
+                          |
+    upstream  10.77.4.2  u0
+              10.77.4.3
 
 - Each link crosses a router (class Link): "wire" for the client link,
   "uwire" for the upstream link.  "Up" is the direction away from the
