@@ -199,7 +199,10 @@ def test_upstream_link_delays_limits_drops_and_reorders(net, tmp_path):
     ul.set_loss(up_pct=10)
     got = udp_seqs("relay", "up", UPSTREAM_IPS[0], n=1000, gap=0.0002)
     hits = ul.drops()["up"]
-    assert 50 <= hits <= 150 and len(got) == 1000 - hits, (hits, len(got))
+    # every lost datagram was the rule's (it may also have met the last
+    # packets of the connections above)
+    lost = 1000 - len(got)
+    assert 50 <= lost <= 150 and lost <= hits <= lost + 5, (hits, lost)
     ul.set_loss()
 
     # jitter without reorder mode bunches, never reorders; with it,
