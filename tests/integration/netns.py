@@ -633,7 +633,7 @@ def netns_shim(tmp_path_factory):
 
 @pytest.fixture
 def net(netns_shim, tmp_path):
-    """A fresh four-namespace topology, destroyed after the test even when
+    """A fresh five-namespace topology, destroyed after the test even when
     it fails (conftest's _cleanup stops the daemon and servers first)."""
     n = Net(netns_shim, str(tmp_path))
     try:

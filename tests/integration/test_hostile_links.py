@@ -590,7 +590,8 @@ def test_path_mtu_black_hole(net, tmp_path, probing):
     the kernel's black-hole detection can help (net.ipv4.tcp_mtu_probing
     in the relay's namespace, 0 by default): with it (1), the relay's
     TCP drops to 1024-byte segments after about 3 s of retransmissions
-    and the download completes, FIN both ways; without it, the transfer
+    (then probes up to what passes) and the download completes, FIN
+    both ways; without it, the transfer
     stalls until the client timeout (6 s) cuts it, RST to both peers,
     never a FIN on the cut stream."""
     nsx(net.ns["relay"], "sysctl", "-q", "-w",
