@@ -19,10 +19,11 @@ import time
 import pytest
 
 from conftest import (
-    SLOW, duplex_client, h_duplex, half_close, read_until_closed, recv_exact,
+    SLOW, check_duplex, duplex_client, h_duplex, half_close,
+    read_until_closed, recv_exact,
 )
 from netns import (  # noqa: F401 (fixtures)
-    CLIENT_IP, RELAY_IP, UPSTREAM_IPS, net, netns_shim, nsx,
+    CLIENT_IP, RELAY_IP, RELAY_UP_IP, UPSTREAM_IPS, net, netns_shim, nsx,
     wait_clean_end,
 )
 from test_hostile import (
@@ -65,7 +66,6 @@ def duplex_in_client(net, addr, cid, up, down, **kw):
 def check_ended(res, srv, ends=("fin", "fin")):
     """A duplex result: whole both ways (conftest.check_duplex), and the
     ending seen by the client and the upstream."""
-    from conftest import check_duplex
     check_duplex(res, srv)
     rec = [r for r in srv.records if r.get("id") == res["id"]][0]
     assert (res.get("end"), rec.get("end")) == ends, \
@@ -570,7 +570,7 @@ def test_small_path_mtu_relays_intact(net, tmp_path):
     learnt = {"relay->client": route_mtu(net, "relay", CLIENT_IP),
               "relay->upstream": route_mtu(net, "relay", UPSTREAM_IPS[1]),
               "client->relay": route_mtu(net, "client", RELAY_IP),
-              "upstream->relay": route_mtu(net, "up", "10.77.3.1")}
+              "upstream->relay": route_mtu(net, "up", RELAY_UP_IP)}
     net.clear()
     check_ended(res, srv)
     assert learnt == {"relay->client": 576, "relay->upstream": 1280,
