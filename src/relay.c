@@ -1159,8 +1159,12 @@ conn_attempt_failed(struct relay_conn *c)
 
 /*
  * Starts the next connection attempt, or closes the client when none is
- * left.  While sniffing, a decoy that cannot be reached is only noted (no
- * server side): WhatsApp's clients must not depend on the decoy.
+ * left: with FIN when nothing of its was taken, with RST when the relay
+ * holds bytes it read (a TLS client's first bytes, an intro), which can
+ * never be delivered now (bytes still in the socket draw the kernel's RST
+ * anyway); but a decoy that cannot be reached closes with FIN, like a web
+ * server that is down.  While sniffing, a decoy that cannot be reached is
+ * only noted (no server side): WhatsApp's clients must not depend on it.
  */
 static void
 conn_connect(struct relay_conn *c)
@@ -1182,7 +1186,10 @@ conn_connect(struct relay_conn *c)
 				conn_arm(c);
 				return;
 			}
-			conn_close(c, false, RELAY_RES_UPSTREAM_FAILED);
+			conn_close(c,
+			    c->dir[CLIENT].pending > 0 &&
+			        !(c->flags & (CONN_F_DECOY | CONN_F_DECOY_TLS)),
+			    RELAY_RES_UPSTREAM_FAILED);
 			return;
 		}
 		if (c->attempts++ > 0)

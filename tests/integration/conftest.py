@@ -214,6 +214,35 @@ def expect_rejected(sock, timeout=3.0):
     return how
 
 
+# how a TCP connection ended (for the netns tests, and duplex_client)
+
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1",
+              5: "FIN_WAIT2", 6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT",
+              9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+
+
+def tcp_state(sock):
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    return TCP_STATES.get(info[0], str(info[0]))
+
+
+def wait_clean_end(sock, timeout):
+    """After both FINs were seen: wait until the connection is closed on our
+    side, and return 'fin' when no error (RST) came, 'reset' otherwise, or
+    the TCP state name when it is still not closed at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err in (errno.ECONNRESET, errno.EPIPE):
+            return "reset"
+        st = tcp_state(sock)
+        if st in ("CLOSE", "TIME_WAIT"):
+            return "fin"
+        if time.monotonic() >= deadline:
+            return st
+        time.sleep(0.02)
+
+
 def echo_roundtrip(sock, payload=b"ping"):
     sock.sendall(payload)
     got = recv_exact(sock, len(payload))
@@ -738,11 +767,24 @@ def h_duplex(c, rec):
     rec["sent_len"] = n
 
 
-def duplex_client(addr, cid, up, down, seed=None, rate=0, source=None):
-    """Client half of h_duplex.  Returns a dict with both digests."""
-    s = connect(addr, source=source)
+def duplex_client(addr, cid, up, down, seed=None, rate=0, source=None,
+                  preamble=(), gap=0.0, end_wait=None, timeout=IO_TIMEOUT):
+    """Client half of h_duplex.  Returns a dict with both digests.
+
+    `preamble`: pieces (a PROXY header) sent before the duplex header,
+    each in a segment of its own (TCP_NODELAY), `gap` seconds apart.
+    `end_wait`: after both FINs, wait that long for the connection to
+    close and put how it ended (wait_clean_end) in out["end"]."""
+    s = connect(addr, source=source, timeout=timeout)
+    s.settimeout(timeout)
     rng = random.Random(cid if seed is None else seed)
     out = {"id": cid, "up_len": up}
+    if preamble:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i, piece in enumerate(preamble):
+            if i and gap:
+                time.sleep(gap)
+            s.sendall(piece)
 
     def sender():
         try:
@@ -767,8 +809,11 @@ def duplex_client(addr, cid, up, down, seed=None, rate=0, source=None):
             got += len(d)
     except Exception as e:
         out["recv_error"] = e
-    t.join(IO_TIMEOUT)
+    t.join(timeout)
     assert not t.is_alive(), "client sender stuck"
+    if end_wait is not None and "recv_error" not in out and \
+            "send_error" not in out:
+        out["end"] = wait_clean_end(s, end_wait)
     s.close()
     out["down_sha"] = h.hexdigest()
     out["down_len"] = got

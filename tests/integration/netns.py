@@ -2,31 +2,53 @@
 
 The reliability tests (issue 14, docs/RELIABILITY.md) run the real daemon
 on its own "host", with clients and upstream servers on others, joined by
-links that can be slow, lossy, delayed and jittery.  Four namespaces per
-test, named llr-PID-N-ROLE (PID: the pytest process, so that a run that
-died is swept by the next one):
+links that can be slow, lossy, delayed, jittery, reordering, narrow (a
+small path MTU, with or without ICMP) or cut for a while.  Five
+namespaces per test, named llr-PID-N-ROLE (PID: the pytest process, so
+that a run that died is swept by the next one):
 
-    client            wire (a router)                    relay                upstream
-    10.77.1.2 c0 ---- w0 10.77.1.1                        
-                       |  w0 -> tup --[delayshim]--> tup -> w1
-                       |  w1 -> tdn --[delayshim]--> tdn -> w0
-                      w1 10.77.2.1 ---------------- r0 10.77.2.2
-                                                    r1 10.77.3.1 ---- u0 10.77.3.2
-                                                                         10.77.3.3
+    client    10.77.1.2  c0
+                          |
+    wire      10.77.1.1  w0    w0 -> tup --[delayshim]--> tup -> w1
+    (router)  10.77.2.1  w1    w1 -> tdn --[delayshim]--> tdn -> w0
+                          |
+    relay     10.77.2.2  r0    (clients reach the relay here)
+              10.77.3.1  r1    (the relay dials upstreams from here)
+                          |
+    uwire     10.77.3.2  v0    v0 -> uup --[delayshim]--> uup -> v1
+    (router)  10.77.4.1  v1    v1 -> udn --[delayshim]--> udn -> v0
+                          |
+    upstream  10.77.4.2  u0
+              10.77.4.3
 
-- The client link crosses the wire router.  Policy routing sends every
-  packet that arrives on w0 (client to relay, "up") into the TUN device
-  tup, and every packet from w1 ("down") into tdn; tests/tools/delayshim
-  holds each packet for the configured time and writes it back into its
-  device, whence the router forwards it to the other side.  Neither end's
-  TCP stack is touched: the relay's own sockets see the delay.
-- Rate: a tbf qdisc on the router's egress (w1 for up, w0 for down), so
-  the queue builds in the network, as at a real bottleneck.
+- Each link crosses a router (class Link): "wire" for the client link,
+  "uwire" for the upstream link.  "Up" is the direction away from the
+  client (client to relay, relay to upstream), "down" toward it.
+  Policy routing sends every packet that arrives on the router's near
+  side (w0, v0) into the TUN device for "up", every packet from its far
+  side (w1, v1) into the one for "down"; tests/tools/delayshim holds
+  each packet for the configured time and writes it back into its
+  device, whence the router forwards it to the other side.  Neither
+  end's TCP stack is touched: the relay's own sockets see the delay.
+  The client link always crosses its shim (at zero delay unless a test
+  says otherwise); the upstream link only once a test sets a delay on it
+  (a plain routed hop otherwise, so that the soak's upstream traffic
+  costs no shim).
+- Rate: a tbf qdisc on the router's egress (far side for up, near side
+  for down), so the queue builds in the network, as at a real
+  bottleneck.
 - Loss: nftables in the router's forward chain, `numgen random mod 100 <
   N drop`, per direction (matched on the egress veth: each packet once).
-- The upstream link is a plain veth.  nftables in the upstream namespace
-  refuses (TCP RST) or blackholes (drops) new connections to one server
-  address, leaving established ones alone.
+- Path MTU: the TUN devices' MTU (the router answers a larger packet
+  with ICMP "fragmentation needed", as a router should), or a black hole
+  (nftables drops packets longer than N on the egress veth, no ICMP).
+  Both need the link's shim in the path: the TUN device, which offers
+  no segmentation offload, is where the senders' GSO super-packets are
+  cut into real segments.
+- Flaps: the router's veth toward the relay set down, then up.
+- nftables in the upstream namespace refuses (TCP RST) or blackholes
+  (drops) new connections to one server address, leaving established
+  ones alone.
 
 How test code gets into a namespace: Python 3.11 has no os.setns, so
 `inside(ns)` calls setns(2) through ctypes on the calling thread only
@@ -39,20 +61,17 @@ thread's namespace) inside the block; use the sockets anywhere.
 
 import contextlib
 import ctypes
-import errno
 import os
 import re
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import LIFELINE_BIN
+from conftest import LIFELINE_BIN, tcp_state, wait_clean_end  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIM_SRC = os.path.join(HERE, "..", "tools", "delayshim.c")
@@ -62,7 +81,10 @@ WIRE_CLIENT_IP = "10.77.1.1"
 WIRE_RELAY_IP = "10.77.2.1"
 RELAY_IP = "10.77.2.2"  # where clients reach the relay
 RELAY_UP_IP = "10.77.3.1"  # the relay's address toward upstreams
-UPSTREAM_IPS = ("10.77.3.2", "10.77.3.3")
+UWIRE_RELAY_IP = "10.77.3.2"
+UWIRE_UP_IP = "10.77.4.1"
+UPSTREAM_IPS = ("10.77.4.2", "10.77.4.3")
+UPSTREAM_NET = "10.77.4.0/24"
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -192,114 +214,55 @@ def check_features(workdir):
 # the topology
 
 
-class Net:
-    """Four namespaces joined as drawn in the module docstring."""
+class Link:
+    """One router namespace between two hosts, and its impairments.
 
-    ROLES = ("client", "wire", "relay", "up")
+    `near` is the router's veth toward the client's side (w0, v0), `far`
+    the one toward the relay or the upstream (w1, v1).  Up traffic comes
+    in on near and leaves by far; down traffic the other way."""
 
-    def __init__(self, shim, logdir):
-        global _seq
-        with _seq_lock:
-            _seq += 1
-            n = _seq
-        self.shim_bin = shim
-        self.logdir = logdir
-        self.ns = {r: f"{_PREFIX}{n}-{r}" for r in self.ROLES}
+    def __init__(self, net, name, ns, near, far, tun_up, tun_dn,
+                 always_shimmed):
+        self.net = net
+        self.name = name
+        self.ns = ns
+        self.near, self.far = near, far
+        self.tun_up, self.tun_dn = tun_up, tun_dn
+        self.always_shimmed = always_shimmed
         self.shim_proc = None
         self.shim_log = None
-        self.impair = {"delay": (0, 0, 0), "rate": None, "loss": (0, 0)}
-        self._created = []
-        try:
-            self._build()
-        except BaseException:
-            self.destroy()
-            raise
-
-    # -- construction
+        self.shim_logs = []
+        self.routed = False  # the policy rules send packets to the shim
+        self.impair = {"delay": (0, 0, 0), "reorder": False, "rate": None,
+                       "loss": (0, 0), "mtu": None, "max_packet": (None, None)}
 
     def _build(self):
-        c, w, r, u = (self.ns[x] for x in self.ROLES)
-        for ns in (c, w, r, u):
-            sh("ip", "netns", "add", ns)
-            self._created.append(ns)
-            nsx(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        # links, created directly in their namespaces (no name in ours)
-        sh("ip", "-n", c, "link", "add", "c0", "type", "veth", "peer", "name",
-           "w0", "netns", w)
-        sh("ip", "-n", w, "link", "add", "w1", "type", "veth", "peer", "name",
-           "r0", "netns", r)
-        sh("ip", "-n", r, "link", "add", "r1", "type", "veth", "peer", "name",
-           "u0", "netns", u)
-        for ns, dev, addr in ((c, "c0", f"{CLIENT_IP}/24"),
-                              (w, "w0", f"{WIRE_CLIENT_IP}/24"),
-                              (w, "w1", f"{WIRE_RELAY_IP}/24"),
-                              (r, "r0", f"{RELAY_IP}/24"),
-                              (r, "r1", f"{RELAY_UP_IP}/24"),
-                              (u, "u0", f"{UPSTREAM_IPS[0]}/24"),
-                              (u, "u0", f"{UPSTREAM_IPS[1]}/24")):
-            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
-        for ns, dev in ((c, "c0"), (w, "w0"), (w, "w1"), (r, "r0"), (r, "r1"),
-                        (u, "u0")):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", c, "route", "add", "default", "via", WIRE_CLIENT_IP)
-        sh("ip", "-n", r, "route", "add", "default", "via", WIRE_RELAY_IP)
-        # the wire: a router whose every forwarded packet crosses the shim
+        w = self.ns
         nsx(w, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
             "net.ipv4.conf.all.send_redirects=0")
-        for dev, table, src in (("tup", "100", "w0"), ("tdn", "101", "w1")):
+        for dev, table in ((self.tun_up, "100"), (self.tun_dn, "101")):
             sh("ip", "-n", w, "tuntap", "add", "dev", dev, "mode", "tun")
             nsx(w, "sysctl", "-q", "-w", f"net.ipv4.conf.{dev}.rp_filter=0")
             sh("ip", "-n", w, "link", "set", dev, "up")
             sh("ip", "-n", w, "route", "add", "default", "dev", dev, "table",
                table)
-            sh("ip", "-n", w, "rule", "add", "iif", src, "lookup", table)
-        nft = ("table inet impair {\n"
-               " chain links { type filter hook forward priority 0; }\n}\n"
-               )
-        nsx(w, "nft", "-f", "-", input=nft)
-        nsx(u, "nft", "-f", "-", input=(
-            "table inet upstream {\n"
-            " chain newconn { type filter hook input priority 0; }\n}\n"))
-        self.set_delay()
-        if os.environ.get("LLR_PCAP"):
-            # Debugging aid: the relay host's packets, both links, headers
-            # only, in the test's tmp_path (LLR_PCAP=1).
-            with inside(r):
-                subprocess.Popen(
-                    ["tcpdump", "-q", "-i", "any", "-U", "-s", "96", "-w",
-                     os.path.join(self.logdir, "relay.pcap")],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
+        nsx(w, "nft", "-f", "-", input=(
+            "table inet impair {\n"
+            " chain links { type filter hook forward priority 0; }\n"
+            " chain mtu { type filter hook forward priority 1; }\n}\n"))
+        if self.always_shimmed:
+            self.set_delay()
 
-    def destroy(self):
-        """Stop daemons (SIGTERM, as conftest does, so that a sanitizer
-        report is written), the shim, kill whatever else runs in our
-        namespaces, delete them."""
-        import conftest
-        for d in conftest._DAEMONS:
-            if d.alive():
-                d.proc.send_signal(signal.SIGTERM)
-                try:
-                    d.proc.wait(8)
-                except subprocess.TimeoutExpired:
-                    d.kill()
-        self._stop_shim()
-        for ns in self._created:
-            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
-            for p in pids:
-                try:
-                    os.kill(int(p), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-        for ns in reversed(self._created):
-            sh("ip", "netns", "del", ns, check=False)
-        self._created = []
-
-    # -- impairments
+    def _route(self, on):
+        """Send the link's packets through the shim's devices (on) or
+        straight across the router (off)."""
+        if on == self.routed:
+            return
+        verb = "add" if on else "del"
+        for src, table in ((self.near, "100"), (self.far, "101")):
+            sh("ip", "-n", self.ns, "rule", verb, "iif", src, "lookup", table)
+        self.routed = on
 
     def _stop_shim(self):
         p = self.shim_proc
@@ -314,42 +277,62 @@ class Net:
                 p.kill()
                 p.wait(5)
 
-    def set_delay(self, up_ms=0, down_ms=0, jitter_ms=0, seed=1):
-        """(Re)start the shim: each packet from the client waits up_ms,
-        each toward it down_ms, both +- jitter_ms (uniform, no reordering).
-        Packets held by a previous shim are lost: call before traffic."""
+    def set_delay(self, up_ms=0, down_ms=0, jitter_ms=0, seed=1,
+                  reorder=False):
+        """(Re)start the shim: each up packet waits up_ms, each down one
+        down_ms, both +- jitter_ms (uniform); with `reorder` a packet may
+        overtake others (delayshim.c), else never.  Packets held by a
+        previous shim are lost: call before traffic.  On the upstream
+        link, no delay and no reordering take the shim out of the path."""
+        if not self.always_shimmed and not (up_ms or down_ms or jitter_ms
+                                            or reorder):
+            self._route(False)
+            self._stop_shim()
+            self.impair.update(delay=(0, 0, 0), reorder=False)
+            return
         self._stop_shim()
-        self.shim_log = os.path.join(self.logdir, f"delayshim-{time.monotonic_ns()}.log")
-        with open(self.shim_log, "wb") as err, inside(self.ns["wire"]):
+        self.shim_log = os.path.join(
+            self.net.logdir, f"delayshim-{self.name}-{time.monotonic_ns()}.log")
+        self.shim_logs.append(self.shim_log)
+        tail = ":reorder" if reorder else ""
+        with open(self.shim_log, "wb") as err, inside(self.ns):
             self.shim_proc = subprocess.Popen(
-                [self.shim_bin, "-s", str(seed), f"tup:{up_ms}:{jitter_ms}",
-                 f"tdn:{down_ms}:{jitter_ms}"],
+                [self.net.shim_bin, "-s", str(seed),
+                 f"{self.tun_up}:{up_ms}:{jitter_ms}{tail}",
+                 f"{self.tun_dn}:{down_ms}:{jitter_ms}{tail}"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                 close_fds=True)
         line = self.shim_proc.stdout.readline()
         if line.strip() != b"ready":
             raise AssertionError(f"delayshim did not start: {self.shim_text()}")
-        self.impair["delay"] = (up_ms, down_ms, jitter_ms)
+        self._route(True)
+        self.impair.update(delay=(up_ms, down_ms, jitter_ms), reorder=reorder)
 
     def shim_text(self):
-        try:
-            with open(self.shim_log, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except (OSError, TypeError):
-            return ""
+        """Everything this link's shims printed (their counters, once
+        stopped)."""
+        out = []
+        for path in self.shim_logs:
+            try:
+                with open(path, "rb") as f:
+                    out.append(f.read().decode("utf-8", "replace"))
+            except OSError:
+                pass
+        return "".join(out)
 
     def shim_alive(self):
-        return self.shim_proc is not None and self.shim_proc.poll() is None
+        """The shim runs if the link's packets go through it."""
+        return not self.routed or (self.shim_proc is not None and
+                                   self.shim_proc.poll() is None)
 
     def set_rate(self, up_kbit=None, down_kbit=None, queue_ms=200):
         """A tbf bottleneck on the router's egress, per direction; None
         removes it.  The queue holds queue_ms worth at that rate."""
-        w = self.ns["wire"]
-        for dev, kbit in (("w1", up_kbit), ("w0", down_kbit)):
-            sh("ip", "netns", "exec", w, "tc", "qdisc", "del", "dev", dev,
+        for dev, kbit in ((self.far, up_kbit), (self.near, down_kbit)):
+            sh("ip", "netns", "exec", self.ns, "tc", "qdisc", "del", "dev", dev,
                "root", check=False)
             if kbit:
-                nsx(w, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
+                nsx(self.ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
                     "rate", f"{kbit}kbit", "burst", "4kb",
                     "latency", f"{queue_ms}ms")
         self.impair["rate"] = (up_kbit, down_kbit)
@@ -358,19 +341,225 @@ class Net:
         """Drop this percentage of the packets crossing the router, per
         direction, at random (nftables numgen)."""
         rules = ["flush chain inet impair links"]
-        for dev, pct in (("w1", up_pct), ("w0", down_pct)):
+        for dev, pct in ((self.far, up_pct), (self.near, down_pct)):
             if pct:
                 rules.append(f'add rule inet impair links oifname "{dev}" '
                              f"numgen random mod 100 < {int(pct)} counter drop")
-        nsx(self.ns["wire"], "nft", "-f", "-", input="\n".join(rules) + "\n")
+        nsx(self.ns, "nft", "-f", "-", input="\n".join(rules) + "\n")
         self.impair["loss"] = (up_pct, down_pct)
 
-    def loss_counts(self):
-        """Packets dropped so far by the loss rules, {dev: n}."""
-        out = nsx(self.ns["wire"], "nft", "list", "chain", "inet", "impair",
-                  "links").stdout
+    def _counts(self, chain):
+        out = nsx(self.ns, "nft", "list", "chain", "inet", "impair",
+                  chain).stdout
         return {m.group(1): int(m.group(2)) for m in re.finditer(
             r'oifname "(\w+)".*counter packets (\d+)', out)}
+
+    def loss_counts(self):
+        """Packets dropped so far by the loss rules, {egress dev: n}."""
+        return self._counts("links")
+
+    def drops(self, what="loss"):
+        """Packets dropped so far by the loss rules (or, with
+        what="max_packet", by the black hole), {"up": n, "down": n}."""
+        c = self._counts("links" if what == "loss" else "mtu")
+        return {"up": c.get(self.far, 0), "down": c.get(self.near, 0)}
+
+    def set_path_mtu(self, mtu=None):
+        """The path MTU across the router: its shim devices' MTU, so that
+        a larger packet (DF set, as TCP sends them) is answered with ICMP
+        "fragmentation needed"; None restores 1500.  The shim must be in
+        the path (always on the client link; set_delay on the other)."""
+        assert self.routed, f"{self.name} link: no shim in the path"
+        for dev in (self.tun_up, self.tun_dn):
+            sh("ip", "-n", self.ns, "link", "set", "dev", dev, "mtu",
+               str(mtu or 1500))
+        self.impair["mtu"] = mtu
+
+    def set_max_packet(self, up_len=None, down_len=None):
+        """A path-MTU black hole: packets longer than this many bytes (IP
+        length) leaving the router in that direction are dropped without
+        ICMP, and counted; None lets everything through.  Needs the shim
+        in the path (the packets seen are then real segments)."""
+        assert self.routed or not (up_len or down_len), \
+            f"{self.name} link: no shim in the path"
+        rules = ["flush chain inet impair mtu"]
+        for dev, n in ((self.far, up_len), (self.near, down_len)):
+            if n:
+                rules.append(f'add rule inet impair mtu oifname "{dev}" '
+                             f"ip length > {int(n)} counter drop")
+        nsx(self.ns, "nft", "-f", "-", input="\n".join(rules) + "\n")
+        self.impair["max_packet"] = (up_len, down_len)
+
+    def set_down(self, down):
+        """Take the router's veth toward the relay (far side on the client
+        link, near side on the upstream one) down or bring it back up:
+        the relay's interface loses its carrier, nothing crosses the link
+        either way.  The router's own routes return with it."""
+        dev = self.far if self.name == "client" else self.near
+        sh("ip", "-n", self.ns, "link", "set", "dev", dev,
+           "down" if down else "up")
+
+    def clear(self):
+        """Every impairment off (the shim restarted at zero delay)."""
+        self.set_loss()
+        self.set_rate()
+        if self.routed:
+            self.set_max_packet()
+            self.set_path_mtu()
+        self.set_delay()
+
+
+class Net:
+    """Five namespaces joined as drawn in the module docstring."""
+
+    ROLES = ("client", "wire", "relay", "uwire", "up")
+
+    def __init__(self, shim, logdir):
+        global _seq
+        with _seq_lock:
+            _seq += 1
+            n = _seq
+        self.shim_bin = shim
+        self.logdir = logdir
+        self.ns = {r: f"{_PREFIX}{n}-{r}" for r in self.ROLES}
+        self.links = {
+            "client": Link(self, "client", self.ns["wire"], "w0", "w1",
+                           "tup", "tdn", always_shimmed=True),
+            "upstream": Link(self, "upstream", self.ns["uwire"], "v0", "v1",
+                             "uup", "udn", always_shimmed=False)}
+        self._created = []
+        try:
+            self._build()
+        except BaseException:
+            self.destroy()
+            raise
+
+    @property
+    def client_link(self):
+        return self.links["client"]
+
+    @property
+    def upstream_link(self):
+        return self.links["upstream"]
+
+    # -- construction
+
+    def _build(self):
+        c, w, r, v, u = (self.ns[x] for x in self.ROLES)
+        for ns in (c, w, r, v, u):
+            sh("ip", "netns", "add", ns)
+            self._created.append(ns)
+            nsx(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        # links, created directly in their namespaces (no name in ours)
+        sh("ip", "-n", c, "link", "add", "c0", "type", "veth", "peer", "name",
+           "w0", "netns", w)
+        sh("ip", "-n", w, "link", "add", "w1", "type", "veth", "peer", "name",
+           "r0", "netns", r)
+        sh("ip", "-n", r, "link", "add", "r1", "type", "veth", "peer", "name",
+           "v0", "netns", v)
+        sh("ip", "-n", v, "link", "add", "v1", "type", "veth", "peer", "name",
+           "u0", "netns", u)
+        for ns, dev, addr in ((c, "c0", f"{CLIENT_IP}/24"),
+                              (w, "w0", f"{WIRE_CLIENT_IP}/24"),
+                              (w, "w1", f"{WIRE_RELAY_IP}/24"),
+                              (r, "r0", f"{RELAY_IP}/24"),
+                              (r, "r1", f"{RELAY_UP_IP}/24"),
+                              (v, "v0", f"{UWIRE_RELAY_IP}/24"),
+                              (v, "v1", f"{UWIRE_UP_IP}/24"),
+                              (u, "u0", f"{UPSTREAM_IPS[0]}/24"),
+                              (u, "u0", f"{UPSTREAM_IPS[1]}/24")):
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+        for ns, dev in ((c, "c0"), (w, "w0"), (w, "w1"), (r, "r0"), (r, "r1"),
+                        (v, "v0"), (v, "v1"), (u, "u0")):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", c, "route", "add", "default", "via", WIRE_CLIENT_IP)
+        sh("ip", "-n", r, "route", "add", "default", "via", WIRE_RELAY_IP)
+        sh("ip", "-n", r, "route", "add", UPSTREAM_NET, "via",
+           UWIRE_RELAY_IP)
+        sh("ip", "-n", u, "route", "add", "default", "via", UWIRE_UP_IP)
+        # the routers: every forwarded packet of the client link crosses
+        # its shim; the upstream link's once a test sets a delay on it
+        for link in self.links.values():
+            link._build()
+        nsx(u, "nft", "-f", "-", input=(
+            "table inet upstream {\n"
+            " chain newconn { type filter hook input priority 0; }\n}\n"))
+        if os.environ.get("LLR_PCAP"):
+            # Debugging aid: the relay host's packets, both links, headers
+            # only, in the test's tmp_path (LLR_PCAP=1).
+            with inside(r):
+                subprocess.Popen(
+                    ["tcpdump", "-q", "-i", "any", "-U", "-s", "96", "-w",
+                     os.path.join(self.logdir, "relay.pcap")],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+
+    def destroy(self):
+        """Stop daemons (SIGTERM, as conftest does, so that a sanitizer
+        report is written), the shims, kill whatever else runs in our
+        namespaces, delete them."""
+        import conftest
+        for d in conftest._DAEMONS:
+            if d.alive():
+                d.proc.send_signal(signal.SIGTERM)
+                try:
+                    d.proc.wait(8)
+                except subprocess.TimeoutExpired:
+                    d.kill()
+        for link in self.links.values():
+            link._stop_shim()
+        for ns in self._created:
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for p in pids:
+                try:
+                    os.kill(int(p), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+        for ns in reversed(self._created):
+            sh("ip", "netns", "del", ns, check=False)
+        self._created = []
+
+    # -- impairments: the client link's, as before the upstream link had
+    # any (tests name self.upstream_link for the other)
+
+    @property
+    def impair(self):
+        return self.client_link.impair
+
+    @property
+    def shim_proc(self):
+        return self.client_link.shim_proc
+
+    def set_delay(self, up_ms=0, down_ms=0, jitter_ms=0, seed=1, reorder=False):
+        """The client link's delay: Link.set_delay."""
+        self.client_link.set_delay(up_ms, down_ms, jitter_ms, seed, reorder)
+
+    def set_rate(self, up_kbit=None, down_kbit=None, queue_ms=200):
+        """The client link's bottleneck: Link.set_rate."""
+        self.client_link.set_rate(up_kbit, down_kbit, queue_ms)
+
+    def set_loss(self, up_pct=0, down_pct=0):
+        """The client link's loss: Link.set_loss."""
+        self.client_link.set_loss(up_pct, down_pct)
+
+    def loss_counts(self):
+        """The client link's drops so far, {egress dev: n}."""
+        return self.client_link.loss_counts()
+
+    def shim_text(self):
+        return "".join(link.shim_text() for link in self.links.values())
+
+    def shim_alive(self):
+        """Every shim that carries a link's packets is running."""
+        return all(link.shim_alive() for link in self.links.values())
+
+    def clear(self):
+        """Both links back to unimpaired."""
+        for link in self.links.values():
+            link.clear()
 
     def set_upstream(self, ip, port, state):
         """New connections to ip:port in the upstream namespace: 'up'
@@ -433,31 +622,8 @@ class Net:
 # observing how a TCP connection ended
 
 
-TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1",
-              5: "FIN_WAIT2", 6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT",
-              9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
-
-
-def tcp_state(sock):
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
-    return TCP_STATES.get(info[0], str(info[0]))
-
-
-def wait_clean_end(sock, timeout):
-    """After both FINs were seen: wait until the connection is closed on our
-    side, and return 'fin' when no error (RST) came, 'reset' otherwise, or
-    the TCP state name when it is still not closed at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err in (errno.ECONNRESET, errno.EPIPE):
-            return "reset"
-        st = tcp_state(sock)
-        if st in ("CLOSE", "TIME_WAIT"):
-            return "fin"
-        if time.monotonic() >= deadline:
-            return st
-        time.sleep(0.02)
+# tcp_state and wait_clean_end live in conftest (duplex_client uses them);
+# imported here, where the netns tests have always found them.
 
 
 @pytest.fixture(scope="session")
@@ -467,7 +633,7 @@ def netns_shim(tmp_path_factory):
 
 @pytest.fixture
 def net(netns_shim, tmp_path):
-    """A fresh four-namespace topology, destroyed after the test even when
+    """A fresh five-namespace topology, destroyed after the test even when
     it fails (conftest's _cleanup stops the daemon and servers first)."""
     n = Net(netns_shim, str(tmp_path))
     try:

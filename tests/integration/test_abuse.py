@@ -2,7 +2,7 @@
 kind, and the memory a stalled connection may hold.
 
 Each test gives the daemon a host of its own (a network namespace,
-netns.py): the open-proxy test the four-host topology, so that every SYN
+netns.py): the open-proxy test the five-host topology, so that every SYN
 leaving the relay host can be counted by nftables on that host; the
 others a one-namespace host, so that thousands of connections use
 nobody else's ports.  docs/RELIABILITY.md says what each test proves.

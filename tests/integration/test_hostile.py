@@ -36,16 +36,22 @@ MiB = 1 << 20
 # helpers
 
 
-def relay_config(servers, **timeouts):
-    """`plain` relays to `servers`; `probe` to the probe echo server."""
+def relay_config(servers, listeners=None, up_opts=None, **timeouts):
+    """`plain` relays to `servers` (group `up`, with `up_opts`); `probe`
+    to the probe echo server; `listeners` adds more ({name: options},
+    bound on the relay's client side, relaying to `up` unless they say)."""
     t = {"connect": "1s", "client": "30s", "server": "30s",
          "client-fin": "5s", "server-fin": "5s"}
     t.update({k.replace("_", "-"): v for k, v in timeouts.items()})
+    lst = {"plain": {"bind": f"{RELAY_IP}:0", "upstream": "up"},
+           "probe": {"bind": f"{RELAY_IP}:0", "upstream": "probe"}}
+    for name, opts in (listeners or {}).items():
+        lst[name] = dict({"bind": f"{RELAY_IP}:0", "upstream": "up"}, **opts)
     return make_config(
-        {"up": list(servers), "probe": [f"{UPSTREAM_IPS[1]}:{PROBE_PORT[0]}"]},
-        {"plain": {"bind": f"{RELAY_IP}:0", "upstream": "up"},
-         "probe": {"bind": f"{RELAY_IP}:0", "upstream": "probe"}},
-        timeouts=t, global_={"log-level": os.environ.get("LL_LOG", "info")})
+        {"up": dict(up_opts or {}, server=list(servers)),
+         "probe": [f"{UPSTREAM_IPS[1]}:{PROBE_PORT[0]}"]},
+        lst, timeouts=t,
+        global_={"log-level": os.environ.get("LL_LOG", "info")})
 
 
 PROBE_PORT = [0]
@@ -55,11 +61,13 @@ class Relay:
     """The daemon on the relay host, a probe echo server, and the
     descriptor baseline taken once the daemon has relayed something."""
 
-    def __init__(self, net, tmp_path, servers, **timeouts):
+    def __init__(self, net, tmp_path, servers, listeners=None, up_opts=None,
+                 **timeouts):
         self.net = net
         self.probe = net.server(h_echo, name="probe")
         PROBE_PORT[0] = self.probe.port
-        self.d = net.daemon(tmp_path, relay_config(servers, **timeouts))
+        self.d = net.daemon(tmp_path, relay_config(servers, listeners,
+                                                   up_opts, **timeouts))
         assert self.echo_ok(), "the relay does not relay before any fault"
         self.base = self.d.stable_fd_count()
 

@@ -256,9 +256,19 @@ class TlsPump:
     and everything has been sent, or raises on the deadline."""
 
     def __init__(self, addr, ctx=None, sni=None, session=None, fin=True,
-                 source=None):
+                 source=None, preamble=(), gap=0.0):
         self.ctx = ctx or client_ctx()
+        self.t_start = time.monotonic()
+        self.handshake_s = None  # from before connect() to handshake done
         self.raw = connect(addr, source=source)
+        if preamble:
+            # pieces in clear before the ClientHello (a PROXY header),
+            # each in a segment of its own
+            self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i, piece in enumerate(preamble):
+                if i and gap:
+                    time.sleep(gap)
+                self.raw.sendall(piece)
         self.raw.setblocking(False)
         self.inc, self.outg = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = self.ctx.wrap_bio(self.inc, self.outg, server_hostname=sni,
@@ -332,6 +342,7 @@ class TlsPump:
                     self.obj.do_handshake()
                     self.handshake_done = True
                     t0 = time.monotonic()
+                    self.handshake_s = t0 - self.t_start
                 except ssl.SSLWantReadError:
                     pass
             wake = None
@@ -414,14 +425,21 @@ class TlsPump:
 
 
 def tls_duplex_client(addr, cid, up, down, seed=None, rate=0, ctx=None,
-                      sni=None, timeout=60.0):
+                      sni=None, timeout=60.0, preamble=(), gap=0.0,
+                      end_wait=None):
     """TLS counterpart of conftest.duplex_client (result usable with
-    conftest.check_duplex), plus 'closed_how'."""
+    conftest.check_duplex), plus 'closed_how' and 'handshake_s'.
+    `preamble`, `gap`: pieces sent in clear first (TlsPump).  `end_wait`:
+    once the server's close_notify came and ours went, read the TCP
+    stream to its end ('after_notify': bytes after the close_notify,
+    'raw_end': "eof" or "reset") and wait that long for the connection to
+    close ('end', as conftest.wait_clean_end)."""
     rng = random.Random(cid if seed is None else seed)
     out = {"id": cid, "up_len": up}
     hdr = DUPLEX_HDR.pack(cid, down, rate)
     payload = chunks(up, rng, max_chunk=(64 << 10) if rate else (256 << 10))
-    p = TlsPump(addr, ctx=ctx, sni=sni)
+    p = TlsPump(addr, ctx=ctx, sni=sni, preamble=preamble, gap=gap)
+    out["src"] = p.raw.getsockname()[:2]
 
     def gen():
         yield hdr
@@ -442,10 +460,24 @@ def tls_duplex_client(addr, cid, up, down, seed=None, rate=0, ctx=None,
     p.sent_hash = _H()
     try:
         p.run(gen(), rate=rate, timeout=timeout)
+        if end_wait is not None and p.closed_how == "close_notify":
+            out["after_notify"], out["raw_end"] = 0, "eof"
+            p.raw.settimeout(end_wait)
+            while not p.raw_eof:
+                try:
+                    d = p.raw.recv(65536)
+                except ConnectionResetError:
+                    out["raw_end"] = "reset"
+                    break
+                if not d:
+                    break
+                out["after_notify"] += len(d)
+            out["end"] = conftest.wait_clean_end(p.raw, end_wait)
     except Exception as e:
         out["recv_error"] = e
     finally:
         p.close()
+    out["handshake_s"] = p.handshake_s
     out["up_sha"] = h.hexdigest()
     out["down_sha"] = p.recv_hash.hexdigest()
     out["down_len"] = p.recv_len

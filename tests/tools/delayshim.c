@@ -2,7 +2,7 @@
  * delayshim: a packet-level delay line for the reliability tests
  * (tests/integration/netns.py, docs/RELIABILITY.md).
  *
- *     delayshim [-s SEED] DEV:DELAY_MS[:JITTER_MS] ...
+ *     delayshim [-s SEED] DEV:DELAY_MS[:JITTER_MS[:reorder]] ...
  *
  * Attaches to each named TUN device (which must already exist: `ip tuntap
  * add dev DEV mode tun`), reads every IP packet the kernel routes into it,
@@ -13,16 +13,23 @@
  * the TCP stacks at both ends see a longer, varying round trip; no TCP
  * connection ends here.
  *
- * Fidelity: packets leave each device in the order they came (a packet's
- * release time is never earlier than the previous one's: jitter bunches
- * packets, it never reorders them).  Timers have a 1 us slack; the real
- * resolution is the scheduler's wake-up latency (tens of microseconds on
- * an idle machine, a few milliseconds on a loaded one).  At most QCAP
- * packets wait per device; beyond that a packet is dropped and counted.
- * No packet is ever altered, duplicated or dropped otherwise.
+ * Fidelity: by default packets leave each device in the order they came
+ * (a packet's release time is never earlier than the previous one's:
+ * jitter bunches packets, it never reorders them).  With `reorder`, each
+ * packet keeps its own release time and they leave in the order of those
+ * times: a packet overtakes those ahead of it whose draw was later by
+ * more than the gap between their arrivals (at 10 +-5 ms and a packet
+ * every 1 ms, most are overtaken by one or a few; with no jitter nothing
+ * is reordered).  Packets due at the same nanosecond leave in arrival
+ * order.  Timers have a 1 us slack; the real resolution is the
+ * scheduler's wake-up latency (tens of microseconds on an idle machine, a
+ * few milliseconds on a loaded one).  At most QCAP packets wait per
+ * device; beyond that a packet is dropped and counted.  No packet is ever
+ * altered, duplicated or dropped otherwise.
  *
  * Prints "ready" on stdout once attached; on SIGTERM or SIGINT prints
- * per-device counters on stderr and exits 0.  Dies with its parent.
+ * per-device counters on stderr (with `reordered`: the packets released
+ * after one that arrived later) and exits 0.  Dies with its parent.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,19 +54,29 @@
 
 struct pkt {
 	uint64_t due_ns;
+	uint64_t seq; /* arrival order: breaks ties, counts reordering */
 	uint16_t len;
 	unsigned char data[PKTMAX];
 };
 
+/*
+ * The packets held by a device wait in a binary min-heap ordered by
+ * (due_ns, seq).  Without `reorder` the release times never decrease, so
+ * the heap gives them back in arrival order: one code path for both modes.
+ */
 struct dev {
 	const char *name;
 	int fd;
+	int reorder; /* release by due time alone, overtaking allowed */
 	uint64_t delay_ns;
 	uint64_t jitter_ns;
 	uint64_t last_due_ns; /* release time of the newest queued packet */
-	struct pkt *q; /* owned ring of QCAP packets */
-	unsigned head, len;
-	uint64_t in, out, overflow, write_err;
+	struct pkt *pool; /* owned: QCAP packet slots */
+	unsigned *free_slots; /* owned: stack of unused slot indexes */
+	unsigned *heap; /* owned: slot indexes, min-heap */
+	unsigned nfree, len;
+	uint64_t next_seq, max_seq_out;
+	uint64_t in, out, overflow, write_err, reordered;
 };
 
 static volatile sig_atomic_t stop;
@@ -106,12 +123,15 @@ parse_ms(const char *s, uint64_t *ns)
 	return 0;
 }
 
-/* Parses DEV:DELAY_MS[:JITTER_MS] into d (d->name points into arg). */
+/*
+ * Parses DEV:DELAY_MS[:JITTER_MS[:reorder]] into d (d->name points into
+ * arg).  Returns 0 or -1.
+ */
 static int
 parse_dev(char *arg, struct dev *d)
 {
 	char *c1 = strchr(arg, ':');
-	char *c2;
+	char *c2, *c3;
 
 	if (c1 == NULL || c1 == arg || c1 - arg >= IFNAMSIZ)
 		return -1;
@@ -121,8 +141,17 @@ parse_dev(char *arg, struct dev *d)
 		return -1;
 	c2 = strchr(c1 + 1, ':');
 	d->jitter_ns = 0;
-	if (c2 != NULL && parse_ms(c2 + 1, &d->jitter_ns) != 0)
+	d->reorder = 0;
+	if (c2 == NULL)
+		return 0;
+	if (parse_ms(c2 + 1, &d->jitter_ns) != 0)
 		return -1;
+	c3 = strchr(c2 + 1, ':');
+	if (c3 == NULL)
+		return 0;
+	if (strcmp(c3 + 1, "reorder") != 0)
+		return -1;
+	d->reorder = 1;
 	return 0;
 }
 
@@ -144,7 +173,10 @@ tun_attach(const char *name)
 	return fd;
 }
 
-/* This packet's release time: delay +- jitter, never before the last. */
+/*
+ * This packet's release time: delay +- jitter; without `reorder` never
+ * before the last one's.
+ */
 static uint64_t
 due_time(struct dev *d, uint64_t now)
 {
@@ -155,10 +187,55 @@ due_time(struct dev *d, uint64_t now)
 		off += (int64_t)(rng_next() % (2 * d->jitter_ns + 1)) -
 		    (int64_t)d->jitter_ns;
 	due = now + (uint64_t)(off > 0 ? off : 0);
-	if (due < d->last_due_ns)
+	if (!d->reorder && due < d->last_due_ns)
 		due = d->last_due_ns;
 	d->last_due_ns = due;
 	return due;
+}
+
+/* True when the packet in slot a is to leave before the one in slot b. */
+static int
+earlier(const struct dev *d, unsigned a, unsigned b)
+{
+	const struct pkt *pa = &d->pool[a], *pb = &d->pool[b];
+
+	return pa->due_ns < pb->due_ns ||
+	    (pa->due_ns == pb->due_ns && pa->seq < pb->seq);
+}
+
+static void
+heap_push(struct dev *d, unsigned slot)
+{
+	unsigned i = d->len++;
+
+	while (i > 0 && earlier(d, slot, d->heap[(i - 1) / 2])) {
+		d->heap[i] = d->heap[(i - 1) / 2];
+		i = (i - 1) / 2;
+	}
+	d->heap[i] = slot;
+}
+
+/* Removes the earliest packet from the heap; returns its slot. */
+static unsigned
+heap_pop(struct dev *d)
+{
+	unsigned top = d->heap[0], last = d->heap[--d->len], i = 0;
+
+	for (;;) {
+		unsigned c = 2 * i + 1;
+
+		if (c >= d->len)
+			break;
+		if (c + 1 < d->len && earlier(d, d->heap[c + 1], d->heap[c]))
+			c++;
+		if (!earlier(d, d->heap[c], last))
+			break;
+		d->heap[i] = d->heap[c];
+		i = c;
+	}
+	if (d->len > 0)
+		d->heap[i] = last;
+	return top;
 }
 
 static void
@@ -167,9 +244,10 @@ read_packets(struct dev *d)
 	for (int i = 0; i < BATCH; i++) {
 		struct pkt *p;
 		unsigned char scratch[PKTMAX];
+		unsigned slot;
 		ssize_t n;
 
-		if (d->len == QCAP) {
+		if (d->nfree == 0) {
 			/* Full: take the packet off the device and drop it. */
 			n = read(d->fd, scratch, sizeof(scratch));
 			if (n <= 0)
@@ -178,14 +256,17 @@ read_packets(struct dev *d)
 			d->overflow++;
 			continue;
 		}
-		p = &d->q[(d->head + d->len) % QCAP];
+		slot = d->free_slots[d->nfree - 1];
+		p = &d->pool[slot];
 		n = read(d->fd, p->data, sizeof(p->data));
 		if (n <= 0)
 			return;
+		d->nfree--;
 		d->in++;
 		p->len = (uint16_t)n;
+		p->seq = ++d->next_seq;
 		p->due_ns = due_time(d, now_ns());
-		d->len++;
+		heap_push(d, slot);
 	}
 }
 
@@ -194,7 +275,7 @@ static uint64_t
 release_due(struct dev *d, uint64_t now)
 {
 	while (d->len > 0) {
-		struct pkt *p = &d->q[d->head];
+		struct pkt *p = &d->pool[d->heap[0]];
 
 		if (p->due_ns > now)
 			return p->due_ns;
@@ -202,8 +283,11 @@ release_due(struct dev *d, uint64_t now)
 			d->out++;
 		else
 			d->write_err++;
-		d->head = (d->head + 1) % QCAP;
-		d->len--;
+		if (p->seq < d->max_seq_out)
+			d->reordered++;
+		else
+			d->max_seq_out = p->seq;
+		d->free_slots[d->nfree++] = heap_pop(d);
 	}
 	return 0;
 }
@@ -246,11 +330,17 @@ main(int argc, char **argv)
 			    strerror(errno));
 			return 1;
 		}
-		d->q = calloc(QCAP, sizeof(*d->q));
-		if (d->q == NULL) {
+		d->pool = calloc(QCAP, sizeof(*d->pool));
+		d->free_slots = calloc(QCAP, sizeof(*d->free_slots));
+		d->heap = calloc(QCAP, sizeof(*d->heap));
+		if (d->pool == NULL || d->free_slots == NULL ||
+		    d->heap == NULL) {
 			fprintf(stderr, "delayshim: out of memory\n");
 			return 1;
 		}
+		for (unsigned k = 0; k < QCAP; k++)
+			d->free_slots[k] = QCAP - 1 - k;
+		d->nfree = QCAP;
 		pfd[ndev].fd = d->fd;
 		pfd[ndev].events = POLLIN;
 	}
@@ -287,16 +377,17 @@ main(int argc, char **argv)
 	for (int i = 0; i < ndev; i++)
 		fprintf(stderr,
 		    "delayshim: %s: in %llu out %llu overflow %llu "
-		    "write-errors %llu held %u\n",
+		    "write-errors %llu reordered %llu held %u\n",
 		    devs[i].name, (unsigned long long)devs[i].in,
 		    (unsigned long long)devs[i].out,
 		    (unsigned long long)devs[i].overflow,
-		    (unsigned long long)devs[i].write_err, devs[i].len);
+		    (unsigned long long)devs[i].write_err,
+		    (unsigned long long)devs[i].reordered, devs[i].len);
 	return 0;
 
 usage:
 	fprintf(stderr,
-	    "usage: delayshim [-s SEED] DEV:DELAY_MS[:JITTER_MS] "
+	    "usage: delayshim [-s SEED] DEV:DELAY_MS[:JITTER_MS[:reorder]] "
 	    "... (at most %d devices)\n",
 	    MAXDEV);
 	return 2;
