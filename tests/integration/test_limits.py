@@ -223,6 +223,13 @@ def test_fd_exhaustion(tmp_path, echo, kind):
         f"daemon used {cpu:.2f}s CPU in {wall:.2f}s while out of fds (peak {peak} fds)"
     for s in flood:
         s.close()
+    # The flood's connections wait in the listen queue, each with its
+    # byte or PROXY header and a FIN: the daemon accepts and ends them
+    # all once descriptors free up (a PROXY one first dials upstream),
+    # seconds of work under the sanitizers, and a new client queues
+    # behind them.  Service is back once they are through.
+    n = d.wait_fds_at_most(base, timeout=20 * SLOW)
+    assert n <= base, f"fd count {n}: the flood not ended (base {base})"
     wait_for(lambda: kind_echo(kind, addr), 15, interval=0.1,
              what="service to recover after the flood")
     for _ in range(10):
