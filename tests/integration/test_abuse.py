@@ -827,6 +827,59 @@ def rss_bytes(pid):
     return int(m.group(1)) * 1024
 
 
+def stall_both_ways(host, lsock, addr, n, peer_buf, chunk, state, wrap=None):
+    """n connections to addr, each paired with the upstream side accepted
+    on lsock; every socket with small fixed buffers, so that the bytes
+    wait in the relay.  Each writes STALL_WRITE and nobody reads: writes
+    until nothing moves and state() (what the daemon holds) has not
+    changed for 0.5 s.  Returns ({socket: bytes left unwritten}, the
+    client sockets)."""
+    socks = []
+    with host.inside():
+        for _ in range(n):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, peer_buf)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, peer_buf)
+            c.settimeout(5.0)
+            c.connect(addr)
+            if wrap is not None:
+                c = wrap(c)
+            socks.append(c)
+            conftest._SOCKETS.append(c)
+    lsock.settimeout(5.0)
+    for _ in range(n):
+        u, _ = lsock.accept()
+        socks.append(u)
+        conftest._SOCKETS.append(u)
+    left = {s: STALL_WRITE for s in socks}
+    for s in socks:
+        s.setblocking(False)
+    t0 = time.monotonic()
+    quiet_since, last = None, None
+    while True:
+        moved = 0
+        for s, k in left.items():
+            if k == 0:
+                continue
+            try:
+                sent = s.send(chunk[:min(k, len(chunk))])
+            except (BlockingIOError, ssl.SSLWantWriteError,
+                    ssl.SSLWantReadError):
+                continue
+            left[s] -= sent
+            moved += sent
+        held = state()
+        now = time.monotonic()
+        if moved or held != last:
+            quiet_since, last = now, held
+        elif now - quiet_since >= 0.5:
+            break
+        assert now - t0 < 60, "the stalled connections never settled"
+        if not moved:
+            time.sleep(0.05)
+    return left, socks
+
+
 STALL_WRITE = 512 * KiB  # written each way: more than the relay can hold
 # The send buffer's maximum in the first case's namespace (net.ipv4.
 # tcp_wmem, per namespace): what the kernel queues toward a stalled
@@ -900,47 +953,12 @@ def test_memory_bound_per_stalled_connection(host_factory, nofile, tmp_path,
     fd0 = d.stable_fd_count()
     rss0, pipes0 = rss_bytes(d.pid), daemon_pipes(d.pid)
 
-    socks = []
-    with host.inside():
-        for _ in range(n):
-            c = socket.socket()
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, peer_buf)
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, peer_buf)
-            c.connect(d.addr("plain"))
-            socks.append(c)
-            conftest._SOCKETS.append(c)
-    lsock.settimeout(5.0)
-    for _ in range(n):
-        u, _ = lsock.accept()
-        socks.append(u)
-        conftest._SOCKETS.append(u)
-    chunk = os.urandom(64 * KiB)
-    left = {s: STALL_WRITE for s in socks}
-    for s in socks:
-        s.setblocking(False)
-    t0 = time.monotonic()
-    quiet_since, last = None, None
-    while True:  # write until nothing moves any more, anywhere
-        moved = 0
-        for s, k in left.items():
-            if k == 0:
-                continue
-            try:
-                sent = s.send(chunk[:min(k, len(chunk))])
-            except BlockingIOError:
-                continue
-            left[s] -= sent
-            moved += sent
+    def held():
         pipes = daemon_pipes(d.pid)
-        state = (sum(h for _, h in pipes.values()), len(pipes))
-        now = time.monotonic()
-        if moved or state != last:
-            quiet_since, last = now, state
-        elif now - quiet_since >= 0.5:
-            break
-        assert now - t0 < 60, "the stalled connections never settled"
-        if not moved:
-            time.sleep(0.05)
+        return sum(h for _, h in pipes.values()), len(pipes)
+
+    left, socks = stall_both_ways(host, lsock, d.addr("plain"), n, peer_buf,
+                                  os.urandom(64 * KiB), held)
     rss1 = rss_bytes(d.pid)
     pipes1 = daemon_pipes(d.pid)
     ksocks = socket_mem(host, d.pid)
@@ -1076,48 +1094,10 @@ def test_memory_bound_per_stalled_tls_connection(host_factory, nofile,
     fd0 = d.stable_fd_count()
     rss0 = rss_bytes(d.pid)
 
-    socks = []
-    with host.inside():
-        for _ in range(n):
-            raw = socket.socket()
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, peer_buf)
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, peer_buf)
-            raw.settimeout(5.0)
-            raw.connect(d.addr("tls"))
-            c = ctx.wrap_socket(raw)
-            socks.append(c)
-            conftest._SOCKETS.append(c)
-    for _ in range(n):
-        u, _ = lsock.accept()
-        socks.append(u)
-        conftest._SOCKETS.append(u)
-    chunk = os.urandom(16 * KiB)
-    left = {s: STALL_WRITE for s in socks}
-    for s in socks:
-        s.setblocking(False)
-    t0 = time.monotonic()
-    quiet_since, last = None, None
-    while True:  # write until nothing moves, anywhere
-        moved = 0
-        for s, k in left.items():
-            if k == 0:
-                continue
-            try:
-                sent = s.send(chunk[:min(k, len(chunk))])
-            except (BlockingIOError, ssl.SSLWantWriteError,
-                    ssl.SSLWantReadError):
-                continue
-            left[s] -= sent
-            moved += sent
-        rss = rss_bytes(d.pid)
-        now = time.monotonic()
-        if moved or rss != last:
-            quiet_since, last = now, rss
-        elif now - quiet_since >= 0.5:
-            break
-        assert now - t0 < 60, "the stalled connections never settled"
-        if not moved:
-            time.sleep(0.05)
+    left, socks = stall_both_ways(host, lsock, d.addr("tls"), n, peer_buf,
+                                  os.urandom(16 * KiB),
+                                  lambda: rss_bytes(d.pid),
+                                  wrap=ctx.wrap_socket)
     grown = rss_bytes(d.pid) - rss0
     ksocks = socket_mem(host, d.pid)
     held = sum(STALL_WRITE - k for k in left.values())
