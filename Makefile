@@ -6,6 +6,8 @@
 #                        and under ASan+UBSan
 #   make SANITIZE=address,undefined   sanitized build in build-san/
 #   make DEBUG=1         build-debug/: invariant checks on, -O0
+#   make check-integration TEST_JOBS=1   the integration tests in one
+#                        process (default 3, with pytest-xdist)
 #   make container-check the container image, built and run in Podman (as
 #                        root; scripts/container-check.sh)
 #   make mutate          does the suite catch deliberate breaks? (slow;
@@ -32,6 +34,11 @@ PKG_CONFIG ?= pkg-config
 CFLAGS ?= -O2 -g
 SANITIZE ?=
 DEBUG ?=
+# pytest worker processes per integration pass (pytest-xdist); 1: one
+# process.  The tests mostly wait (on timeouts, slow peers, shaped links):
+# make check's two passes at 3 each take ~4 min on 2 cores, against ~10
+# with one process each.
+TEST_JOBS ?= 3
 BUILD ?= $(if $(SANITIZE),build-san,$(if $(DEBUG),build-debug,build))
 ifneq ($(DEBUG),)
 CFLAGS := -O0 -g
@@ -186,6 +193,7 @@ check-unit: $(UNIT_BINS)
 
 check-integration: $(BIN)
 	LIFELINE_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		$(if $(filter-out 0 1,$(TEST_JOBS)),-n $(TEST_JOBS),) \
 		--basetemp=$(abspath $(BUILD))/pytest -p no:cacheprovider \
 		$(if $(SANITIZE),-m "not plain_only and not serial",-m "not hooks_only and not serial") \
 		--junitxml=$(BUILD)/junit.xml tests/integration

@@ -33,7 +33,7 @@
 set -eu
 
 build_pkgs="gcc libc6-dev make pkg-config libinih-dev libssl-dev libqrencode-dev libseccomp-dev"
-test_pkgs="python3 python3-pytest python3-cryptography iproute2 nftables clang-format haproxy nginx iperf3 wrk openssl curl prometheus chromium zbar-tools"
+test_pkgs="python3 python3-pytest python3-pytest-xdist python3-cryptography iproute2 nftables clang-format haproxy nginx iperf3 wrk openssl curl prometheus chromium zbar-tools"
 bench_pkgs="haproxy nginx iperf3 wrk procps"
 deb_pkgs="dpkg-dev debhelper lintian systemd systemd-container debootstrap iproute2"
 container_pkgs="podman runc netavark iptables podman-compose debootstrap python3"
