@@ -1,0 +1,106 @@
+#!/bin/sh
+# Relay CPU per GiB of two lifeline binaries, in interleaved pairs, each
+# relay pinned to its own CPU (issue 11: does a change cost speed?).
+#
+#   bench/pair-cpu.sh NEW_BIN BASE_BIN [PAIRS]     (default 6 pairs)
+#
+# For 1 stream client to server, 1 stream server to client (-R) and 8
+# streams: PAIRS times each binary (the order alternating), `iperf3 -t 4`
+# through a fresh relay (two workers, one plain listener) on 127.0.0.1.
+# The relay runs on CPU 1 (`taskset`), iperf3's client and server on CPU
+# 0, so that the relay's CPU is its own work and not the share of the
+# others' interrupt and softirq work that happens to land in its calls.
+# CPU is read from the relay's process CPU clock (the scheduler's exact
+# runtime of all its threads).  Prints each run, then per case the medians
+# and NEW / BASE.  Needs iperf3 and python3; 2+ CPUs; about 2.5 minutes
+# at 6 pairs.
+set -eu
+new=$1
+base=$2
+pairs=${3:-6}
+[ -x "$new" ] && [ -x "$base" ] || {
+	echo "usage: $0 NEW_BIN BASE_BIN [PAIRS]" >&2
+	exit 2
+}
+tmp=$(mktemp -d)
+srv=""
+relay=""
+cleanup() {
+	[ -n "$relay" ] && kill "$relay" 2>/dev/null
+	[ -n "$srv" ] && kill "$srv" 2>/dev/null
+	rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+# An iperf3 server on a free port (bound by python, handed over by number).
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+taskset -c 0 iperf3 -s -B 127.0.0.1 -p "$port" >/dev/null 2>&1 &
+srv=$!
+cat >"$tmp/relay.conf" <<EOF
+[global]
+workers = 2
+log-level = warn
+[upstream up]
+server = 127.0.0.1:$port
+[listen bench]
+bind = 127.0.0.1:0
+upstream = up
+EOF
+sleep 0.5
+
+# one BIN ARGS...: prints "CPU_SECONDS GIB" of one iperf3 run through BIN.
+one() {
+	bin=$1
+	shift
+	rm -f "$tmp/ports"
+	taskset -c 1 "$bin" -c "$tmp/relay.conf" --ports-file "$tmp/ports" \
+		>"$tmp/relay.log" 2>&1 &
+	relay=$!
+	for _ in $(seq 50); do
+		[ -s "$tmp/ports" ] && break
+		sleep 0.1
+	done
+	rport=$(sed -n 's/.*:\([0-9]*\)$/\1/p' "$tmp/ports" | head -n 1)
+	[ -n "$rport" ] || {
+		cat "$tmp/relay.log" >&2
+		exit 1
+	}
+	clk="import time,sys; print(time.clock_gettime(((~int(sys.argv[1]))<<3)|2))"
+	c0=$(/usr/bin/python3 -c "$clk" "$relay")
+	taskset -c 0 iperf3 -c 127.0.0.1 -p "$rport" -t 4 "$@" -J >"$tmp/out.json"
+	sleep 0.2
+	c1=$(/usr/bin/python3 -c "$clk" "$relay")
+	kill "$relay"
+	wait "$relay" 2>/dev/null || true
+	relay=""
+	/usr/bin/python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+print(float(sys.argv[3]) - float(sys.argv[2]), j["end"]["sum_received"]["bytes"] / 2**30)
+' "$tmp/out.json" "$c0" "$c1"
+}
+
+for case in "1 stream up:-P 1" "1 stream down:-P 1 -R" "8 streams:-P 8"; do
+	name=${case%%:*}
+	args=${case#*:}
+	: >"$tmp/new"
+	: >"$tmp/base"
+	i=0
+	while [ "$i" -lt "$pairs" ]; do
+		for who in $(if [ $((i % 2)) -eq 0 ]; then echo new base; else echo base new; fi); do
+			eval "bin=\$$who"
+			# shellcheck disable=SC2086
+			set -- $(one "$bin" $args)
+			echo "$name  $who  $(awk -v c="$1" -v g="$2" 'BEGIN { printf "%.3f s/GiB (%.1f GiB)", c / g, g }')"
+			awk -v c="$1" -v g="$2" 'BEGIN { printf "%.4f\n", c / g }' >>"$tmp/$who"
+		done
+		i=$((i + 1))
+	done
+	/usr/bin/python3 -c '
+import statistics, sys
+n = [float(x) for x in open(sys.argv[2])]
+b = [float(x) for x in open(sys.argv[3])]
+mn, mb = statistics.median(n), statistics.median(b)
+print(f"== {sys.argv[1]}: new {mn:.3f} s/GiB, base {mb:.3f} s/GiB: new / base {mn / mb:.2f}x")
+' "$name" "$tmp/new" "$tmp/base"
+done
