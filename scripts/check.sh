@@ -35,8 +35,8 @@ step fuzz-replay sh -c 'make -s check-fuzz-replay | tee build/fuzz.log'
 # The two integration passes at once, each in TEST_JOBS pytest processes
 # (Makefile; pytest-xdist): they spend their time waiting on timeouts and
 # peers (measured: 44 s of CPU in a 6.5-minute plain pass in one
-# process), so together they take the time of the longer one: ~4 minutes
-# at 3 processes each, ~10 in one.  Each logs to its build directory; the
+# process), so together they take the time of the longer one: ~5.5
+# minutes at 2 processes each, ~10 in one.  Each logs to its build directory; the
 # logs are printed whole once both are done.
 echo "== integration, integration-san (at once)"
 make -s check-integration >build/integration.log 2>&1 &
@@ -56,7 +56,8 @@ cat build/integration.log
 echo "== integration-san"
 cat build-san/integration.log
 [ $san_rc -eq 0 ] || failed_steps="$failed_steps integration-san"
-# The CPU-heavy, load-sensitive ones (soak, benchmark smoke) alone.
+# The CPU-heavy, load-sensitive ones (soak, benchmark smoke, floods with
+# CPU and time budgets: pytest's `serial` mark) alone.
 step serial make -s check-serial
 
 /usr/bin/python3 scripts/summary.py build/unit.log build/junit.xml build/fuzz.log \

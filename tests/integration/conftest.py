@@ -933,8 +933,9 @@ def pytest_configure(config):
         "markers", "plain_only: slow; run in the plain pass of make check only")
     config.addinivalue_line(
         "markers", "serial: CPU-heavy and load-sensitive (the soak, the "
-        "benchmark smoke run): make check runs them alone, after the two "
-        "passes that run at once")
+        "benchmark smoke run, CPU and time budgets under a flood): make "
+        "check runs them alone, plain build, after the two passes that run "
+        "at once")
     config.addinivalue_line(
         "markers", "hooks_only: needs the test hooks of the sanitized build "
         "(LIFELINE_TEST_HOOKS); run in the sanitized pass only")

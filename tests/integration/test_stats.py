@@ -897,6 +897,9 @@ def _timed_probe(addr, path):
     return parse_response(data)[0], el
 
 
+# Load-sensitive: the probes must all be answered before the oldest idle
+# client's header timeout (2 s); run alone, after the passes that run at once.
+@pytest.mark.serial
 def test_idle_flood_does_not_block_probes(tmp_path, echo):
     assert _raise_nofile() >= 1200, "the test needs ~1100 descriptors"
     d = start_daemon(tmp_path, stats_config({"up": [echo.spec]}, {"plain": {"upstream": "up"}}))
