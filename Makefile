@@ -7,7 +7,7 @@
 #   make SANITIZE=address,undefined   sanitized build in build-san/
 #   make DEBUG=1         build-debug/: invariant checks on, -O0
 #   make check-integration TEST_JOBS=1   the integration tests in one
-#                        process (default 3, with pytest-xdist)
+#                        process (default 2, with pytest-xdist)
 #   make container-check the container image, built and run in Podman (as
 #                        root; scripts/container-check.sh)
 #   make mutate          does the suite catch deliberate breaks? (slow;
@@ -36,7 +36,7 @@ SANITIZE ?=
 DEBUG ?=
 # pytest worker processes per integration pass (pytest-xdist); 1: one
 # process.  The tests mostly wait (on timeouts, slow peers, shaped links):
-# make check's two passes at 2 each take ~5.5 min on 2 cores, against ~10
+# make check's two passes at 2 each take ~5 min on 2 cores, against ~10
 # with one process each (at 3 each, ~4.3 min, the load pushed CPU and time
 # budgets over their bounds).
 TEST_JOBS ?= 2

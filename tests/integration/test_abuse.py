@@ -625,7 +625,7 @@ SLOWLORIS_SPEEDS = {
 @pytest.mark.parametrize("speed", [
     "scaled",
     # 25 s of 2,000 connections against a CPU budget: alone, after the
-    # passes that run at once (their load moved it 10% past the budget)
+    # passes that run at once, whose load would be counted against it
     pytest.param("real", marks=pytest.mark.serial),
 ])
 def test_slowloris_on_every_listener_kind(host_factory, nofile, tmp_path,

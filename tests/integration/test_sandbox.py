@@ -94,7 +94,7 @@ def test_not_dumpable(tmp_path, echo):
     # The ports file is written once bound, just before the privileges
     # go (DESIGN.md): the limit may be read a moment before it is set.
     wait_for(lambda: core_limit().split()[4:6] == ["0", "0"], 5.0,
-             what=f"no core dumps (now: {core_limit().strip()})")
+             what="the core file size limit to become 0")
     # The /proc files of a process running as nobody belong to nobody,
     # unless it is not dumpable: then to root.
     assert os.stat(f"/proc/{d.pid}/environ").st_uid == 0
