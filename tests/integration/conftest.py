@@ -98,13 +98,19 @@ def join(t, timeout=IO_TIMEOUT):
 
 
 def free_port(host="127.0.0.1"):
-    """A port on which nothing listens right now (connect -> refused)."""
+    """A port on which nothing listens (connect -> refused), held for the
+    rest of the test: a socket stays bound to it, never listening, with
+    SO_REUSEADDR.  The kernel gives the port to no other socket bound to
+    port 0 (pytest runs several processes at once: a port merely freed was
+    taken by another test's server in CI), while the daemon, nginx or a
+    test server, which set SO_REUSEADDR too, can still bind it and listen.
+    _cleanup closes the holder."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    _SOCKETS.append(s)
+    return s.getsockname()[1]
 
 
 def fmt_addr(host, port):

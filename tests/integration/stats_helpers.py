@@ -387,11 +387,13 @@ def sink_then_reply_client(addr, up, down, source=None):
 
 class PortServer:
     """Echo server on a chosen port (SO_REUSEADDR) that can be stopped and
-    started again on the same port.  Registered for conftest's cleanup."""
+    started again on the same port: port 0 takes conftest.free_port(),
+    held for the test, so no other process gets the port while the server
+    is stopped.  Registered for conftest's cleanup."""
 
     def __init__(self, port=0, host="127.0.0.1"):
         self.host = host
-        self.port = port
+        self.port = port or conftest.free_port(host)
         self.lsock = None
         self.thread = None
         self.stopping = threading.Event()

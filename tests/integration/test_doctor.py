@@ -597,11 +597,7 @@ def test_outside_plain_and_tls(tmp_path, echo):
 
 
 def test_outside_closed_and_not_tls(tmp_path, echo):
-    # Bound, never listening: connects are refused, and no other test's
-    # process (pytest runs several at once) can take the port meanwhile.
-    hold = socket.socket()
-    hold.bind(("127.0.0.1", 0))
-    closed = hold.getsockname()[1]
+    closed = free_port()
     r = doctor(tmp_path, config(
         {"up": [echo.spec]},
         {"shut": {"upstream": "up", "bind": f"127.0.0.1:{closed}"},
@@ -616,7 +612,6 @@ def test_outside_closed_and_not_tls(tmp_path, echo):
                      "without SNI")
     assert lv == "fail", r.out
     assert r.rc == 1
-    hold.close()
 
 
 def test_outside_blackholed(tmp_path, echo):

@@ -121,8 +121,7 @@ def test_passive_down_server_comes_back_after_10s(tmp_path, echo):
     """The first server refuses three clients and is marked down; it comes
     back to life at once, but is only preferred again once the 10 s are
     over: then the next client reaches it, not the second server."""
-    port = free_port()
-    first = PortServer(port=port)
+    first = PortServer()
     d = passive_daemon(tmp_path, first.spec, echo)
     st = d.addr("stats")
     lab = {"upstream": "up", "server": first.spec}
