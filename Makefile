@@ -7,7 +7,7 @@
 #   make SANITIZE=address,undefined   sanitized build in build-san/
 #   make DEBUG=1         build-debug/: invariant checks on, -O0
 #   make check-integration TEST_JOBS=1   the integration tests in one
-#                        process (the default; 2: two, with pytest-xdist)
+#                        process (the default is 2, with pytest-xdist)
 #   make container-check the container image, built and run in Podman (as
 #                        root; scripts/container-check.sh)
 #   make mutate          does the suite catch deliberate breaks? (slow;
@@ -37,10 +37,10 @@ DEBUG ?=
 # pytest worker processes per integration pass (pytest-xdist); 1: one
 # process.  The tests mostly wait (on timeouts, slow peers, shaped links):
 # make check's two passes at 2 each take ~5 min on 2 cores, against ~10
-# with one process each; but tests that free a port and bind it later
-# race with the other processes (one did in CI), so the default stays 1
-# until they hold their ports.
-TEST_JOBS ?= 1
+# with one process each.  Tests share nothing across processes: network
+# namespaces are named per process, ports are bound as 0 or held by
+# conftest.free_port() for the whole test.
+TEST_JOBS ?= 2
 BUILD ?= $(if $(SANITIZE),build-san,$(if $(DEBUG),build-debug,build))
 ifneq ($(DEBUG),)
 CFLAGS := -O0 -g

@@ -35,8 +35,8 @@ step fuzz-replay sh -c 'make -s check-fuzz-replay | tee build/fuzz.log'
 # The two integration passes at once, each in TEST_JOBS pytest processes
 # (Makefile; pytest-xdist): they spend their time waiting on timeouts and
 # peers (measured: 44 s of CPU in a 6.5-minute plain pass in one
-# process), so together they take the time of the longer one: ~10
-# minutes in one process each, ~5 at TEST_JOBS=2.  Each logs to its build
+# process), so together they take the time of the longer one: ~5
+# minutes at TEST_JOBS=2 (the default), ~10 at 1.  Each logs to its build
 # directory; the logs are printed whole once both are done.
 echo "== integration, integration-san (at once)"
 make -s check-integration >build/integration.log 2>&1 &

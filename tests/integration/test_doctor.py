@@ -19,12 +19,12 @@ import time
 
 import pytest
 
-from conftest import (LIFELINE_BIN, SANITIZER_MARKERS, SLOW, Blackhole, Server, connect,
+from conftest import (LIFELINE_BIN, SANITIZER_MARKERS, SLOW, Blackhole, Server,
                       fmt_addr, free_port, h_echo, make_config, recv_exact,
                       start_daemon, wait_for)
 from netns import host_factory  # noqa: F401 (fixture)
-from stats_helpers import http, wait_metric
-from tls_helpers import make_cert, run
+from stats_helpers import wait_metric
+from tls_helpers import run
 
 LINE = re.compile(r"^(ok|warn|fail) +(\S.*)$")
 SUMMARY = re.compile(r"^doctor: (\d+) ok, (\d+) warn, (\d+) fail \(")

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from conftest import (
-    IO_TIMEOUT, SLOW, chunks, h_echo, half_close, make_config,
+    SLOW, chunks, h_echo, half_close, make_config,
     read_until_closed, recv_exact, rst_close, try_echo, wait_for,
 )
 from netns import (  # noqa: F401 (fixtures)
@@ -309,6 +309,39 @@ def chat_client(net, addr, cid, out):
         out["error"] = f"{out.get('stage', 'connect')}: {e!r}"
 
 
+def assert_chats_intact(r, srv, outs):
+    """Every chat of `outs` (chat_client's reports, upstream `srv`
+    running h_chat, relay `r`) went through whole both ways and ended with
+    FIN both ways.  A failure names what the upstream saw of the failed
+    chats and the relay's counters (how it ended connections)."""
+    errors = [(i, o["error"]) for i, o in enumerate(outs) if "error" in o]
+    if errors:  # with what the upstream saw and the relay's counters
+        since = r.d.stderr_size()
+        r.d.send(signal.SIGUSR1)
+        r.d.wait_stderr(since, lambda t: "counters:" in t, what="SIGUSR1 summary")
+        with srv.lock:
+            seen = {r_["id"]: r_ for r_ in srv.records if "id" in r_}
+        up = lambda i: seen.get(struct.pack("!I", i), {}).get("error", "not seen")
+        pytest.fail(f"{len(errors)} clients failed: " + "; ".join(
+            f"{i}: {e[:300]}; upstream: {up(i)!r}" for i, e in errors[:5])
+            + "\n" + r.d.stderr_text()[-1000:])
+    recs = srv.wait_done(timeout=30)
+    by_id = {r_["id"]: r_ for r_ in recs if "id" in r_}
+    assert len(by_id) == len(outs), f"upstream saw {len(by_id)} chats"
+    bad = []
+    for i, o in enumerate(outs):
+        rec = by_id[struct.pack("!I", i)]
+        if rec["error"] is not None:
+            bad.append((i, "upstream error", repr(rec["error"])))
+        elif o["sent_sha"] != rec["recv_sha"]:
+            bad.append((i, "upload corrupted"))
+        elif o["recv_sha"] != rec["sent_sha"]:
+            bad.append((i, "download corrupted"))
+        elif (o["end"], rec["end"]) != ("fin", "fin"):
+            bad.append((i, "ending", o["end"], rec["end"]))
+    assert not bad, f"{len(bad)} bad connections: {bad[:5]}"
+
+
 @pytest.mark.plain_only
 def test_chat_over_lossy_slow_far_link(net, tmp_path):
     """200 concurrent chat connections across 5% loss each way, 1 Mbit/s
@@ -338,32 +371,7 @@ def test_chat_over_lossy_slow_far_link(net, tmp_path):
     elapsed = time.monotonic() - t0
     stuck = [i for i, t in enumerate(threads) if t.is_alive()]
     assert not stuck, f"{len(stuck)} clients still running after 90s: {stuck[:10]}"
-    errors = [(i, o["error"]) for i, o in enumerate(outs) if "error" in o]
-    if errors:  # with what the upstream saw and the relay's counters
-        since = r.d.stderr_size()
-        r.d.send(signal.SIGUSR1)
-        r.d.wait_stderr(since, lambda t: "counters:" in t, what="SIGUSR1 summary")
-        with srv.lock:
-            seen = {r_["id"]: r_ for r_ in srv.records if "id" in r_}
-        up = lambda i: seen.get(struct.pack("!I", i), {}).get("error", "not seen")
-        pytest.fail(f"{len(errors)} clients failed: " + "; ".join(
-            f"{i}: {e[:300]}; upstream: {up(i)!r}" for i, e in errors[:5])
-            + "\n" + r.d.stderr_text()[-1000:])
-    recs = srv.wait_done(timeout=30)
-    by_id = {r_["id"]: r_ for r_ in recs if "id" in r_}
-    assert len(by_id) == CHAT_CONNS, f"upstream saw {len(by_id)} chats"
-    bad = []
-    for i, o in enumerate(outs):
-        rec = by_id[struct.pack("!I", i)]
-        if rec["error"] is not None:
-            bad.append((i, "upstream error", repr(rec["error"])))
-        elif o["sent_sha"] != rec["recv_sha"]:
-            bad.append((i, "upload corrupted"))
-        elif o["recv_sha"] != rec["sent_sha"]:
-            bad.append((i, "download corrupted"))
-        elif (o["end"], rec["end"]) != ("fin", "fin"):
-            bad.append((i, "ending", o["end"], rec["end"]))
-    assert not bad, f"{len(bad)} bad connections: {bad[:5]}"
+    assert_chats_intact(r, srv, outs)
     drops = net.loss_counts()
     assert drops.get("w0", 0) > 0 and drops.get("w1", 0) > 0, drops
     net.set_loss()
