@@ -4,6 +4,10 @@
 #
 #   bench/pair-cpu.sh NEW_BIN BASE_BIN [PAIRS]     (default 6 pairs)
 #
+# Either binary may be the minimal splice relay (bench/minirelay.c, built
+# by hand: cc -O2 -pthread -o minirelay bench/minirelay.c), named
+# `minirelay`: it is run with the iperf3 server's port and prints its own.
+#
 # For 1 stream client to server, 1 stream server to client (-R) and 8
 # streams: PAIRS times each binary (the order alternating), `iperf3 -t 4`
 # through a fresh relay (two workers, one plain listener) on 127.0.0.1.
@@ -53,14 +57,18 @@ one() {
 	bin=$1
 	shift
 	rm -f "$tmp/ports"
-	taskset -c 1 "$bin" -c "$tmp/relay.conf" --ports-file "$tmp/ports" \
-		>"$tmp/relay.log" 2>&1 &
+	if [ "$(basename "$bin")" = minirelay ]; then
+		taskset -c 1 "$bin" "$port" >"$tmp/ports" 2>"$tmp/relay.log" &
+	else
+		taskset -c 1 "$bin" -c "$tmp/relay.conf" \
+			--ports-file "$tmp/ports" >"$tmp/relay.log" 2>&1 &
+	fi
 	relay=$!
 	for _ in $(seq 50); do
 		[ -s "$tmp/ports" ] && break
 		sleep 0.1
 	done
-	rport=$(sed -n 's/.*:\([0-9]*\)$/\1/p' "$tmp/ports" | head -n 1)
+	rport=$(sed -n 's/^\([0-9]*\)$/\1/p; s/.*:\([0-9]*\)$/\1/p' "$tmp/ports" | head -n 1)
 	[ -n "$rport" ] || {
 		cat "$tmp/relay.log" >&2
 		exit 1

@@ -4,19 +4,28 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "copy.h"
 #include "invariant.h"
 
-#define COPY_PIPE_SIZE (256 * 1024)
 /* Idle pipes kept in reserve, so that relaying goes on when fds run out. */
 #define COPY_POOL_RESERVE 2
 #define COPY_POOL_MAX 256
 #define COPY_BUF_POOL_MAX 64
 
 /* Pools. */
+
+/* Big pipes of the process, idle or in use: all workers draw on them. */
+static _Atomic unsigned big_pipes;
+
+unsigned
+copy_big_pipes(void)
+{
+	return atomic_load_explicit(&big_pipes, memory_order_relaxed);
+}
 
 /*
  * A new pipe of COPY_PIPE_SIZE, or smaller when the kernel says no: a user
@@ -45,16 +54,65 @@ pipe_new(struct copy_pipe *p)
 	return 0;
 }
 
-static int
-pipe_take(struct copy_pool *pool, struct copy_pipe *p)
+static void
+pipe_close(struct copy_pipe *p)
 {
+	if (p->cap > COPY_PIPE_SIZE)
+		atomic_fetch_sub_explicit(&big_pipes, 1, memory_order_relaxed);
+	close(p->rd);
+	close(p->wr);
+}
+
+/*
+ * Grows p to COPY_PIPE_BIG if the process's quota allows.  The kernel may
+ * refuse (EPERM past the user's soft limit, or a pipe-max-size below):
+ * the pipe stays as it was, and no worker asks again until its next trim.
+ */
+static void
+pipe_grow(struct copy_pool *pool, struct copy_pipe *p)
+{
+	int sz;
+
+	if (p->cap >= COPY_PIPE_BIG || pool->big_refused)
+		return;
+	if (atomic_fetch_add_explicit(&big_pipes, 1, memory_order_relaxed) >=
+	    COPY_PIPES_BIG) {
+		atomic_fetch_sub_explicit(&big_pipes, 1, memory_order_relaxed);
+		return;
+	}
+	sz = fcntl(p->wr, F_SETPIPE_SZ, COPY_PIPE_BIG);
+	if (sz <= (int)COPY_PIPE_SIZE) {
+		atomic_fetch_sub_explicit(&big_pipes, 1, memory_order_relaxed);
+		pool->big_refused = true;
+		return;
+	}
+	p->cap = (uint32_t)sz;
+}
+
+/*
+ * A pipe for a direction: a big one when it is fast and its worker has
+ * one idle or may grow one, else one of the usual size.  Returns 0, or -1
+ * when no pipe is to be had.
+ */
+static int
+pipe_take(struct copy_pool *pool, struct copy_pipe *p, bool fast)
+{
+	if (fast && pool->nidle_big > 0) {
+		*p = pool->idle_big[--pool->nidle_big];
+		if (pool->nidle_big < pool->low_big)
+			pool->low_big = pool->nidle_big;
+		return 0;
+	}
 	if (pool->n > 0) {
 		*p = pool->v[--pool->n];
 		if (pool->n < pool->low)
 			pool->low = pool->n;
-		return 0;
+	} else if (pipe_new(p) != 0) {
+		return -1;
 	}
-	return pipe_new(p);
+	if (fast)
+		pipe_grow(pool, p);
+	return 0;
 }
 
 /* Returns p to the pool, or closes it when it holds bytes or is surplus. */
@@ -63,12 +121,14 @@ pipe_give(struct copy_pool *pool, struct copy_pipe *p, bool dirty)
 {
 	if (p->rd < 0)
 		return;
-	if (!dirty && pool->n < pool->cap) {
+	if (dirty)
+		pipe_close(p);
+	else if (p->cap > COPY_PIPE_SIZE && pool->nidle_big < COPY_PIPES_BIG)
+		pool->idle_big[pool->nidle_big++] = *p;
+	else if (p->cap <= COPY_PIPE_SIZE && pool->n < pool->cap)
 		pool->v[pool->n++] = *p;
-	} else {
-		close(p->rd);
-		close(p->wr);
-	}
+	else
+		pipe_close(p);
 	p->rd = p->wr = -1;
 	p->cap = 0;
 }
@@ -125,22 +185,27 @@ copy_pool_trim(struct copy_pool *pool)
 {
 	/* Pipes that stayed idle for a whole period are not needed. */
 	while (pool->low > COPY_POOL_RESERVE && pool->n > COPY_POOL_RESERVE) {
-		struct copy_pipe *p = &pool->v[--pool->n];
-
-		close(p->rd);
-		close(p->wr);
+		pipe_close(&pool->v[--pool->n]);
 		pool->low--;
 	}
 	pool->low = pool->n;
+	/* Big pipes: none is kept idle through a whole period. */
+	while (pool->low_big > 0 && pool->nidle_big > 0) {
+		pipe_close(&pool->idle_big[--pool->nidle_big]);
+		pool->low_big--;
+	}
+	pool->low_big = pool->nidle_big;
+	pool->big_refused = false;
 }
 
 void
 copy_pool_cleanup(struct copy_pool *pool)
 {
-	for (size_t i = 0; i < pool->n; i++) {
-		close(pool->v[i].rd);
-		close(pool->v[i].wr);
-	}
+	for (size_t i = 0; i < pool->n; i++)
+		pipe_close(&pool->v[i]);
+	while (pool->nidle_big > 0)
+		pipe_close(&pool->idle_big[--pool->nidle_big]);
+	pool->low_big = 0;
 	free(pool->v);
 	pool->v = NULL;
 	pool->n = pool->cap = pool->low = 0;
@@ -273,7 +338,7 @@ take(struct copy_dir *dir, struct copy_end *src, struct copy_pool *pool,
 
 	if (!piped(dir))
 		return took(src, fill(dir, src, pool, now), now, progress);
-	if (dir->p.rd < 0 && pipe_take(pool, &dir->p) != 0) {
+	if (dir->p.rd < 0 && pipe_take(pool, &dir->p, dir->fast) != 0) {
 		/*
 		 * No pipe to be had (descriptors, or the user's pipe pages,
 		 * ran out): this direction is relayed through its buffer
@@ -375,6 +440,13 @@ copy_run(struct copy_dir *dir, struct copy_end *src, struct copy_end *dst,
 			n = put(dir, dst);
 			if (n > 0) {
 				dir->pending -= (uint32_t)n;
+				if (dir->buf == NULL && !dir->fast &&
+				    (uint32_t)n >= COPY_PIPE_SIZE / 2) {
+					/* A big pipe from the next take. */
+					dir->fast = true;
+					if (dir->pending == 0)
+						pipe_give(pool, &dir->p, false);
+				}
 				*moved += (uint64_t)n;
 				/* Both ends of a moving direction are busy. */
 				src->last = dst->last = now;

@@ -30,6 +30,22 @@
 
 /* A direction's buffer: one TLS record's worth; a full read turns bulk. */
 #define COPY_BUF 16384
+/* A pipe's usual size; the kernel may give less (see copy.c). */
+#define COPY_PIPE_SIZE (256 * 1024)
+/*
+ * A fast direction (one splice to its destination moved half a pipe or
+ * more) gets a pipe of COPY_PIPE_BIG: up to 1 MiB a splice instead of
+ * 256 KiB, half the system calls of a fast transfer.  At most
+ * COPY_PIPES_BIG in the process (all workers), idle or in use: the
+ * user's pipe pages are capped (fs.pipe-user-pages-soft, 64 MiB by
+ * default), and 8 MiB of them go to size at most, the rest to the number
+ * of transfers spliced at once.  "Fast" is the destination's free send
+ * space, not its reader's speed: a transfer that was fast and then stalls
+ * keeps its big pipe (full: 1 MiB) until it ends or times out; the quota
+ * bounds that too.
+ */
+#define COPY_PIPE_BIG (1024 * 1024)
+#define COPY_PIPES_BIG 8
 
 /* What a transport call did, when not a count of bytes (> 0). */
 enum {
@@ -103,6 +119,9 @@ struct copy_pool {
 	struct copy_pipe *v; /* owned array */
 	size_t n, cap;
 	size_t low; /* fewest idle pipes since the last trim */
+	struct copy_pipe idle_big[COPY_PIPES_BIG];
+	unsigned nidle_big, low_big; /* idle big pipes, fewest since trim */
+	bool big_refused; /* the kernel refused to grow one since the trim */
 	uint8_t **bufs; /* owned array of owned idle buffers */
 	size_t nbufs;
 };
@@ -115,6 +134,7 @@ struct copy_dir {
 	uint32_t pending; /* in buf, or in the pipe */
 	bool spliceable; /* both ends can splice (set by the owner) */
 	bool bulk; /* a full read happened: splice once the buffer drains */
+	bool fast; /* a splice out moved half a pipe or more: big pipes */
 };
 
 /*
@@ -125,6 +145,8 @@ int copy_pool_init(struct copy_pool *pool);
 /* Closes idle pipes beyond the reserve that stayed unused since last time. */
 void copy_pool_trim(struct copy_pool *pool);
 void copy_pool_cleanup(struct copy_pool *pool);
+/* Big pipes in the process, idle or in use (tests, stats). */
+unsigned copy_big_pipes(void);
 
 void copy_dir_init(struct copy_dir *dir);
 /* Gives dir's pipe and buffer back (a pipe holding bytes is closed). */

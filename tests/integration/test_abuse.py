@@ -10,6 +10,7 @@ nobody else's ports.  docs/RELIABILITY.md says what each test proves.
 
 import array
 import errno
+import hashlib
 import heapq
 import fcntl
 import os
@@ -781,7 +782,9 @@ def test_slowloris_on_every_listener_kind(host_factory, nofile, tmp_path,
 # --------------------------------------------------------------------------
 # memory held by stalled connections
 
-COPY_PIPE_SIZE = 256 * KiB  # src/copy.c: a direction's splice pipe, at most
+COPY_PIPE_SIZE = 256 * KiB  # src/copy.h: a direction's usual splice pipe
+COPY_PIPE_BIG = 1024 * KiB  # src/copy.h: a fast direction's pipe
+COPY_PIPES_BIG = 8  # src/copy.h: at most this many in the process
 COPY_BUF = 16 * KiB  # src/copy.h: a direction's buffer
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -1003,6 +1006,8 @@ def test_memory_bound_per_stalled_connection(host_factory, nofile, tmp_path,
         f"{extra_pipes} new pipes for {2 * n} stalled directions, and RSS " \
         f"+{rss / KiB:.0f} KiB: not a buffer for each of the other {buffered}"
     assert full >= extra_pipes - 8, f"only {full} of {len(pipes1)} pipes full"
+    # a stalled direction never moves half a pipe in one splice, so it
+    # never gets a 1 MiB pipe (COPY_PIPE_BIG)
     assert max(caps) <= COPY_PIPE_SIZE, sizes
     # one pipe per direction, at most: no pipe for nothing
     assert extra_pipes <= 2 * n, f"{extra_pipes} pipes for {2 * n} directions"
@@ -1132,3 +1137,90 @@ def test_memory_bound_per_stalled_tls_connection(host_factory, nofile,
     n_fd = d.wait_fds_at_most(fd0 - 2, timeout=5.0 * SLOW)
     assert n_fd <= fd0 - 2, f"descriptors {n_fd}, baseline {fd0 - 2}"
     assert relays()
+
+
+@pytest.mark.serial
+def test_big_pipes_for_fast_transfers_within_the_quota(tmp_path):
+    """12 downloads through a plain listener (2 workers), each read at
+    full speed for 8 MiB, then paused: the directions that went fast hold
+    1 MiB pipes, no more than 8 in the process, and use them (more than
+    256 KiB held in one); every download then ends whole with FIN, and the
+    idle 1 MiB pipes are closed within two pool trims (a second each).
+    Alone (serial): every process of the user shares its pipe pages, and
+    the stalled-connection tests of the other pass spend them."""
+    n, size, fast_part = 12, 32 * 2**20, 8 * 2**20
+    block = os.urandom(2**20)
+    want = hashlib.sha256(block * (size // len(block))).hexdigest()
+
+    def h_source(c, rec):
+        c.settimeout(60)  # it waits while the downloads pause
+        recv_exact(c, 1)
+        for _ in range(size // len(block)):
+            c.sendall(block)
+        c.shutdown(socket.SHUT_WR)
+        rec["after"] = read_until_closed(c, 30)[0]
+
+    up = conftest.Server(h_source, name="source")
+    d = start_daemon(tmp_path, make_config(
+        {"up": [up.spec]}, {"plain": {"upstream": "up"}},
+        global_={"workers": "2"}))
+    paused = threading.Semaphore(0)
+    go = threading.Event()
+    outs = [{} for _ in range(n)]
+
+    def client(out):
+        try:
+            s = conftest.connect(d.addr("plain"), timeout=30)
+            s.sendall(b"g")
+            h, got, buf = hashlib.sha256(), 0, bytearray(2**20)
+            while True:
+                if got >= fast_part and not go.is_set():
+                    paused.release()
+                    go.wait(60)
+                k = s.recv_into(buf)
+                if k == 0:
+                    break
+                h.update(memoryview(buf)[:k])
+                got += k
+            out["got"], out["sha"] = got, h.hexdigest()
+            s.close()
+        except Exception as e:  # reported per client
+            out["error"] = repr(e)
+        finally:
+            paused.release()
+
+    threads = [threading.Thread(target=client, args=(o,), daemon=True)
+               for o in outs]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(n):
+            assert paused.acquire(timeout=30 * SLOW), "downloads not paused"
+        assert not [o for o in outs if "error" in o], outs
+
+        def caps():
+            return sorted(c for c, _ in daemon_pipes(d.pid).values())
+
+        # the paused downloads' pipes fill behind them
+        wait_for(lambda: sum(h for _, h in daemon_pipes(d.pid).values())
+                 >= n * 256 * KiB, 10 * SLOW, what="pipes filled")
+        pipes = daemon_pipes(d.pid)
+        big = [(c, h) for c, h in pipes.values() if c == COPY_PIPE_BIG]
+        assert max(c for c, _ in pipes.values()) <= COPY_PIPE_BIG, caps()
+        assert 1 <= len(big) <= COPY_PIPES_BIG, caps()
+        assert max(h for _, h in big) > 256 * KiB, big
+        print(f"big pipes: {len(big)}, held (KiB) {sorted(h // KiB for _, h in big)}")
+    finally:
+        go.set()
+    for t in threads:
+        t.join(60)
+    errors = [o for o in outs if "error" in o]
+    assert not errors, errors
+    assert all((o["got"], o["sha"]) == (size, want) for o in outs), \
+        [o["got"] for o in outs]
+    recs = up.wait_done(n)
+    assert all(r["error"] is None and r["after"] == "eof" for r in recs), recs
+    # given back: no 1 MiB pipe left idle after two trims
+    wait_for(lambda: not any(c == COPY_PIPE_BIG for c, _ in
+                             daemon_pipes(d.pid).values()),
+             3 * SLOW + 1, what="idle 1 MiB pipes closed")

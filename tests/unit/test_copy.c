@@ -295,9 +295,18 @@ test_bulk_turns_to_splice_and_fins(void)
 	CHECK(r->a.splice_ins > 0 && r->b.splice_outs > 0);
 	CHECK(r->a.end.eof && r->b.end.shut);
 	CHECK_INT(r->b.fins, 1);
-	CHECK_INT(r->pool.n, idle); /* the pipe went back */
+	/*
+	 * The pipes went back: the destination took half a pipe at once, so
+	 * the direction went on through a big one (grown from the pool's).
+	 */
+	CHECK(r->dir.fast);
+	CHECK_INT(r->pool.n + r->pool.nidle_big, idle);
+	CHECK_INT(r->pool.nidle_big, 1);
+	CHECK_INT(copy_big_pipes(), 1);
+	CHECK_INT(r->pool.idle_big[0].cap, COPY_PIPE_BIG);
 	CHECK(r->dir.buf == NULL && r->dir.p.rd < 0);
 	rig_free(r);
+	CHECK_INT(copy_big_pipes(), 0); /* closed with the pool */
 }
 
 static void
@@ -525,6 +534,119 @@ test_full_pipe_keeps_the_edge(void)
 	rig_free(r);
 }
 
+/*
+ * Drives r until the destination has `upto` bytes or nothing moves, the
+ * destination taking at most `room` bytes a wake-up.
+ */
+static enum copy_result
+run_upto(struct rig *r, size_t upto, size_t room)
+{
+	enum copy_result res = COPY_OK;
+
+	for (int i = 0; i < 100000 && res == COPY_OK && r->b.outlen < upto;
+	     i++) {
+		size_t before = r->b.outlen + r->a.cur;
+
+		r->b.room = room;
+		r->a.end.rd_ready = r->b.end.wr_ready = true;
+		res = run(r, 16);
+		if (r->b.outlen + r->a.cur == before)
+			break;
+	}
+	return res;
+}
+
+/*
+ * A rig whose direction went fast, then stalled: it holds a full pipe,
+ * big if the quota allowed.
+ */
+static struct rig *
+rig_fast_and_stalled(void)
+{
+	struct rig *r = rig_new(4 * BIG, &plain, &plain);
+
+	/* A full read, its write, a splice in, a splice out of 256 KiB. */
+	CHECK_INT(run(r, 4), COPY_OK);
+	CHECK(r->dir.fast && r->dir.p.rd < 0);
+	r->b.room = 0;
+	r->a.end.rd_ready = r->b.end.wr_ready = true;
+	CHECK_INT(run(r, 16), COPY_OK);
+	return r;
+}
+
+/*
+ * Big pipes: a direction whose destination takes half a pipe or more in
+ * one splice gets one (grown from a usual pipe, or an idle big one), at
+ * most COPY_PIPES_BIG in the process; a direction whose destination takes
+ * a little at a time (a slow reader) never does, however full its pipe;
+ * an idle big pipe is closed after a period unused, a full one when its
+ * connection goes.
+ */
+static void
+test_big_pipes_for_fast_directions_only(void)
+{
+	struct rig *r = rig_new(8 * BIG, &plain, &plain);
+	struct rig *held[COPY_PIPES_BIG];
+	size_t idle = r->pool.n;
+
+	/* Slow: 8 KiB a wake-up.  The pipe fills, it never grows. */
+	CHECK_INT(run_upto(r, 2 * BIG, 8192), COPY_OK);
+	CHECK(!r->dir.fast);
+	CHECK(r->dir.p.rd >= 0 && r->dir.p.cap == COPY_PIPE_SIZE);
+	CHECK_INT(r->dir.pending, COPY_PIPE_SIZE);
+	CHECK_INT(copy_big_pipes(), 0);
+
+	/* The reader speeds up: the next pipe is big, and fills to 1 MiB. */
+	CHECK_INT(run_upto(r, 3 * BIG, 4 * BIG), COPY_OK);
+	CHECK(r->dir.fast);
+	r->b.room = 0;
+	r->a.end.rd_ready = r->b.end.wr_ready = true;
+	CHECK_INT(run(r, 16), COPY_OK);
+	CHECK_INT(r->dir.p.cap, COPY_PIPE_BIG);
+	CHECK_INT(r->dir.pending, COPY_PIPE_BIG);
+	CHECK_INT(copy_big_pipes(), 1);
+	r->a.eof = true;
+	r->b.room = 8 * BIG;
+	CHECK_INT(run_all(r), COPY_OK);
+	CHECK(delivered(r) && r->b.end.shut);
+	CHECK_INT(r->pool.nidle_big, 1);
+	CHECK_INT(r->pool.n + r->pool.nidle_big, idle);
+
+	/* Unused for a whole period: closed (the first trim only marks). */
+	copy_pool_trim(&r->pool);
+	CHECK_INT(r->pool.nidle_big, 1);
+	copy_pool_trim(&r->pool);
+	CHECK_INT(r->pool.nidle_big, 0);
+	CHECK_INT(copy_big_pipes(), 0);
+	rig_free(r);
+
+	/* A full one goes when its connection does (closed: it holds bytes). */
+	r = rig_fast_and_stalled();
+	CHECK_INT(r->dir.pending, COPY_PIPE_BIG);
+	CHECK_INT(copy_big_pipes(), 1);
+	copy_dir_release(&r->dir, &r->pool);
+	CHECK_INT(r->pool.nidle_big, 0);
+	CHECK_INT(copy_big_pipes(), 0);
+	rig_free(r);
+
+	/* The process's quota spent (other workers' transfers): 256 KiB. */
+	for (int i = 0; i < COPY_PIPES_BIG; i++)
+		held[i] = rig_fast_and_stalled();
+	CHECK_INT(copy_big_pipes(), COPY_PIPES_BIG);
+	r = rig_fast_and_stalled();
+	CHECK_INT(r->dir.p.cap, COPY_PIPE_SIZE);
+	CHECK_INT(r->dir.pending, COPY_PIPE_SIZE);
+	CHECK_INT(copy_big_pipes(), COPY_PIPES_BIG);
+	r->a.eof = true;
+	r->b.room = 8 * BIG;
+	CHECK_INT(run_all(r), COPY_OK);
+	CHECK(delivered(r) && r->b.end.shut);
+	rig_free(r);
+	for (int i = 0; i < COPY_PIPES_BIG; i++)
+		rig_free(held[i]);
+	CHECK_INT(copy_big_pipes(), 0);
+}
+
 static void
 test_budget_bounds_the_run(void)
 {
@@ -609,6 +731,7 @@ main(void)
 	test_urgent_mark_on_spliced_path();
 	test_splice_zero_is_no_proof_of_eof();
 	test_full_pipe_keeps_the_edge();
+	test_big_pipes_for_fast_directions_only();
 	test_budget_bounds_the_run();
 	test_copy_fill();
 	test_copy_fill_appends();
