@@ -1293,6 +1293,27 @@ def case_storm(ctx):
             PROCS.stop(p)
 
 
+def perf_record(pid, name):
+    """With BENCH_PERF_DIR set: `perf record -g` on the relay from now
+    until perf_stop, into BENCH_PERF_DIR/NAME.data (for `perf report
+    --sort dso`); else None."""
+    d = os.environ.get("BENCH_PERF_DIR")
+    if not d:
+        return None
+    os.makedirs(d, exist_ok=True)
+    p = subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-g", "-p", str(pid),
+                          "-o", os.path.join(d, f"{name}.data")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the measured window opens
+    return p
+
+
+def perf_stop(p):
+    if p is not None:
+        p.send_signal(signal.SIGINT)
+        p.wait(30)
+
+
 def storm_run(ctx, path, rep, echo, media):
     c = ctx.cfg
     n = ctx.storm_conns
@@ -1315,12 +1336,14 @@ def storm_run(ctx, path, rep, echo, media):
                 peak[0] = max(peak[0], vmrss_kib(relay.pid))
             except (OSError, BenchError):
                 pass
+        perf = perf_record(relay.pid, f"storm-{path}-{rep + 1}")
         cpu0, gcpu0 = cpu_seconds(relay.pid), gens.cpu()
         t = time.monotonic_ns() + 200_000_000
         gens.send(f"storm {t}")
         js = [json.loads(x) for x in gens.lines(c["storm_timeout"] + 30, "the storm's report",
                                                  tick=sample)]
         cpu1, gcpu1 = cpu_seconds(relay.pid), gens.cpu()
+        perf_stop(perf)
         wall = (time.monotonic_ns() - t) / 1e9
         sample()
         hwm = proc_status_kib(relay.pid, "VmHWM")

@@ -15,7 +15,9 @@
 #                              previous commit's) beside it: column and ratio
 #
 # LIFELINE_BIN picks the binary (default build/lifeline, rebuilt with
-# `make` first when LIFELINE_BIN is unset).  The markdown report goes to
+# `make` first when LIFELINE_BIN is unset).  BENCH_PERF_DIR=DIR records
+# each relay with `perf record -g` (linux-perf) through every storm, into
+# DIR/storm-PATH-REP.data.  The markdown report goes to
 # stdout, progress to stderr.  Every process this starts runs in one
 # process group that is killed on exit, error, Ctrl-C or SIGTERM.
 set -euo pipefail
