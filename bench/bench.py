@@ -363,6 +363,10 @@ client = 200s
 server = 200s
 [upstream up]
 server = 127.0.0.1:{up}
+# no health check during a run (HAProxy's configurations have none
+# either): its connection would reach iperf3's or nginx's server as a
+# stray client, and iperf3's serves one test at a time
+check-interval = 24h
 [listen bench]
 bind = 127.0.0.1:0
 upstream = up
@@ -474,6 +478,12 @@ def attempt(metric, paths, fn):
 # cases 1, 2 and 6: iperf3
 
 
+# iperf3 errors of a test that never started (the server between two tests,
+# or busy finishing the last one): the run is tried again, up to 3 times.
+IPERF_NOT_STARTED = re.compile(r"unable to connect to server|control socket has closed "
+                               r"unexpectedly|unable to receive control message|server is busy")
+
+
 def case_iperf(ctx):
     c = ctx.cfg
     port = free_port()
@@ -490,17 +500,28 @@ def case_iperf(ctx):
             for metric, extra, cpu in runs:
                 def one(path, metric=metric, extra=extra, cpu=cpu):
                     pid = paths.pid(path)
-                    cpu0 = cpu_seconds(pid) if pid else None
-                    sys0 = system_cpu_seconds()
                     argv = ["iperf3", "-c", "127.0.0.1", "-p", str(paths.port(path)),
                             "-t", str(c["iperf_time"]), "-J", "--connect-timeout", "5000"] + extra
-                    rc, out, err = run(argv, c["iperf_time"] + 30)
-                    cpu1 = cpu_seconds(pid) if pid else None
-                    sys1 = system_cpu_seconds()
-                    try:
-                        j = json.loads(out)
-                    except ValueError:
-                        raise BenchError(f"iperf3 output is not JSON (rc {rc}): {err.strip()[:200]}")
+                    for tries in range(3):
+                        # iperf3's server closes its listening socket after
+                        # a test and opens it again: a client in between is
+                        # refused, or cut before the test starts
+                        wait_until(lambda: listening(port), 10, "iperf3 server", srv)
+                        cpu0 = cpu_seconds(pid) if pid else None
+                        sys0 = system_cpu_seconds()
+                        rc, out, err = run(argv, c["iperf_time"] + 30)
+                        cpu1 = cpu_seconds(pid) if pid else None
+                        sys1 = system_cpu_seconds()
+                        try:
+                            j = json.loads(out)
+                        except ValueError:
+                            raise BenchError(f"iperf3 output is not JSON (rc {rc}): "
+                                             f"{err.strip()[:200]}")
+                        why = j.get("error", "") if rc != 0 or "error" in j else ""
+                        if not why or not IPERF_NOT_STARTED.search(why) or tries == 2:
+                            break
+                        log(f"{metric:11} rep {rep + 1} {path:16} not started ({why}): again")
+                        time.sleep(0.5)
                     if rc != 0 or "error" in j:
                         raise BenchError(f"iperf3 rc {rc}: {j.get('error', err.strip()[:200])}")
                     recv = j["end"]["sum_received"]
@@ -1300,6 +1321,8 @@ def perf_record(pid, name):
     d = os.environ.get("BENCH_PERF_DIR")
     if not d:
         return None
+    if shutil.which("perf") is None:
+        raise BenchError("BENCH_PERF_DIR needs perf (Debian: apt-get install linux-perf)")
     os.makedirs(d, exist_ok=True)
     p = subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-g", "-p", str(pid),
                           "-o", os.path.join(d, f"{name}.data")],
