@@ -18,8 +18,11 @@ settings and the official kind of certificate (RSA-4096), the same HAProxy
 with an EC P-256 certificate, and lifeline with `tls = on` (its default
 in-memory EC P-256 certificate).  Its load generator is bench/tlsclient.c.
 
-Cases 1, 2 and 6 also run a fifth path, the minimal splice relay
-(bench/minirelay.c), the floor of a splice relay.  Case 7 adds the RSS per
+Cases 1, 2 and 6 also run two reference paths: the minimal splice relay
+(bench/minirelay.c, a blocking thread per direction), the floor of a
+splice relay, and the minimal event-driven one (bench/epollrelay.c, one
+thread and edge-triggered epoll, as lifeline), the floor of a relay that
+serves thousands of connections from a thread.  Case 7 adds the RSS per
 idle TLS connection.  Cases 8 (`population`: WhatsApp-like clients, chat
 over TLS and plain, media downloads) and 9 (`storm`: every client reset at
 once, reconnecting within a second) have their own relays with three
@@ -57,9 +60,13 @@ LABEL = {
     "lifeline": "lifeline",
     "lifeline-base": "lifeline (base)",
     "minimal": "minimal splice relay",
+    "minimal-epoll": "minimal event-driven relay",
 }
 # bench/minirelay.c: the floor of a splice relay, a path of cases 1, 2 and 6.
 MINIMAL = "minimal"
+# bench/epollrelay.c: the floor of an event-driven splice relay, the same.
+EPOLL_MIN = "minimal-epoll"
+REFERENCES = [MINIMAL, EPOLL_MIN]
 # With --base BIN, a second lifeline binary (say, the previous commit's)
 # runs beside the first in the same interleaved rounds: "lifeline-base".
 BASE = "lifeline-base"
@@ -299,12 +306,14 @@ class Relay:
         self.ctx = ctx
         self.dir = tempfile.mkdtemp(prefix=f"{kind}-", dir=ctx.tmp)
         name = f"{kind}-{upstream_port}-{len(PROCS.live)}"
-        if kind == MINIMAL:
-            self.proc = PROCS.start([ctx.minirelay, str(upstream_port)], name, ctx.tmp,
+        if kind in REFERENCES:
+            exe = ctx.minirelay if kind == MINIMAL else ctx.epollrelay
+            self.proc = PROCS.start([exe, str(upstream_port)], name, ctx.tmp,
                                     stdout=subprocess.PIPE)
             line = self.proc.stdout.readline().decode().strip()
             if not line.isdigit():
-                raise BenchError(f"minirelay did not report its port:\n{log_tail(self.proc)}")
+                raise BenchError(f"{os.path.basename(exe)} did not report its port:\n"
+                                 f"{log_tail(self.proc)}")
             self.port = int(line)
         elif kind.startswith("lifeline"):
             conf = os.path.join(self.dir, "lifeline.conf")
@@ -492,7 +501,7 @@ def case_iperf(ctx):
     paths = None
     try:
         wait_until(lambda: listening(port), 10, "iperf3 server", srv)
-        paths = Paths(port, ctx, extra=[MINIMAL])
+        paths = Paths(port, ctx, extra=REFERENCES)
         # metric, iperf3 options, suffix of its CPU metrics
         runs = [("tput1_up", [], "up"), ("tput1_down", ["-R"], "down"),
                 ("tput8", ["-P", "8"], "8")]
@@ -539,7 +548,7 @@ def case_iperf(ctx):
                         msg += f"  system {sps:.3f} s/GiB"
                     log(msg)
                     paths.check_alive()
-                attempt(metric, rotated(rep, PATHS + [MINIMAL]), one)
+                attempt(metric, rotated(rep, PATHS + REFERENCES), one)
     finally:
         if paths:
             paths.stop()
@@ -1479,7 +1488,7 @@ ROWS = [
     ("6", "sys_8", "Whole-system CPU per GiB (all CPUs), 8 streams", "CPU s/GiB", "{:.3f}",
      False, False),
 ]
-# The rows the minimal relay has a number in (it runs in cases 1, 2 and 6).
+# The rows the reference relays have a number in (they run in cases 1, 2, 6).
 MINIMAL_METRICS = {"tput1_up", "tput1_down", "tput8", "cpu_up", "cpu_down", "cpu_8",
                    "sys_up", "sys_down", "sys_8"}
 
@@ -1501,17 +1510,18 @@ def ratio(a, b):
 
 def table(cfg, cases):
     base = BASE in PATHS
-    cols = PATHS + [MINIMAL]
+    cols = PATHS + REFERENCES
     out = ["| # | case | unit | " + " | ".join(LABEL[p] for p in cols)
            + " | lifeline / HAProxy official | lifeline / HAProxy tuned | lifeline % of direct |"
-           + " lifeline / minimal relay |" + (" lifeline / base |" if base else ""),
-           "|---|---|---|" + "---:|" * (len(cols) + 4 + base)]
+           + " lifeline / minimal relay | lifeline / event-driven relay |"
+           + (" lifeline / base |" if base else ""),
+           "|---|---|---|" + "---:|" * (len(cols) + 5 + base)]
     for case, metric, label, unit, fmt, higher, relays_only in ROWS:
         if case not in cases:
             continue
         cells = []
         for p in cols:
-            if (p == "direct" and relays_only) or (p == MINIMAL
+            if (p == "direct" and relays_only) or (p in REFERENCES
                                                    and metric not in MINIMAL_METRICS):
                 cells.append("n/a")
                 continue
@@ -1521,6 +1531,7 @@ def table(cfg, cases):
         r1 = ratio(ll, value(metric, "haproxy-official"))
         r2 = ratio(ll, value(metric, "haproxy-tuned"))
         r3 = ratio(ll, value(metric, MINIMAL)) if metric in MINIMAL_METRICS else "n/a"
+        r4 = ratio(ll, value(metric, EPOLL_MIN)) if metric in MINIMAL_METRICS else "n/a"
         pct = "—"
         if higher and not relays_only:
             d = value(metric, "direct")
@@ -1528,7 +1539,7 @@ def table(cfg, cases):
         arrow = "higher is better" if higher else "lower is better"
         rb = f" {ratio(ll, value(metric, BASE))} |" if base else ""
         out.append(f"| {case} | {label.format(**cfg)} | {unit} ({arrow}) | " + " | ".join(cells)
-                   + f" | {r1} | {r2} | {pct} | {r3} |" + rb)
+                   + f" | {r1} | {r2} | {pct} | {r3} | {r4} |" + rb)
     return "\n".join(out)
 
 
@@ -1684,6 +1695,11 @@ def targets16(ctx):
                     ("cpu_8", "8 streams")):
         chk(f"relay CPU per GiB, {what}, within 5% of the minimal splice relay",
             v(m, "lifeline"), v(m, MINIMAL), 1.05)
+        chk(f"relay CPU per GiB, {what}, within 5% of the minimal event-driven relay",
+            v(m, "lifeline"), v(m, EPOLL_MIN), 1.05)
+        sm = "sys" + m[3:]
+        chk(f"whole-system CPU per GiB, {what}, within 5% of the minimal splice relay's",
+            v(sm, "lifeline"), v(sm, MINIMAL), 1.05)
         chk(f"relay CPU per GiB, {what}, <= 0.55x HAProxy tuned",
             v(m, "lifeline"), v(m, "haproxy-tuned"), 0.55)
     for m, what in (("sys_up", "up"), ("sys_down", "down")):
@@ -1807,6 +1823,7 @@ def main():
     ap.add_argument("--json", help="also write every sample here")
     ap.add_argument("--tlsclient", required=True, help="the built bench/tlsclient.c")
     ap.add_argument("--minirelay", required=True, help="the built bench/minirelay.c")
+    ap.add_argument("--epollrelay", required=True, help="the built bench/epollrelay.c")
     ap.add_argument("--cases", default="1,2,3,4,5,6,7,population,storm",
                     help="comma-separated cases to run (1,2,6 share one run; 8 = population, "
                     "9 = storm)")
@@ -1830,6 +1847,7 @@ def main():
     ctx.loadgen = os.path.abspath(args.loadgen)
     ctx.tlsclient = os.path.abspath(args.tlsclient)
     ctx.minirelay = os.path.abspath(args.minirelay)
+    ctx.epollrelay = os.path.abspath(args.epollrelay)
     ctx.tmp = args.tmp
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -1867,7 +1885,7 @@ def main():
         if not set(keep) <= set(POP_PATHS) or "lifeline" not in keep:
             sys.exit(f"bench: --pop-paths takes lifeline and some of {','.join(POP_PATHS)}")
         POP_PATHS[:] = [p for p in POP_PATHS if p in keep]
-    for exe in (ctx.lifeline, ctx.loadgen, ctx.tlsclient, ctx.minirelay) + (
+    for exe in (ctx.lifeline, ctx.loadgen, ctx.tlsclient, ctx.minirelay, ctx.epollrelay) + (
             (ctx.lifeline_base,) if args.base else ()):
         if not os.access(exe, os.X_OK):
             sys.exit(f"bench: {exe} is not executable")
@@ -1926,7 +1944,10 @@ def main():
     if cases & set("123456"):
         print(table(c, cases))
         print("\nThe minimal splice relay (bench/minirelay.c: one blocking thread per direction, "
-              "splice(2) through a 1 MiB pipe) runs in cases 1, 2 and 6 only. Whole-system CPU: "
+              "splice(2) through a 1 MiB pipe) and the minimal event-driven relay "
+              "(bench/epollrelay.c: one thread, edge-triggered epoll, non-blocking splice(2) "
+              "through a 1 MiB pipe, as lifeline's bulk directions) run in cases 1, 2 and 6 "
+              "only. Whole-system CPU: "
               "busy time of all CPUs from /proc/stat over the run (relay, client, server and "
               "kernel threads), per GiB received.")
     if "7" in cases:

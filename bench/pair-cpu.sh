@@ -4,9 +4,11 @@
 #
 #   bench/pair-cpu.sh NEW_BIN BASE_BIN [PAIRS]     (default 6 pairs)
 #
-# Either binary may be the minimal splice relay (bench/minirelay.c, built
-# by hand: cc -O2 -pthread -o minirelay bench/minirelay.c), named
-# `minirelay`: it is run with the iperf3 server's port and prints its own.
+# Either binary may be a reference relay, named as its source: the minimal
+# blocking splice relay (bench/minirelay.c, built by hand: cc -O2 -pthread
+# -o minirelay bench/minirelay.c) or the minimal event-driven one
+# (bench/epollrelay.c: cc -O2 -o epollrelay bench/epollrelay.c).  Either
+# is run with the iperf3 server's port and prints its own.
 #
 # For 1 stream client to server, 1 stream server to client (-R) and 8
 # streams: PAIRS times each binary (the order alternating), `iperf3 -t 4`
@@ -15,8 +17,10 @@
 # 0, so that the relay's CPU is its own work and not the share of the
 # others' interrupt and softirq work that happens to land in its calls.
 # CPU is read from the relay's process CPU clock (the scheduler's exact
-# runtime of all its threads).  Prints each run, then per case the medians
-# and NEW / BASE.  Needs iperf3 and python3; 2+ CPUs; about 2.5 minutes
+# runtime of all its threads); beside it, the whole machine's busy time
+# from /proc/stat (10 ms ticks: the relay's work done by kernel threads
+# shows there, with iperf3's).  Prints each run, then per case the
+# medians of both and NEW / BASE.  Needs iperf3 and python3; 2+ CPUs; about 2.5 minutes
 # at 6 pairs.
 set -eu
 new=$1
@@ -57,7 +61,8 @@ one() {
 	bin=$1
 	shift
 	rm -f "$tmp/ports"
-	if [ "$(basename "$bin")" = minirelay ]; then
+	case "$(basename "$bin")" in minirelay | epollrelay) ref=1 ;; *) ref="" ;; esac
+	if [ -n "$ref" ]; then
 		taskset -c 1 "$bin" "$port" >"$tmp/ports" 2>"$tmp/relay.log" &
 	else
 		taskset -c 1 "$bin" -c "$tmp/relay.conf" \
@@ -75,17 +80,27 @@ one() {
 	}
 	clk="import time,sys; print(time.clock_gettime(((~int(sys.argv[1]))<<3)|2))"
 	c0=$(/usr/bin/python3 -c "$clk" "$relay")
+	s0=$(busy)
 	taskset -c 0 iperf3 -c 127.0.0.1 -p "$rport" -t 4 "$@" -J >"$tmp/out.json"
 	sleep 0.2
 	c1=$(/usr/bin/python3 -c "$clk" "$relay")
+	s1=$(busy)
 	kill "$relay"
 	wait "$relay" 2>/dev/null || true
 	relay=""
 	/usr/bin/python3 -c '
 import json, sys
 j = json.load(open(sys.argv[1]))
-print(float(sys.argv[3]) - float(sys.argv[2]), j["end"]["sum_received"]["bytes"] / 2**30)
-' "$tmp/out.json" "$c0" "$c1"
+print(float(sys.argv[3]) - float(sys.argv[2]), j["end"]["sum_received"]["bytes"] / 2**30,
+      (int(sys.argv[5]) - int(sys.argv[4])) / 100)
+' "$tmp/out.json" "$c0" "$c1" "$s0" "$s1"
+}
+
+# Busy ticks of the whole machine (every CPU, /proc/stat: all but idle and
+# iowait; USER_HZ is 100 on Linux): the relay's work that kernel threads
+# (ksoftirqd) did, which the relay's own clock does not see.
+busy() {
+	awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
 }
 
 for case in "1 stream up:-P 1" "1 stream down:-P 1 -R" "8 streams:-P 8"; do
@@ -99,16 +114,18 @@ for case in "1 stream up:-P 1" "1 stream down:-P 1 -R" "8 streams:-P 8"; do
 			eval "bin=\$$who"
 			# shellcheck disable=SC2086
 			set -- $(one "$bin" $args)
-			echo "$name  $who  $(awk -v c="$1" -v g="$2" 'BEGIN { printf "%.3f s/GiB (%.1f GiB)", c / g, g }')"
-			awk -v c="$1" -v g="$2" 'BEGIN { printf "%.4f\n", c / g }' >>"$tmp/$who"
+			echo "$name  $who  $(awk -v c="$1" -v g="$2" -v s="$3" 'BEGIN { printf "%.3f s/GiB, whole system %.3f s/GiB (%.1f GiB)", c / g, s / g, g }')"
+			awk -v c="$1" -v g="$2" -v s="$3" 'BEGIN { printf "%.4f %.4f\n", c / g, s / g }' >>"$tmp/$who"
 		done
 		i=$((i + 1))
 	done
 	/usr/bin/python3 -c '
 import statistics, sys
-n = [float(x) for x in open(sys.argv[2])]
-b = [float(x) for x in open(sys.argv[3])]
-mn, mb = statistics.median(n), statistics.median(b)
-print(f"== {sys.argv[1]}: new {mn:.3f} s/GiB, base {mb:.3f} s/GiB: new / base {mn / mb:.2f}x")
+n = [[float(v) for v in x.split()] for x in open(sys.argv[2])]
+b = [[float(v) for v in x.split()] for x in open(sys.argv[3])]
+for i, what in enumerate(("relay CPU", "whole system")):
+    mn = statistics.median(x[i] for x in n)
+    mb = statistics.median(x[i] for x in b)
+    print(f"== {sys.argv[1]}, {what}: new {mn:.3f} s/GiB, base {mb:.3f} s/GiB: new / base {mn / mb:.2f}x")
 ' "$name" "$tmp/new" "$tmp/base"
 done

@@ -77,12 +77,14 @@ trap 'exit 129' HUP
 cc -O2 -Wall -Wextra -o "$tmp/loadgen" bench/loadgen.c -lssl -lcrypto -lm
 cc -O2 -Wall -Wextra -pthread -o "$tmp/tlsclient" bench/tlsclient.c -lssl -lcrypto
 cc -O2 -Wall -Wextra -pthread -o "$tmp/minirelay" bench/minirelay.c
+cc -O2 -Wall -Wextra -o "$tmp/epollrelay" bench/epollrelay.c
 
 # The driver and everything it starts get their own process group (job
 # control), so the trap can end them all, whatever state they are in.
 set -m
 /usr/bin/python3 bench/bench.py --lifeline "$bin" --loadgen "$tmp/loadgen" \
-	--tlsclient "$tmp/tlsclient" --minirelay "$tmp/minirelay" --tmp "$tmp" "$@" &
+	--tlsclient "$tmp/tlsclient" --minirelay "$tmp/minirelay" \
+	--epollrelay "$tmp/epollrelay" --tmp "$tmp" "$@" &
 pgid=$!
 set +m
 set +e

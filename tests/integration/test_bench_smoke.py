@@ -5,7 +5,8 @@ for every case with a number for every path measured and a ratio (a signed
 number: an added latency can be negative when a relay beats direct by noise)
 or n/a in the ratio columns.  "n/a" stands where a path has nothing to
 measure: direct has no relay process (the memory and relay CPU rows), the
-minimal splice relay runs in the throughput cases (1, 2, 6) only.
+two reference relays (minimal splice, minimal event-driven) run in the
+throughput cases (1, 2, 6) only.
 Case 7 (TLS) has its own table: its paths are HAProxy with an RSA-4096 and
 with an EC P-256 certificate, and lifeline.  Cases 8 (a WhatsApp-like
 population, two stages of a few dozen clients) and 9 (a reconnect storm)
@@ -27,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # hard bound (150 s) above its own.
 TIMEOUT = 300
 PATH_COLUMNS = ["direct", "HAProxy official", "HAProxy tuned", "lifeline",
-                "minimal splice relay"]
+                "minimal splice relay", "minimal event-driven relay"]
 TLS_PATH_COLUMNS = ["HAProxy official (RSA-4096)", "HAProxy official, EC P-256",
                     "lifeline (EC P-256)"]
 POP_PATH_COLUMNS = ["direct (plain)", "lifeline (EC P-256)", "HAProxy official (RSA-4096)",
@@ -92,7 +93,8 @@ def _expected(case, row, col):
     """"num" or "n/a": what the cell of row in column col must hold."""
     if col in ("direct", "direct (plain)") and _relays_only(row):
         return "n/a"
-    if col == "minimal splice relay" and case not in MINIMAL_CASES:
+    if col in ("minimal splice relay", "minimal event-driven relay") and \
+            case not in MINIMAL_CASES:
         return "n/a"
     if row["case"].startswith("Clients per core"):
         return "num or n/a"  # n/a: no CPU tick (10 ms) in a smoke run's window
@@ -131,7 +133,7 @@ def test_bench_smoke():
     (header, rows), (tls_header, tls_rows), (pop_header, pop_rows), (st_header, st_rows) = tables
     _check(out, header, rows, PATH_COLUMNS,
            ["lifeline / HAProxy official", "lifeline / HAProxy tuned",
-            "lifeline / minimal relay"], CASES)
+            "lifeline / minimal relay", "lifeline / event-driven relay"], CASES)
     _check(out, tls_header, tls_rows, TLS_PATH_COLUMNS,
            ["lifeline / HAProxy official", "lifeline / HAProxy EC P-256"], TLS_CASES)
     _check(out, pop_header, pop_rows, POP_PATH_COLUMNS,
