@@ -26,6 +26,7 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -43,7 +44,6 @@ struct dir {
 struct conn;
 struct side {
 	struct conn *c;
-	int i;
 	bool rd, wr; /* an edge came and no call would-blocked since */
 };
 
@@ -68,7 +68,8 @@ run(struct conn *c, int i)
 			n = splice(d->p[0], NULL, c->fd[!i], NULL, d->pending,
 			    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 			if (n > 0) {
-				/* Short: the socket is full (its next edge says). */
+				/* Short: the socket is full (its next edge
+				 * says). */
 				if ((size_t)n < d->pending)
 					c->s[!i].wr = false;
 				d->pending -= (size_t)n;
@@ -89,7 +90,8 @@ run(struct conn *c, int i)
 			} else if (n == 0) {
 				d->eof = true;
 			} else if (errno == EAGAIN) {
-				/* Or the pipe is out of slots: try once it drains. */
+				/* Or the pipe is out of slots: try once it
+				 * drains. */
 				if (d->pending == 0)
 					c->s[i].rd = false;
 			} else {
@@ -116,15 +118,53 @@ conn_free(struct conn *c)
 	free(c);
 }
 
+/* Accepts one connection and dials for it (blocking: a reference path). */
+static void
+conn_new(int ep, int ls, const struct sockaddr_in *up)
+{
+	int fd = accept4(ls, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	int u = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+	struct conn *c = calloc(1, sizeof *c);
+
+	if (fd < 0 || u < 0 || c == NULL ||
+	    connect(u, (const struct sockaddr *)up, sizeof *up) < 0 ||
+	    pipe2(c->d[0].p, O_CLOEXEC | O_NONBLOCK) < 0) {
+		close(fd);
+		close(u);
+		free(c);
+		return;
+	}
+	if (pipe2(c->d[1].p, O_CLOEXEC | O_NONBLOCK) < 0) {
+		c->d[1].p[0] = c->d[1].p[1] = -1;
+		c->fd[0] = fd;
+		c->fd[1] = u;
+		conn_free(c);
+		return;
+	}
+	c->fd[0] = fd;
+	c->fd[1] = u;
+	fcntl(u, F_SETFL, O_NONBLOCK);
+	for (int i = 0; i < 2; i++) {
+		struct epoll_event e = {
+		    .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+		    .data.ptr = &c->s[i]};
+
+		c->s[i].c = c;
+		fcntl(c->d[i].p[1], F_SETPIPE_SZ, PIPE_SIZE);
+		setsockopt(
+		    c->fd[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		epoll_ctl(ep, EPOLL_CTL_ADD, c->fd[i], &e);
+	}
+}
+
 int
 main(int argc, char **argv)
 {
 	struct sockaddr_in a = {.sin_family = AF_INET}, up = a;
 	socklen_t len = sizeof a;
-	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	int ep = epoll_create1(EPOLL_CLOEXEC);
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL}, evs[64];
-	struct side *sd;
 
 	if (argc != 2)
 		return 2;
@@ -143,54 +183,24 @@ main(int argc, char **argv)
 		struct conn *dead[64];
 
 		for (int k = 0; k < n; k++) {
-			struct conn *c;
+			struct side *sd = evs[k].data.ptr;
+			uint32_t e = evs[k].events;
 
-			if ((sd = evs[k].data.ptr) == NULL) {
-				/* A blocking dial: fine for a reference path. */
-				int fd = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
-				int u = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-				c = calloc(1, sizeof *c);
-				if (fd < 0 || u < 0 || c == NULL ||
-				    connect(u, (struct sockaddr *)&up, sizeof up) < 0 ||
-				    pipe2(c->d[0].p, O_CLOEXEC | O_NONBLOCK) < 0 ||
-				    pipe2(c->d[1].p, O_CLOEXEC | O_NONBLOCK) < 0) {
-					close(fd);
-					close(u);
-					free(c);
-					continue;
-				}
-				c->fd[0] = fd;
-				c->fd[1] = u;
-				for (int i = 0; i < 2; i++) {
-					struct epoll_event e = {
-					    .events = EPOLLIN | EPOLLOUT |
-					        EPOLLRDHUP | EPOLLET,
-					    .data.ptr = &c->s[i]};
-
-					c->s[i].c = c;
-					c->s[i].i = i;
-
-					fcntl(c->d[i].p[1], F_SETPIPE_SZ, PIPE_SIZE);
-					fcntl(c->fd[i], F_SETFL, O_NONBLOCK);
-					setsockopt(c->fd[i], IPPROTO_TCP, TCP_NODELAY,
-					    &one, sizeof one);
-					epoll_ctl(ep, EPOLL_CTL_ADD, c->fd[i], &e);
-				}
+			if (sd == NULL) {
+				conn_new(ep, ls, &up);
 				continue;
 			}
-			c = sd->c;
-			if (evs[k].events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
+			if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
 				sd->rd = true;
-			if (evs[k].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+			if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP))
 				sd->wr = true;
 			/* Both directions, as lifeline runs a connection. */
-			if (c->dead)
+			if (sd->c->dead)
 				continue;
-			if (!run(c, 0) || !run(c, 1) ||
-			    (c->d[0].shut && c->d[1].shut)) {
-				c->dead = true;
-				dead[ndead++] = c;
+			if (!run(sd->c, 0) || !run(sd->c, 1) ||
+			    (sd->c->d[0].shut && sd->c->d[1].shut)) {
+				sd->c->dead = true;
+				dead[ndead++] = sd->c;
 			}
 		}
 		while (ndead > 0)
