@@ -12,7 +12,8 @@
 #
 # For 1 stream client to server, 1 stream server to client (-R) and 8
 # streams: PAIRS times each binary (the order alternating), `iperf3 -t 4`
-# through a fresh relay (two workers, one plain listener) on 127.0.0.1.
+# through a fresh relay (two workers, or $WORKERS; one plain listener) on
+# 127.0.0.1.
 # The relay runs on CPU 1 (`taskset`), iperf3's client and server on CPU
 # 0, so that the relay's CPU is its own work and not the share of the
 # others' interrupt and softirq work that happens to land in its calls.
@@ -26,6 +27,9 @@ set -eu
 new=$1
 base=$2
 pairs=${3:-6}
+# lifeline's workers (both on the relay's one CPU); the reference relays
+# have one thread (epollrelay) or one per direction (minirelay).
+workers=${WORKERS:-2}
 [ -x "$new" ] && [ -x "$base" ] || {
 	echo "usage: $0 NEW_BIN BASE_BIN [PAIRS]" >&2
 	exit 2
@@ -46,7 +50,7 @@ taskset -c 0 iperf3 -s -B 127.0.0.1 -p "$port" >/dev/null 2>&1 &
 srv=$!
 cat >"$tmp/relay.conf" <<EOF
 [global]
-workers = 2
+workers = $workers
 log-level = warn
 [upstream up]
 server = 127.0.0.1:$port
