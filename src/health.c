@@ -48,15 +48,26 @@ jitter(struct health *h, uint64_t ms)
 	return ms - span / 2 + (h->seed >> 8) % span;
 }
 
+/*
+ * Closes k's connect in progress, if any; an event of it still to come in
+ * this iteration's batch is dropped (k may be freed or reused before it).
+ */
+static void
+check_close(struct check *k)
+{
+	if (k->io.fd < 0)
+		return;
+	loop_io_forget(k->h->loop, &k->io);
+	close(k->io.fd);
+	k->io.fd = -1;
+}
+
 static void
 check_end(struct check *k, bool ok)
 {
 	uint64_t now = loop_now(k->h->loop), next;
 
-	if (k->io.fd >= 0) {
-		close(k->io.fd);
-		k->io.fd = -1;
-	}
+	check_close(k);
 	/* A server that is down is looked at again sooner. */
 	next = ok ? k->interval_ms : k->interval_ms / 4;
 	if (next < 1000)
@@ -127,8 +138,7 @@ check_io_cb(struct loop_io *io, uint32_t events)
 		check_end(k, true);
 		return;
 	}
-	close(io->fd);
-	io->fd = -1;
+	check_close(k);
 	k->addr++;
 	check_connect(k);
 }
@@ -140,8 +150,7 @@ check_timer_cb(struct loop_timer *t)
 
 	if (k->io.fd >= 0) {
 		/* Connect timed out: next address, or the verdict. */
-		close(k->io.fd);
-		k->io.fd = -1;
+		check_close(k);
 		k->addr++;
 		check_connect(k);
 		return;
@@ -159,8 +168,7 @@ check_start(struct check *k)
 static void
 check_free(struct health *h, struct check *k)
 {
-	if (k->io.fd >= 0)
-		close(k->io.fd);
+	check_close(k);
 	loop_timer_del(h->loop, &k->timer);
 	upstream_server_unref(k->srv);
 	free(k);

@@ -20,6 +20,12 @@ struct loop {
 	size_t nheap, capheap;
 	struct loop_task *head, *tail; /* borrowed: queued tasks */
 	uint64_t task_seq; /* bumped at each run_tasks() */
+	/*
+	 * The batch loop_run is dispatching: events [next, n) are still to
+	 * come; loop_io_forget() clears those of an io being closed.
+	 */
+	struct epoll_event *batch;
+	int next, n;
 };
 
 uint64_t
@@ -104,7 +110,17 @@ loop_io_mod(struct loop *loop, struct loop_io *io, uint32_t events)
 int
 loop_io_del(struct loop *loop, struct loop_io *io)
 {
+	loop_io_forget(loop, io);
 	return io_ctl(loop, EPOLL_CTL_DEL, io, 0);
+}
+
+void
+loop_io_forget(struct loop *loop, struct loop_io *io)
+{
+	for (int i = loop->next; i < loop->n; i++) {
+		if (loop->batch[i].data.ptr == io)
+			loop->batch[i].data.ptr = NULL;
+	}
 }
 
 /* Heap helpers: the timer with the smallest deadline sits at index 0. */
@@ -323,11 +339,17 @@ loop_run(struct loop *loop)
 		if (n < 0 && errno != EINTR)
 			return -errno;
 		loop->now = loop_clock_ms();
+		loop->batch = evs;
+		loop->n = n;
 		for (int i = 0; i < n; i++) {
 			struct loop_io *io = evs[i].data.ptr;
 
-			io->cb(io, evs[i].events);
+			loop->next = i + 1;
+			/* NULL: its io was closed by an earlier callback. */
+			if (io != NULL)
+				io->cb(io, evs[i].events);
 		}
+		loop->n = loop->next = 0;
 		run_timers(loop);
 		run_tasks(loop);
 	}

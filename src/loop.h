@@ -6,7 +6,9 @@
  * timer or at once when tasks are queued), run I/O callbacks, run expired
  * timers, run deferred tasks.  Deferred tasks run after every I/O callback
  * of the batch, so an object closed by one callback can be freed by a task
- * while later events of the same batch still see it (marked closed).
+ * while later events of the same batch still see it (marked closed); or
+ * the callback drops those events (loop_io_forget, loop_io_del) and frees
+ * or reuses the io at once.
  */
 #ifndef LIFELINE_LOOP_H
 #define LIFELINE_LOOP_H
@@ -57,7 +59,19 @@ uint64_t loop_clock_us(void);
 /* epoll wrappers: return 0 or -errno.  io->fd and io->cb must be set. */
 int loop_io_add(struct loop *loop, struct loop_io *io, uint32_t events);
 int loop_io_mod(struct loop *loop, struct loop_io *io, uint32_t events);
+/*
+ * loop_io_del also forgets io's events still to come in the batch being
+ * dispatched (loop_io_forget): a callback may close or free another io
+ * whose event comes later in the same batch.
+ */
 int loop_io_del(struct loop *loop, struct loop_io *io);
+/*
+ * Drops io's events still to come in this iteration's batch; call it
+ * before closing io's descriptor (close(2) takes it out of the epoll set,
+ * not out of a batch already returned) or before reusing io for another
+ * descriptor.  A no-op outside dispatch.
+ */
+void loop_io_forget(struct loop *loop, struct loop_io *io);
 
 void loop_timer_init(struct loop_timer *t, loop_timer_cb cb);
 /* Arms (or re-arms) t to fire at deadline (loop_now() based). */

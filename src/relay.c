@@ -396,6 +396,8 @@ side_close(struct relay_side *side, bool abort)
 {
 	if (side->io.fd < 0)
 		return;
+	/* The side's io may be reused for another socket (the decoy's). */
+	loop_io_forget(side->c->rc->loop, &side->io);
 	side->c->rc->sys->close(side->io.fd, abort);
 	side->io.fd = -1;
 }
