@@ -854,12 +854,19 @@ conn_idle_clean(const struct relay_conn *c, const int q[2])
 	return true;
 }
 
-/* Reads and drops what the client sent before we close it with FIN. */
+/*
+ * Reads and drops what the client sent before we close it with FIN (bytes
+ * left unread would make close(2) send RST).  A read stops at an urgent
+ * mark and the next one goes past it: a few reads, not one.
+ */
 static void
 discard_input(struct relay_conn *c)
 {
-	(void)c->rc->sys->recv(c->side[CLIENT].io.fd, NULL, RELAY_DISCARD,
-	    MSG_TRUNC | MSG_DONTWAIT);
+	for (int i = 0; i < 4; i++) {
+		if (c->rc->sys->recv(c->side[CLIENT].io.fd, NULL, RELAY_DISCARD,
+		        MSG_TRUNC | MSG_DONTWAIT) <= 0)
+			break;
+	}
 }
 
 /* When side s last made progress: its last ACK, else now. */

@@ -691,6 +691,25 @@ def test_local_and_unknown_use_socket_addresses(tmp_path, ll_send, family, kind)
 # refusals and timeouts
 
 
+def test_header_with_urgent_byte_closed_at_timeout_with_fin(tmp_path):
+    """A partial header with one byte sent urgent (MSG_OOB): at the
+    handshake timeout the connection ends with FIN, as any header timeout
+    does.  The relay's one read of what the client sent stopped at the
+    urgent mark, the bytes after it stayed unread, and close(2) sent RST."""
+    up = Server(h_pp_echo, name="pp-upstream")
+    d = pp_daemon(tmp_path, up, handshake="1s")
+    s = connect(d.addr("pp"))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(SIG[:5])
+    s.send(SIG[5:6], socket.MSG_OOB)
+    s.sendall(SIG[6:10])
+    how, n, took = read_until_closed(s, 6.0)
+    assert (how, n) == ("eof", 0), f"ended with {how} after {took:.2f}s ({n} bytes)"
+    assert 0.9 <= took < 3.0, f"closed after {took:.2f}s, the timeout is 1 s"
+    assert up.accepted == 0
+    s.close()
+
+
 def test_slowloris_header_closed_at_handshake_timeout(tmp_path):
     """1 byte every 0.5 s, and a header never sent: both closed at the
     1 s handshake timeout, nothing reaches upstream, the daemon keeps
