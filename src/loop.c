@@ -346,8 +346,16 @@ loop_run(struct loop *loop)
 
 			loop->next = i + 1;
 			/* NULL: its io was closed by an earlier callback. */
-			if (io != NULL)
-				io->cb(io, evs[i].events);
+			if (io == NULL)
+				continue;
+			io->cb(io, evs[i].events);
+			/*
+			 * A long batch (a burst of accepts or closes on a
+			 * loaded machine) must not date the next callback's
+			 * deadlines from its start (early timeouts), nor the
+			 * timers' run.
+			 */
+			loop->now = loop_clock_ms();
 		}
 		loop->n = loop->next = 0;
 		run_timers(loop);

@@ -49,7 +49,10 @@ struct loop_task {
 struct loop *loop_new(void);
 void loop_free(struct loop *loop);
 
-/* Monotonic milliseconds, refreshed once per iteration. */
+/*
+ * Monotonic milliseconds, read after the wait and after each I/O callback
+ * (constant within a callback, timer or task run).
+ */
 uint64_t loop_now(const struct loop *loop);
 /* Monotonic milliseconds, read from the clock now. */
 uint64_t loop_clock_ms(void);

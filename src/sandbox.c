@@ -122,8 +122,10 @@ static const char *const allowed[] = {
 /*
  * The sanitizer build only: LeakSanitizer stops the world at exit with a
  * tracer task (clone without CLONE_THREAD, ptrace, prctl, wait4) and
- * reads /proc with the legacy open and getdents.  Release builds never
- * allow these.
+ * reads /proc with the legacy open and getdents; an AddressSanitizer
+ * report asks whether stderr is a terminal (ioctl TCGETS) before it
+ * prints, and without it the filter kills the process with the report
+ * unwritten.  Release builds never allow these.
  */
 static const char *const sanitizer_allowed[] = {
     "prctl",
@@ -137,6 +139,7 @@ static const char *const sanitizer_allowed[] = {
     "process_vm_readv",
     "open",
     "getdents",
+    "ioctl",
 };
 #endif
 

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -228,6 +229,55 @@ test_closed_in_batch(bool del)
 	loop_free(L);
 }
 
+/*
+ * The clock moves between the callbacks of one batch: a callback that
+ * takes 30 ms makes the next one see a `now` 30 ms later, so deadlines it
+ * sets (an accepted connection's handshake timeout) are not early.
+ */
+static uint64_t seen[2];
+static int nseen;
+
+static void
+slow_cb(struct loop_io *io, uint32_t events)
+{
+	char c;
+	struct timespec ts = {.tv_nsec = 30 * 1000 * 1000};
+
+	(void)events;
+	CHECK_INT(read(io->fd, &c, 1), 1);
+	seen[nseen++] = loop_now(L);
+	nanosleep(&ts, NULL);
+	if (nseen == 2)
+		loop_stop(L);
+}
+
+static void
+test_clock_moves_within_batch(void)
+{
+	int p[2], q[2];
+	struct loop_io a = {.cb = slow_cb}, b = {.cb = slow_cb};
+
+	L = loop_new();
+	CHECK_INT(pipe2(p, O_NONBLOCK), 0);
+	CHECK_INT(pipe2(q, O_NONBLOCK), 0);
+	a.fd = p[0];
+	b.fd = q[0];
+	CHECK_INT(loop_io_add(L, &a, EPOLLIN), 0);
+	CHECK_INT(loop_io_add(L, &b, EPOLLIN), 0);
+	CHECK_INT(write(p[1], "x", 1), 1);
+	CHECK_INT(write(q[1], "y", 1), 1);
+	CHECK_INT(loop_run(L), 0);
+	CHECK_INT(nseen, 2);
+	CHECK(seen[1] >= seen[0] + 29);
+	/* And the loop's clock is no later than the real one. */
+	CHECK(loop_now(L) <= loop_clock_ms());
+	for (int i = 0; i < 2; i++) {
+		close(p[i]);
+		close(q[i]);
+	}
+	loop_free(L);
+}
+
 int
 main(void)
 {
@@ -237,5 +287,6 @@ main(void)
 	test_io();
 	test_closed_in_batch(true);
 	test_closed_in_batch(false);
+	test_clock_moves_within_batch();
 	return h_report("test_loop");
 }
